@@ -1,0 +1,43 @@
+"""
+aiorunner: run scripts as asyncio subprocesses, watch them, trace every run.
+
+The public API is what ``__all__`` lists; everything in ``_``-prefixed modules is private.
+"""
+
+from __future__ import annotations
+
+from ._config import TracingConfig
+from ._exceptions import (
+    AiorunnerError,
+    BackendError,
+    ConfigError,
+    ExportError,
+    UnknownBackendError,
+    UsageError,
+)
+from ._result import BackendReport, ExportReport, RunResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AiorunnerError",
+    "BackendError",
+    "BackendReport",
+    "ConfigError",
+    "ExportError",
+    "ExportReport",
+    "RunResult",
+    "TracingConfig",
+    "UnknownBackendError",
+    "UsageError",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__"):
+        try:
+            _obj.__module__ = "aiorunner"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,59 @@
+"""
+The one exception tree of aiorunner.
+
+Script-level failures (missing script, non-zero exit, timeout, ...) never raise: they come
+back in ``RunResult``. What raises is a mistake the caller can fix in their code or config::
+
+    AiorunnerError
+    ├── ConfigError                 invalid TracingConfig field or OTEL_* / AIORUNNER_* value
+    │   └── UnknownBackendError     no backend of that name is installed
+    ├── BackendError                a backend failed to load or to construct
+    ├── ExportError                 an export failed for good (only raised where asked for)
+    └── UsageError                  the API was used in a way that cannot work
+                                    (e.g. run_script() inside a running event loop)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AiorunnerError",
+    "BackendError",
+    "ConfigError",
+    "ExportError",
+    "UnknownBackendError",
+    "UsageError",
+]
+
+
+class AiorunnerError(Exception):
+    """Raised for every error aiorunner itself reports; catch this to catch them all."""
+
+
+class ConfigError(AiorunnerError, ValueError):
+    """Raised when a configuration value is invalid: the message names the field or
+    environment variable, the value, and the accepted values."""
+
+
+class UnknownBackendError(ConfigError):
+    """Raised when an exporter name matches no installed backend; the message lists the
+    installed names and, for well-known ones, the pip package that provides them."""
+
+    def __init__(self, message: str, *, name: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.known = known
+
+
+class BackendError(AiorunnerError):
+    """Raised when a backend is installed but fails to import or to construct; the message
+    names the backend and its distribution."""
+
+
+class ExportError(AiorunnerError):
+    """Raised when spans could not be exported and the caller asked to be told by an
+    exception (the run path never raises it: it reports in ``RunResult.export``)."""
+
+
+class UsageError(AiorunnerError, RuntimeError):
+    """Raised when the API is used in a way that cannot work, such as calling the
+    synchronous ``run_script()`` from inside a running event loop."""

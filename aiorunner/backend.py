@@ -1,0 +1,111 @@
+"""
+The plugin interface: the only part of aiorunner a backend distribution imports.
+
+A backend is found by name through the entry point group ``aiorunner.backends``::
+
+    [project.entry-points."aiorunner.backends"]
+    mybackend = "my_package:create_backend"
+
+The factory takes the resolved :class:`TracingConfig` and returns either an async
+:class:`Backend` (awaited on the pipeline's event loop) or any synchronous OpenTelemetry
+``SpanExporter`` (run in a worker thread). It should raise :class:`ConfigError` with a
+message naming the missing variable or bad value; the registry reports it with the
+backend's name and distribution.
+
+``export`` reports what happened with an :class:`ExportResult` instead of raising: the
+pipeline retries ``retryable`` results with backoff inside the export timeout, reports
+``permanent`` ones once, and isolates a backend that raises anyway from the others.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Union, runtime_checkable
+
+from ._config import TracingConfig
+from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "ConfigError",
+    "ExportResult",
+    "ExportStatus",
+    "TracingConfig",
+]
+
+
+class ExportStatus(enum.Enum):
+    """How one export attempt ended."""
+
+    SUCCESS = "success"
+    #: Worth trying again (unavailable, timeout, HTTP 429/502/503/504).
+    RETRYABLE = "retryable"
+    #: Trying again will not help (bad auth, HTTP 400, misconfiguration).
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The outcome of one ``Backend.export`` call."""
+
+    status: ExportStatus
+    #: A human sentence saying what went wrong (never containing credentials).
+    error: str | None = None
+    #: Seconds the server asked us to wait (HTTP Retry-After, gRPC RetryInfo).
+    retry_after: float | None = None
+
+    @classmethod
+    def success(cls) -> ExportResult:
+        return _SUCCESS
+
+    @classmethod
+    def retryable(cls, error: str, *, retry_after: float | None = None) -> ExportResult:
+        return cls(ExportStatus.RETRYABLE, error, retry_after)
+
+    @classmethod
+    def permanent(cls, error: str) -> ExportResult:
+        return cls(ExportStatus.PERMANENT, error)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExportStatus.SUCCESS
+
+
+_SUCCESS = ExportResult(ExportStatus.SUCCESS)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """
+    An async-native exporter: OpenTelemetry's ``SpanExporter`` verbs, made async.
+
+    Implementations must not block the event loop (use ``anyio.to_thread`` for blocking
+    work) and should honour ``timeout`` (seconds); the pipeline enforces it anyway by
+    cancelling the call.
+    """
+
+    #: The name it was registered under, used in reports and errors.
+    name: str
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        """Send one batch; return how it went rather than raising."""
+        ...
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        """Push out anything the backend buffers itself; True when done in time."""
+        ...
+
+    async def shutdown(self, *, timeout: float) -> None:
+        """Release connections and files; called once, after the last export."""
+        ...
+
+
+#: What an ``aiorunner.backends`` entry point refers to.
+BackendFactory = Callable[[TracingConfig], Union[Backend, "SpanExporter"]]
