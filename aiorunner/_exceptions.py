@@ -9,6 +9,8 @@ back in ``RunResult``. What raises is a mistake the caller can fix in their code
     │   └── UnknownBackendError     no backend of that name is installed
     ├── BackendError                a backend failed to load or to construct
     ├── ExportError                 an export failed for good (only raised where asked for)
+    ├── TraceNotFoundError          `aiorunner traces`: no trace file, no such trace id, or an
+    │                               ambiguous prefix (the message lists the candidates)
     └── UsageError                  the API was used in a way that cannot work
                                     (e.g. run_script() inside a running event loop)
 """
@@ -20,6 +22,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "ExportError",
+    "TraceNotFoundError",
     "UnknownBackendError",
     "UsageError",
 ]
@@ -52,6 +55,15 @@ class BackendError(AiorunnerError):
 class ExportError(AiorunnerError):
     """Raised when spans could not be exported and the caller asked to be told by an
     exception (the run path never raises it: it reports in ``RunResult.export``)."""
+
+
+class TraceNotFoundError(AiorunnerError, LookupError):
+    """Raised when a recorded trace cannot be found: the trace file does not exist, no
+    trace has the given id, or a prefix matches several traces (``candidates`` lists them)."""
+
+    def __init__(self, message: str, *, candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class UsageError(AiorunnerError, RuntimeError):
