@@ -1,0 +1,257 @@
+"""
+``aiorunner traces``: browse the runs recorded in the embedded JSONL trace file, without a
+collector.
+
+``aiorunner traces`` (or ``traces list``) lists runs newest first, ``traces show ID`` draws
+one as a waterfall (or writes it as HTML), and ``traces push`` replays recorded traces into
+any backend through the export pipeline, for traces recorded offline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console
+from rich.text import Text
+
+from ._exceptions import AiorunnerError, ConfigError
+from ._traces_reader import (
+    format_duration,
+    list_traces,
+    load_trace,
+    parse_since,
+    resolve_traces_file,
+)
+from ._waterfall import MIN_WIDTH, print_trace
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._traces_reader import TraceListing
+
+__all__ = ["traces_command"]
+
+_STATUS_STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
+_SCRIPT_CELLS = 40
+
+_FILE_HELP = (
+    "Trace file to read (default: $AIORUNNER_TRACES_FILE, else .aiorunner/traces.jsonl); "
+    "its rotated files (.1, .2 ...) are read too."
+)
+
+
+def _file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--file",
+        "-f",
+        "file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=_FILE_HELP,
+    )(func)
+
+
+def _since(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _list_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            _file_option,
+            click.option("--failed", is_flag=True, help="Only runs that failed."),
+            click.option(
+                "--slowest",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help="The N slowest runs, slowest first.",
+            ),
+            click.option(
+                "--since",
+                default=None,
+                metavar="WHEN",
+                help="Only runs started since WHEN: 30s, 30m, 1h, 2d, 1w ago, or an ISO time.",
+            ),
+            click.option(
+                "--limit",
+                "-n",
+                type=click.IntRange(min=0),
+                default=20,
+                show_default=True,
+                help="At most this many runs (0: all).",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="JSON lines, one run each."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _fail(exc: AiorunnerError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _clip_left(text: str, cells: int) -> str:
+    """Keep the end of a path (the file name matters most)."""
+    if cell_len(text) <= cells:
+        return text
+    return "…" + text[-(cells - 1) :]
+
+
+def _print_listing(listing: TraceListing, console: Console) -> None:
+    from ._traces_reader import format_time
+
+    rows = [
+        (
+            format_time(s.start_ns)[:19],
+            _clip_left(s.script, _SCRIPT_CELLS),
+            s.status,
+            format_duration(s.duration),
+            str(s.span_count),
+            s.trace_id,
+        )
+        for s in listing.traces
+    ]
+    headers = ("TIME", "SCRIPT", "STATUS", "DURATION", "SPANS", "TRACE ID")
+    widths = [max([cell_len(h)] + [cell_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    right = {3, 4}
+
+    def cell(index: int, text: str) -> str:
+        if index in right:
+            return " " * (widths[index] - cell_len(text)) + text
+        return set_cell_size(text, widths[index])
+
+    header = "  ".join(cell(i, h) for i, h in enumerate(headers)).rstrip()
+    console.print(Text(header, style="bold"))
+    for row in rows:
+        line = Text()
+        for index, text in enumerate(row):
+            if index:
+                line.append("  ")
+            style = _STATUS_STYLES.get(text) if index == 2 else None
+            line.append(cell(index, text), style=style)
+        line.rstrip()
+        console.print(line)
+
+
+def _run_list(
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    since_ns = _since(since)
+    path = resolve_traces_file(file)
+    try:
+        listing = list_traces(
+            path, failed=failed, slowest=slowest, since_ns=since_ns, limit=limit or None
+        )
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    if listing.stats.skipped:
+        click.echo(
+            f"note: skipped {listing.stats.skipped} unreadable line(s) of {path} "
+            "(cut short by a crash mid-write?)",
+            err=True,
+        )
+    if as_json:
+        for summary in listing.traces:
+            click.echo(json.dumps(summary.to_dict()))
+        return
+    if not listing.traces:
+        what = "failed runs" if failed else "runs"
+        click.echo(f"No {what} recorded in {path}" + (" in that period." if since else "."))
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    _print_listing(listing, console)
+    if limit and len(listing.traces) == limit and slowest is None:
+        click.echo(f"(the {limit} newest; --limit 0 shows all)", err=True)
+
+
+@click.group("traces", invoke_without_command=True)
+@_list_options
+@click.pass_context
+def traces_command(
+    ctx: click.Context,
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Browse runs recorded in the embedded JSONL trace file, newest first.
+
+    \b
+    aiorunner traces [--failed] [--slowest N] [--since 1h] [--limit N]
+    aiorunner traces show TRACE_ID [-v] [--html out.html]
+    aiorunner traces push --exporter otlp [--since 1d]
+    """
+    if ctx.invoked_subcommand is None:
+        _run_list(file, failed, slowest, since, limit, as_json)
+
+
+@traces_command.command("list")
+@_list_options
+def list_command(
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recorded runs: time, script, status, duration, span count, trace id."""
+    _run_list(file, failed, slowest, since, limit, as_json)
+
+
+@traces_command.command("show")
+@click.argument("trace_id")
+@_file_option
+@click.option("--verbose", "-v", is_flag=True, help="Attributes and events of every span.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the waterfall as one self-contained HTML file instead.",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=MIN_WIDTH),
+    default=None,
+    help="Width in columns (default: the terminal's).",
+)
+def show_command(
+    trace_id: str, file: str | None, verbose: bool, html_out: str | None, width: int | None
+) -> None:
+    """Draw one trace as a waterfall. TRACE_ID may be any unique prefix."""
+    try:
+        trace = load_trace(resolve_traces_file(file), trace_id)
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    if html_out is not None:
+        from ._html import write_html
+
+        try:
+            out = write_html(trace, html_out)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_out}: {exc.strerror}") from None
+        click.echo(f"Wrote the waterfall of trace {trace.trace_id} ({len(trace.spans)} spans)")
+        click.echo(f"to {out.resolve()}")
+        return
+    if width is None:
+        width = max(MIN_WIDTH, shutil.get_terminal_size((100, 24)).columns)
+    print_trace(trace, width=width, verbose=verbose)
