@@ -16,6 +16,8 @@ from ._exceptions import (
     UsageError,
 )
 from ._result import BackendReport, ExportReport, RunResult
+from ._runner import ScriptRunner
+from ._tracer import RunnerTracer, SpanContextManager, trace_span
 
 __version__ = "0.1.0"
 
@@ -27,10 +29,14 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "RunResult",
+    "RunnerTracer",
+    "ScriptRunner",
+    "SpanContextManager",
     "TracingConfig",
     "UnknownBackendError",
     "UsageError",
     "__version__",
+    "trace_span",
 ]
 
 for _name in __all__:

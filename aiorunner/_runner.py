@@ -1,0 +1,788 @@
+"""
+``ScriptRunner``: one script, one run, one trace.
+
+The run is the seed's span tree::
+
+    ScriptRunner
+    ├─ extract_metadata        path, size, sha256, PEP 723 inline metadata
+    ├─ validate_dependencies   imports (ast) and PEP 723 deps vs the target interpreter
+    ├─ setup_environment       child env, cwd
+    ├─ execute_script          spawn in its own process group; pumps, monitor, wait
+    ├─ collect_metrics         samples -> RunResult.metrics
+    └─ upload_traces           await export of this run's spans
+
+``run()`` never raises for what the script did: every script-level failure becomes a
+``RunResult`` with ``success=False`` and a human ``error``, and ERROR status on the span
+where it happened and on the root. Cancellation kills the process group, ends and flushes
+the spans, then propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ast
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+
+from . import _deps
+from ._config import TracingConfig
+from ._exceptions import ConfigError, UsageError
+from ._metadata import ScriptInfo, ScriptProblem, read_script
+from ._process import ChildProcess, OutputCallback
+from ._propagation import extract_parent, inject_env
+from ._redact import redact_args
+from ._result import ExportReport, RunResult
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
+
+    from ._monitor import Sample
+    from ._session import Session
+    from ._tracer import RunnerTracer
+
+__all__ = ["ScriptRunner"]
+
+DEFAULT_TAIL_BYTES = 1 << 20
+STDERR_EVENT_BYTES = 4096
+TRACEBACK_BYTES = 2048
+DEFAULT_KILL_GRACE = 5.0
+# After the script exits, how long its output pipes may stay open (held by a descendant)
+# before the leftovers of its process group are terminated.
+PIPE_GRACE = 0.5
+TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
+
+_interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
+
+
+@dataclass
+class _Outcome:
+    """What the run learned, filled phase by phase."""
+
+    info: ScriptInfo | None = None
+    command: tuple[str, ...] = ()
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: int = 0
+    stderr_truncated: int = 0
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    export: ExportReport | None = None
+
+
+class ScriptRunner:
+    """
+    Runs one script as a subprocess and traces the run.
+
+    Args:
+        script: path of the script. A ``.py`` file runs with ``interpreter``; anything
+            else runs directly and must be executable.
+        args: arguments for the script. ``{{traceparent}}`` in an argument becomes the
+            ``execute_script`` span's W3C traceparent.
+        interpreter: the Python to run ``.py`` scripts with (default ``sys.executable``);
+            given explicitly, it runs any script.
+        cwd: working directory of the script (default: ours).
+        env: variables added to (or overriding) the inherited environment.
+        timeout: seconds before the script's process group gets SIGTERM, then SIGKILL
+            after ``kill_grace`` seconds.
+        config: a :class:`TracingConfig`; default: from the environment.
+        session: the :class:`Session` (export pipeline) to use; default: the process-wide
+            one for ``config``.
+        validate_dependencies: check imports and PEP 723 dependencies before spawning.
+        monitor: sample CPU, memory and I/O of the whole process tree while it runs.
+        monitor_interval: seconds between samples (default from config, 0.5 s).
+        on_sample: called with each live :class:`Sample` (off by default).
+        max_memory_bytes / max_cpu_seconds: kill the run when its tree crosses these.
+        passthrough: copy the script's output to our stdout/stderr live.
+        on_output: called with ``("stdout" | "stderr", bytes)`` as output arrives.
+        max_output_bytes: size of the kept stdout/stderr tails (default 1 MiB each).
+        kill_grace: seconds between SIGTERM and SIGKILL.
+        context / carrier: the parent trace context (an OTel Context, or W3C headers).
+    """
+
+    def __init__(
+        self,
+        script: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        interpreter: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        config: TracingConfig | None = None,
+        session: Session | None = None,
+        validate_dependencies: bool = True,
+        monitor: bool = True,
+        monitor_interval: float | None = None,
+        on_sample: Callable[[Sample], object] | None = None,
+        max_memory_bytes: int | None = None,
+        max_cpu_seconds: float | None = None,
+        passthrough: bool = False,
+        on_output: OutputCallback | None = None,
+        max_output_bytes: int = DEFAULT_TAIL_BYTES,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+        context: Context | None = None,
+        carrier: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(script, (str, os.PathLike)):
+            raise ConfigError(f"script must be a path (str or os.PathLike), got {script!r}")
+        if isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args):
+            raise ConfigError(
+                f"args must be a sequence of str (e.g. ['--day', '2024-10-23']), got {args!r}"
+            )
+        if env is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ConfigError("env must map str to str; convert values with str()")
+        for name, value in (("timeout", timeout), ("monitor_interval", monitor_interval)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(max_output_bytes, int) or max_output_bytes < 0:
+            raise ConfigError(f"max_output_bytes must be an int >= 0, got {max_output_bytes!r}")
+        if kill_grace < 0:
+            raise ConfigError(f"kill_grace must be >= 0 seconds, got {kill_grace!r}")
+        self.script = os.fspath(script)
+        self.args = tuple(args)
+        self.interpreter = os.fspath(interpreter) if interpreter is not None else None
+        self.cwd = os.fspath(cwd) if cwd is not None else None
+        self.env = dict(env or {})
+        self.timeout = float(timeout) if timeout is not None else None
+        self.validate_dependencies = validate_dependencies
+        self.monitor = monitor
+        self.monitor_interval = monitor_interval
+        self.on_sample = on_sample
+        self.max_memory_bytes = max_memory_bytes
+        self.max_cpu_seconds = max_cpu_seconds
+        self.passthrough = passthrough
+        self.on_output = on_output
+        self.max_output_bytes = max_output_bytes
+        self.kill_grace = float(kill_grace)
+        self.context = context
+        self.carrier = dict(carrier) if carrier is not None else None
+        #: Seed API: set False to run without a trace (RunResult is still filled).
+        self.enable_tracing = True
+        #: Seed API: attributes added to the root span.
+        self.tracing_attributes: dict[str, Any] = {}
+        self._config = config
+        self._session = session
+        self._tracer: RunnerTracer | None = None
+
+    # -- configuration ----------------------------------------------------------------
+
+    def set_tracing_config(self, config: TracingConfig) -> None:
+        """Seed API: use ``config`` for this runner's traces (validated now)."""
+        if not isinstance(config, TracingConfig):
+            raise ConfigError(f"set_tracing_config() takes a TracingConfig, got {config!r}")
+        self._config = config.resolve()
+        if self._session is not None and self._session.config is not self._config:
+            self._session = None
+        if self._config.enabled is False:
+            self.enable_tracing = False
+
+    @property
+    def config(self) -> TracingConfig:
+        if self._config is None or not self._config.resolved:
+            self._config = (self._config or TracingConfig()).resolve()
+        return self._config
+
+    @property
+    def session(self) -> Session:
+        """The export pipeline this runner's spans go through."""
+        if self._session is None:
+            from ._session import get_default_session
+
+            self._session = get_default_session(self.config)
+        return self._session
+
+    @property
+    def tracer(self) -> RunnerTracer:
+        """Seed API: ``runner.tracer.trace(name)`` makes spans in this runner's session."""
+        if self._tracer is None:
+            from ._tracer import RunnerTracer
+
+            self._tracer = RunnerTracer(lambda: self.session)
+        return self._tracer
+
+    # -- running ------------------------------------------------------------------------
+
+    def run_script(self) -> RunResult:
+        """
+        Seed API: the synchronous twin of :meth:`run`.
+
+        Raises:
+            UsageError: called from inside a running event loop (use ``await run()``).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run())
+        raise UsageError(
+            "run_script() was called from inside a running event loop, where it would "
+            "block the loop; use `result = await runner.run()` instead"
+        )
+
+    async def run(self) -> RunResult:
+        """
+        Run the script once and return what happened. Never raises for a script-level
+        failure (see ``RunResult.error``).
+
+        Raises:
+            ConfigError: invalid configuration.
+        """
+        config = self.config
+        session = self.session if self.enable_tracing and config.enabled else None
+        tracing = session is not None and session.enabled
+        tracer = session.tracer() if tracing else trace.NoOpTracer()
+        parent = extract_parent(
+            config.propagators, context=self.context, carrier=self.carrier
+        )
+        started_at = time.time()
+        t0 = time.perf_counter()
+        root_attrs: dict[str, Any] = {
+            "code.filepath": os.path.abspath(self.script),
+            "aiorunner.script": self.script,
+        }
+        root_attrs.update(self.tracing_attributes)
+        root = tracer.start_span("ScriptRunner", context=parent, attributes=root_attrs)
+        if not tracing:
+            root = _untraced_span(parent)
+        root_ctx = trace.set_span_in_context(root, parent)
+        outcome = _Outcome()
+        run = _Run(self, config, tracer, root, root_ctx, outcome, t0)
+        try:
+            await run.execute()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
+            outcome.cancelled = True
+            outcome.error = outcome.error or "run was cancelled"
+            with anyio.CancelScope(shield=True):
+                await run.finish(session)
+            raise
+        duration = time.perf_counter() - t0
+        await run.finish(session)
+        sc = root.get_span_context()
+        return RunResult(
+            script=self.script,
+            success=outcome.error is None,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            timed_out=outcome.timed_out,
+            cancelled=outcome.cancelled,
+            error=outcome.error,
+            trace_id=format(sc.trace_id, "032x"),
+            span_id=format(sc.span_id, "016x"),
+            started_at=started_at,
+            duration=duration,
+            pid=outcome.pid,
+            command=outcome.command,
+            stdout_bytes=outcome.stdout,
+            stderr_bytes=outcome.stderr,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            metrics=outcome.metrics,
+            export=outcome.export,
+        )
+
+
+def _untraced_span(parent: Context | None) -> Span:
+    """A non-recording root with fresh valid ids, so a run without tracing still has a
+    trace id to log and children still get a traceparent (sampled flag off)."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    gen = RandomIdGenerator()
+    parent_sc = trace.get_current_span(parent).get_span_context()
+    trace_id = parent_sc.trace_id if parent_sc.is_valid else gen.generate_trace_id()
+    return NonRecordingSpan(
+        SpanContext(trace_id, gen.generate_span_id(), is_remote=False, trace_flags=TraceFlags(0))
+    )
+
+
+class _Failure(Exception):
+    """A phase failed in a way that ends the run (not an error of aiorunner's)."""
+
+
+class _Run:
+    """The phases of one run; a helper object so ``ScriptRunner`` stays reusable."""
+
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        config: TracingConfig,
+        tracer: Tracer,
+        root: Span,
+        root_ctx: Context,
+        outcome: _Outcome,
+        t0: float,
+    ) -> None:
+        self.runner = runner
+        self.config = config
+        self.tracer = tracer
+        self.root = root
+        self.root_ctx = root_ctx
+        self.outcome = outcome
+        self.t0 = t0
+        self.child_env: dict[str, str] = {}
+        self.exec_span: Span | None = None
+        self.execution_time = 0.0
+
+    def span(self, name: str, **kwargs: Any) -> Span:
+        return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
+
+    def fail(self, span: Span, message: str, exc: BaseException | None = None) -> None:
+        self.outcome.error = self.outcome.error or message
+        if exc is not None:
+            span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, message))
+
+    async def execute(self) -> None:
+        try:
+            info = await self.inspect()
+            self.setup_environment()
+            await self.execute_script(info)
+        except _Failure:
+            pass
+
+    # -- extract_metadata + validate_dependencies -------------------------------------
+
+    def _interpreter(self) -> str:
+        return self.runner.interpreter or sys.executable
+
+    async def inspect(self) -> ScriptInfo:
+        runner = self.runner
+        explicit_python = True if runner.interpreter is not None else None
+        path = runner.script
+        if runner.cwd is not None and not os.path.isabs(path):
+            path = os.path.join(runner.cwd, path)
+        interpreter = self._interpreter()
+        own = _is_own_interpreter(interpreter, runner.env)
+        inventory: _deps.InterpreterInventory | str | None = None
+        if runner.validate_dependencies and not own:
+            inventory = await _inventory_for(interpreter, runner.env)
+
+        def work() -> tuple[Any, ...]:
+            t_meta = time.time_ns()
+            try:
+                info: ScriptInfo | ScriptProblem = read_script(path, python=explicit_python)
+            except ScriptProblem as exc:
+                info = exc
+            t_meta_end = time.time_ns()
+            report: _deps.DependencyReport | SyntaxError | None = None
+            if isinstance(info, ScriptInfo) and info.is_python and runner.validate_dependencies:
+                report = _check_dependencies(info, interpreter, own, inventory, runner.env)
+            return info, t_meta, t_meta_end, report, time.time_ns()
+
+        info, t_meta, t_meta_end, report, t_deps_end = await anyio.to_thread.run_sync(work)
+        meta_span = self.span("extract_metadata", start_time=t_meta)
+        if isinstance(info, ScriptProblem):
+            self.fail(meta_span, str(info), info)
+            meta_span.end(end_time=t_meta_end)
+            raise _Failure
+        self.outcome.info = info
+        meta_span.set_attributes(info.span_attributes())
+        if info.pep723_error:
+            meta_span.add_event("pep723_invalid", {"error": info.pep723_error})
+        meta_span.end(end_time=t_meta_end)
+
+        deps_span = self.span("validate_dependencies", start_time=t_meta_end)
+        deps_span.set_attribute("aiorunner.dependencies.enabled", runner.validate_dependencies)
+        deps_span.set_attribute("aiorunner.interpreter", interpreter)
+        try:
+            if isinstance(inventory, str):  # the probe itself failed
+                self.fail(deps_span, inventory)
+                raise _Failure
+            if isinstance(report, SyntaxError):
+                message = (
+                    f"syntax error in {info.path} line {report.lineno}: {report.msg}"
+                    + (f"\n    {report.text.rstrip()}" if report.text else "")
+                )
+                self.fail(deps_span, message, report)
+                raise _Failure
+            if info.pep723_error and runner.validate_dependencies:
+                self.fail(deps_span, info.pep723_error)
+                raise _Failure
+            if isinstance(report, _deps.DependencyReport):
+                deps_span.set_attribute("aiorunner.dependencies.imports", list(report.imports))
+                if not report.ok:
+                    deps_span.set_attribute(
+                        "aiorunner.dependencies.missing",
+                        [*report.missing_modules, *report.missing_distributions],
+                    )
+                    self.fail(deps_span, report.describe(interpreter))
+                    raise _Failure
+        finally:
+            deps_span.end(end_time=t_deps_end)
+        return info
+
+    # -- setup_environment ----------------------------------------------------------------
+
+    def setup_environment(self) -> None:
+        runner = self.runner
+        span = self.span("setup_environment")
+        env = dict(os.environ)
+        env.update(runner.env)
+        self.child_env = env
+        cwd = runner.cwd
+        span.set_attribute("aiorunner.cwd", os.path.abspath(cwd or os.getcwd()))
+        # Names only: environment values are never exported (they hold secrets).
+        span.set_attribute("aiorunner.env.overridden", sorted(runner.env))
+        if cwd is not None and not os.path.isdir(cwd):
+            self.fail(span, f"working directory does not exist: {cwd}; create it or fix cwd=")
+            span.end()
+            raise _Failure
+        span.end()
+
+    # -- execute_script -----------------------------------------------------------------
+
+    def _argv(self, info: ScriptInfo, traceparent: str | None) -> list[str]:
+        args = list(self.runner.args)
+        if traceparent is not None:
+            args = [a.replace(TRACEPARENT_PLACEHOLDER, traceparent) for a in args]
+        path = info.path
+        if info.is_python:
+            return [self._interpreter(), path, *args]
+        return [path if os.path.dirname(path) else os.path.join(".", path), *args]
+
+    async def execute_script(self, info: ScriptInfo) -> None:
+        runner = self.runner
+        outcome = self.outcome
+        span = self.span("execute_script", kind=trace.SpanKind.INTERNAL)
+        self.exec_span = span
+        exec_ctx = trace.set_span_in_context(span, self.root_ctx)
+        inject_env(self.config.propagators, exec_ctx, self.child_env)
+        argv = self._argv(info, self.child_env.get("TRACEPARENT"))
+        outcome.command = tuple(argv)
+        span.set_attribute("process.executable.path", argv[0])
+        span.set_attribute("process.command_args", redact_args(argv))
+        if not info.is_python and not info.executable:
+            self.fail(
+                span,
+                f"script is not executable: {info.path}; make it executable (chmod +x) "
+                "or pass interpreter= to run it with one",
+            )
+            span.end()
+            raise _Failure
+        on_output = runner.on_output
+        if runner.passthrough:
+            on_output = _passthrough(on_output)
+        try:
+            child = ChildProcess.spawn(
+                argv,
+                cwd=runner.cwd,
+                env=self.child_env,
+                tail_limit=runner.max_output_bytes,
+                on_output=on_output,
+            )
+        except OSError as exc:
+            self.fail(span, f"cannot start {argv[0]}: {exc.strerror or exc}", exc)
+            span.end()
+            raise _Failure from None
+        outcome.pid = child.pid
+        span.set_attribute("process.pid", child.pid)
+        t_start = time.perf_counter()
+        monitor = self._make_monitor(child.pid)
+        limit_reason: list[str] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                wait_scope = anyio.CancelScope(
+                    deadline=anyio.current_time() + runner.timeout
+                    if runner.timeout is not None
+                    else math.inf
+                )
+                if monitor is not None:
+
+                    async def watch() -> None:
+                        await monitor.run()
+                        if monitor.limit_exceeded:
+                            limit_reason.append(monitor.limit_exceeded)
+                            wait_scope.cancel()
+
+                    tg.start_soon(watch)
+                with wait_scope:
+                    await child.wait_exit()
+                if not child.exited:
+                    outcome.timed_out = not limit_reason
+                    await child.terminate_group(runner.kill_grace)
+                elif not await child.wait_output(PIPE_GRACE):
+                    # A descendant holds the pipes: the run owns its group, end it.
+                    await child.terminate_group(runner.kill_grace)
+                await child.wait_output(1.0)
+                tg.cancel_scope.cancel()
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(runner.kill_grace + 2):
+                await child.terminate_group(runner.kill_grace)
+            self._record_exit(child, span, monitor, t_start)
+            self.fail(span, "run was cancelled; its process group was terminated")
+            span.end()
+            raise
+        finally:
+            child.close()
+        self._record_exit(child, span, monitor, t_start)
+        code = child.returncode
+        assert code is not None
+        if limit_reason:
+            self.fail(span, f"{limit_reason[0]}; the run was killed")
+        elif outcome.timed_out:
+            self.fail(
+                span,
+                f"script timed out after {runner.timeout:g} s; its process group got SIGTERM"
+                f" (SIGKILL after {runner.kill_grace:g} s grace)",
+            )
+        elif code < 0:
+            try:
+                name = __import__("signal").Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            self.fail(span, f"script was killed by signal {-code} ({name})")
+        elif code != 0:
+            self._fail_exit(span, code, child)
+        if outcome.error is not None:
+            tail = child.stderr.last_lines(STDERR_EVENT_BYTES)
+            if tail:
+                span.add_event("script.stderr", {"stderr.tail": tail})
+        span.end()
+
+    def _record_exit(
+        self, child: ChildProcess, span: Span, monitor: Any, t_start: float
+    ) -> None:
+        outcome = self.outcome
+        self.execution_time = time.perf_counter() - t_start
+        code = child.returncode
+        if code is not None:
+            if code < 0:
+                outcome.signal = -code
+                span.set_attribute("aiorunner.signal", -code)
+            else:
+                outcome.exit_code = code
+                span.set_attribute("process.exit.code", code)
+        outcome.stdout = child.stdout.getvalue()
+        outcome.stderr = child.stderr.getvalue()
+        outcome.stdout_truncated = child.stdout.truncated
+        outcome.stderr_truncated = child.stderr.truncated
+        span.set_attribute("aiorunner.stdout.bytes", child.stdout.total)
+        span.set_attribute("aiorunner.stderr.bytes", child.stderr.total)
+        metrics: dict[str, float | int] = {"execution_time_seconds": self.execution_time}
+        if monitor is not None:
+            metrics = dict(monitor.summary(rusage=child.rusage, wall_seconds=self.execution_time))
+            for name, attrs, ts in monitor.events(self.config.max_events):
+                span.add_event(name, attrs, timestamp=ts)
+        elif child.rusage is not None:
+            metrics["cpu_user_seconds"] = child.rusage.ru_utime
+            metrics["cpu_system_seconds"] = child.rusage.ru_stime
+        outcome.metrics = metrics
+
+    def _fail_exit(self, span: Span, code: int, child: ChildProcess) -> None:
+        stderr = child.stderr.last_lines(TRACEBACK_BYTES * 4, max_lines=200)
+        message = f"script exited with code {code}"
+        tb = _python_traceback(stderr)
+        if tb is not None:
+            exc_type, exc_message, text = tb
+            message += f": {exc_type}" + (f": {exc_message}" if exc_message else "")
+            message += "\n" + text
+            span.add_event(
+                "exception",
+                {
+                    "exception.type": exc_type,
+                    "exception.message": exc_message,
+                    "exception.stacktrace": text,
+                },
+            )
+        else:
+            last = [line for line in stderr.splitlines() if line.strip()][-1:]
+            if last:
+                message += f": {last[0].strip()[:500]}"
+        self.fail(span, message)
+
+    def _make_monitor(self, pid: int) -> Any:
+        runner = self.runner
+        if not runner.monitor:
+            return None
+        from ._monitor import ProcessTreeMonitor
+
+        return ProcessTreeMonitor(
+            pid,
+            interval=runner.monitor_interval or self.config.monitor_interval,
+            on_sample=runner.on_sample,
+            max_memory_bytes=runner.max_memory_bytes,
+            max_cpu_seconds=runner.max_cpu_seconds,
+        )
+
+    # -- collect_metrics + upload_traces ------------------------------------------------
+
+    async def finish(self, session: Session | None) -> None:
+        outcome = self.outcome
+        if not outcome.metrics:
+            outcome.metrics = {"execution_time_seconds": self.execution_time}
+        span = self.span("collect_metrics")
+        span.set_attributes({f"aiorunner.{k}": v for k, v in outcome.metrics.items()})
+        span.end()
+        root = self.root
+        if outcome.info is not None:
+            root.set_attribute("aiorunner.script.sha256", outcome.info.sha256)
+        if outcome.exit_code is not None:
+            root.set_attribute("process.exit.code", outcome.exit_code)
+        if outcome.timed_out:
+            root.set_attribute("aiorunner.timed_out", True)
+        if outcome.error is not None:
+            root.set_status(Status(StatusCode.ERROR, outcome.error.splitlines()[0][:1000]))
+        else:
+            root.set_status(Status(StatusCode.OK))
+        upload = self.span("upload_traces")
+        if session is None or not session.enabled:
+            upload.end()
+            root.end()
+            outcome.export = ExportReport(disabled=True)
+            return
+        trace_id = root.get_span_context().trace_id
+        timeout = self.config.export_timeout
+        deadline = time.monotonic() + timeout
+        first = await session.flush_trace(trace_id, timeout=timeout)
+        upload.set_attribute("aiorunner.export.ok", first.ok)
+        upload.set_attribute("aiorunner.export.spans", first.exported)
+        if not first.ok:
+            upload.set_status(Status(StatusCode.ERROR, first.describe()))
+        upload.end()
+        root.end()
+        report = await session.flush_trace(trace_id, timeout=max(0.0, deadline - time.monotonic()))
+        outcome.export = report
+        if not report.ok and not report.sampled_out:
+            import logging
+
+            logging.getLogger("aiorunner.export").warning(
+                "traces of run %s (trace %032x) did not all arrive: %s",
+                self.runner.script,
+                trace_id,
+                report.describe(),
+            )
+
+
+def _passthrough(inner: OutputCallback | None) -> OutputCallback:
+    out = {"stdout": sys.stdout, "stderr": sys.stderr}
+
+    def write(stream: str, data: bytes) -> None:
+        target = out[stream]
+        buffer = getattr(target, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            target.write(data.decode("utf-8", errors="replace"))
+            target.flush()
+        if inner is not None:
+            inner(stream, data)
+
+    return write
+
+
+_TB_START = "Traceback (most recent call last):"
+_EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|\w*))"
+                       r"(?::\s?(?P<msg>.*))?$")
+
+
+def _python_traceback(stderr: str) -> tuple[str, str, str] | None:
+    """(type, message, last lines of the traceback) of the last traceback in stderr."""
+    at = stderr.rfind(_TB_START)
+    if at < 0:
+        return None
+    lines = stderr[at:].rstrip().splitlines()
+    last = lines[-1].strip() if lines else ""
+    match = _EXC_LINE.match(last)
+    exc_type, exc_msg = (match.group("type"), match.group("msg") or "") if match else ("", last)
+    text = "\n".join(lines[-12:])[-TRACEBACK_BYTES:]
+    return exc_type, exc_msg, text
+
+
+def _is_own_interpreter(interpreter: str, env: Mapping[str, str]) -> bool:
+    if any(k in env for k in ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONNOUSERSITE")):
+        return False
+    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+        # same binary; a venv and its base share the binary but not the prefix
+        return os.path.abspath(interpreter) == os.path.abspath(sys.executable) or (
+            sys.prefix == sys.base_prefix
+        )
+    return False
+
+
+async def _inventory_for(
+    interpreter: str, env: Mapping[str, str]
+) -> _deps.InterpreterInventory | str:
+    """What ``interpreter`` can import, probed once and cached; a string on failure."""
+    key = (os.path.abspath(interpreter), env.get("PYTHONPATH", ""))
+    cached = _interpreter_cache.get(key)
+    if cached is not None:
+        return cached
+    probe_env = dict(os.environ)
+    probe_env.update(env)
+    try:
+        result = await anyio.run_process(
+            [interpreter, "-I" if "PYTHONPATH" not in env else "-s", "-c", _deps.PROBE],
+            env=probe_env,
+            check=False,
+        )
+    except OSError as exc:
+        return f"cannot run interpreter {interpreter}: {exc.strerror or exc}; check interpreter="
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return (
+            f"interpreter {interpreter} failed to list its modules"
+            f"{': ' + err[0] if err else ''}; pass validate_dependencies=False to skip the check"
+        )
+    inventory = _deps.probe_interpreter(result.stdout)
+    _interpreter_cache[key] = inventory
+    return inventory
+
+
+def _check_dependencies(
+    info: ScriptInfo,
+    interpreter: str,
+    own: bool,
+    inventory: _deps.InterpreterInventory | str | None,
+    env: Mapping[str, str],
+) -> _deps.DependencyReport | SyntaxError | None:
+    """Blocking (worker thread): parse the script and check its imports."""
+    try:
+        tree = ast.parse(info.source, filename=info.path)
+    except SyntaxError as exc:
+        if own:
+            return exc
+        return None  # another interpreter may know newer syntax: let it decide
+    except ValueError:  # null bytes
+        return None
+    imports = _deps.top_level_imports(tree)
+    script_dir = os.path.dirname(os.path.abspath(info.path))
+    if own:
+        return _deps.check_with_own_interpreter(
+            imports,
+            script_dir=script_dir,
+            env=env,
+            dependencies=info.dependencies,
+            requires_python=info.requires_python,
+        )
+    if isinstance(inventory, _deps.InterpreterInventory):
+        return _deps.check_with_inventory(
+            inventory,
+            imports,
+            script_dir=script_dir,
+            env=env,
+            dependencies=info.dependencies,
+            requires_python=info.requires_python,
+        )
+    return None

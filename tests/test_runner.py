@@ -1,0 +1,187 @@
+"""The core run: a real script, its RunResult, and its span tree read back from the
+embedded OTLP/JSON lines file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+
+import pytest
+
+from aiorunner import RunResult, ScriptRunner, TracingConfig, UsageError
+
+CHILDREN = [
+    "extract_metadata",
+    "validate_dependencies",
+    "setup_environment",
+    "execute_script",
+    "collect_metrics",
+    "upload_traces",
+]
+
+
+async def test_successful_run_fills_result(make_script):
+    """A script that prints and exits 0 gives success, its output, ids and metrics."""
+    script = make_script("print('hello'); import sys; print('warn', file=sys.stderr)")
+    result = await ScriptRunner(script).run()
+    assert result.success, result.error
+    assert result.exit_code == 0
+    assert result.error is None
+    assert result.stdout == "hello\n"
+    assert result.stderr == "warn\n"
+    assert re.fullmatch(r"[0-9a-f]{32}", result.trace_id)
+    assert re.fullmatch(r"[0-9a-f]{16}", result.span_id)
+    assert result.trace_id != "0" * 32
+    assert result.metrics["execution_time_seconds"] > 0
+    assert result.duration >= result.metrics["execution_time_seconds"]
+    assert result.pid is not None
+    assert result.command[0] == sys.executable
+
+
+async def test_span_tree_in_jsonl_file(make_script, traces_file, spans_of):
+    """The jsonl file holds the seed's span tree as OTLP/JSON: hex ids, lowerCamelCase
+    keys, every child parented to the root, semantic-convention attributes."""
+    script = make_script("print('x')")
+    runner = ScriptRunner(script, ["--day", "2024-10-23"])
+    runner.tracing_attributes = {"pipeline.name": "daily_etl", "team": "data"}
+    result = await runner.run()
+    assert result.success
+    lines = traces_file.read_text().splitlines()
+    assert lines, "nothing was written"
+    for line in lines:
+        request = json.loads(line)
+        assert set(request) == {"resourceSpans"}
+    spans = spans_of(result.trace_id)
+    by_name = {s["name"]: s for s in spans}
+    assert sorted(by_name) == sorted(["ScriptRunner", *CHILDREN])
+    root = by_name["ScriptRunner"]
+    assert root["spanId"] == result.span_id
+    assert not root.get("parentSpanId")
+    assert root["attrs"]["pipeline.name"] == "daily_etl"
+    assert root["attrs"]["code.filepath"] == str(script)
+    for name in CHILDREN:
+        span = by_name[name]
+        assert span["parentSpanId"] == result.span_id
+        assert re.fullmatch(r"[0-9a-f]{16}", span["spanId"])
+        assert "startTimeUnixNano" in span and "endTimeUnixNano" in span
+        assert int(span["startTimeUnixNano"]) >= int(root["startTimeUnixNano"])
+        assert int(span["endTimeUnixNano"]) <= int(root["endTimeUnixNano"])
+    # children are in seed order in time
+    starts = [int(by_name[n]["startTimeUnixNano"]) for n in CHILDREN]
+    assert starts == sorted(starts)
+    execute = by_name["execute_script"]["attrs"]
+    assert execute["process.pid"] == result.pid
+    assert execute["process.exit.code"] == 0
+    assert execute["process.executable.path"] == sys.executable
+    assert execute["process.command_args"][-2:] == ["--day", "2024-10-23"]
+    meta = by_name["extract_metadata"]["attrs"]
+    assert meta["code.filepath"] == str(script)
+    assert len(meta["aiorunner.script.sha256"]) == 64
+    assert root["resource"]["service.name"] == "aiorunner"
+    assert by_name["collect_metrics"]["attrs"]["aiorunner.execution_time_seconds"] > 0
+    assert root.get("status", {}).get("code") in (None, 1)
+    assert result.export is not None and result.export.ok, result.export
+
+
+async def test_concurrent_runs_get_their_own_traces(make_script, spans_of):
+    """Runs gathered in one loop each get a complete trace of their own."""
+    script = make_script("import sys, time; time.sleep(0.05); print(sys.argv[1])")
+    results = await asyncio.gather(*(ScriptRunner(script, [str(i)]).run() for i in range(6)))
+    assert [r.stdout.strip() for r in results] == [str(i) for i in range(6)]
+    assert len({r.trace_id for r in results}) == 6
+    for r in results:
+        names = sorted(s["name"] for s in spans_of(r.trace_id))
+        assert names == sorted(["ScriptRunner", *CHILDREN])
+
+
+def test_run_script_sync_twin(make_script, spans_of):
+    """run_script() runs the script synchronously (seed Quick Start) and traces it."""
+    script = make_script("print('sync')")
+    runner = ScriptRunner(script)
+    runner.enable_tracing = True
+    result = runner.run_script()
+    assert result.success and result.stdout == "sync\n"
+    assert len(spans_of(result.trace_id)) == 7
+
+
+async def test_run_script_inside_running_loop_raises():
+    """run_script() from inside a running loop raises UsageError naming await run()."""
+    with pytest.raises(UsageError, match=r"await runner\.run\(\)"):
+        ScriptRunner("whatever.py").run_script()
+
+
+async def test_env_and_cwd_and_args(make_script, tmp_path):
+    """env adds to the inherited environment, cwd is the child's working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    script = make_script(
+        "import os, sys; print(os.getcwd()); print(os.environ['DAY']); "
+        "print(os.environ.get('PATH') is not None); print(sys.argv[1:])"
+    )
+    result = await ScriptRunner(
+        script, ["a b", "c"], cwd=work, env={"DAY": "2024-10-23"}
+    ).run()
+    assert result.success, result.error
+    assert result.stdout.splitlines() == [str(work), "2024-10-23", "True", "['a b', 'c']"]
+
+
+async def test_non_python_executable_runs_directly(make_script):
+    """A non-.py executable runs directly (bash here) and also sees TRACEPARENT."""
+    script = make_script('#!/bin/sh\necho "tp=$TRACEPARENT"\n', name="job.sh", mode=0o755)
+    result = await ScriptRunner(script).run()
+    assert result.success, result.error
+    assert result.stdout.startswith(f"tp=00-{result.trace_id}-")
+
+
+async def test_result_serialises_to_json(make_script):
+    """RunResult.to_json() round-trips through json with the documented keys."""
+    result = await ScriptRunner(make_script("print(1)")).run()
+    data = json.loads(result.to_json())
+    assert data["success"] is True
+    assert data["trace_id"] == result.trace_id
+    assert data["stdout"] == "1\n"
+    assert data["metrics"]["execution_time_seconds"] > 0
+    assert data["export"]["ok"] is True
+    assert isinstance(result, RunResult)
+
+
+async def test_tracing_disabled_by_env(make_script, traces_file, monkeypatch):
+    """OTEL_SDK_DISABLED=true: the run works, nothing is written, ids stay valid."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    result = await ScriptRunner(make_script("print('ok')")).run()
+    assert result.success and result.stdout == "ok\n"
+    assert re.fullmatch(r"[0-9a-f]{32}", result.trace_id) and result.trace_id != "0" * 32
+    assert not traces_file.exists() or traces_file.read_text() == ""
+    assert result.export is not None and result.export.disabled
+
+
+async def test_exporter_none_turns_tracing_off(make_script, traces_file, monkeypatch):
+    """OTEL_TRACES_EXPORTER=none turns tracing off; runs still work."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    result = await ScriptRunner(make_script("print('ok')")).run()
+    assert result.success
+    assert not traces_file.exists() or traces_file.read_text() == ""
+
+
+async def test_enable_tracing_false(make_script, traces_file):
+    """runner.enable_tracing = False runs without writing a trace."""
+    runner = ScriptRunner(make_script("print('ok')"))
+    runner.enable_tracing = False
+    result = await runner.run()
+    assert result.success
+    assert not traces_file.exists() or traces_file.read_text() == ""
+
+
+async def test_set_tracing_config_file(make_script, tmp_path, spans_of, spans_in):
+    """set_tracing_config(TracingConfig(traces_file=...)) sends the trace there."""
+    target = tmp_path / "elsewhere" / "t.jsonl"
+    runner = ScriptRunner(make_script("print('ok')"))
+    runner.set_tracing_config(TracingConfig(traces_file=target, service_name="etl"))
+    result = await runner.run()
+    assert result.success
+    spans = [s for s in spans_in(target) if s["traceId"] == result.trace_id]
+    assert len(spans) == 7
+    assert spans[0]["resource"]["service.name"] == "etl"
+    assert spans_of(result.trace_id) == []
