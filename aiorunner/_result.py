@@ -26,6 +26,8 @@ class BackendReport:
     failed: int = 0
     dropped: int = 0
     last_error: str | None = None
+    #: Spans handed to this backend and not yet exported or failed (timed out waiting).
+    pending: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +35,7 @@ class BackendReport:
             "exported": self.exported,
             "failed": self.failed,
             "dropped": self.dropped,
+            "pending": self.pending,
             "last_error": self.last_error,
         }
 
