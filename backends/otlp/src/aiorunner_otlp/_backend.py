@@ -1,0 +1,170 @@
+"""
+``OtlpBackend``: an async ``aiorunner.backend.Backend`` over the blocking OTLP transports.
+
+The blocking call (encode + send) runs in a worker thread through ``anyio.to_thread`` with
+``abandon_on_cancel=True``: when the pipeline's deadline cancels an export, the caller is
+freed at once and the thread finishes on its own, bounded by the transport's timeout. Such
+abandoned threads are counted in :meth:`OtlpBackend.statistics`. A per-backend limiter
+keeps one slow collector from taking every worker thread of the process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import anyio.to_thread
+from opentelemetry import context as otel_context
+
+from aiorunner.backend import ExportResult
+
+from ._settings import GRPC, OtlpSettings, redact_url
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = ["OtlpBackend", "OtlpStatistics"]
+
+#: Worker threads one backend may use at once.
+THREADS_PER_BACKEND = 4
+#: How long past its own timeout a transport call may run before the caller gives up.
+_GRACE = 0.5
+
+
+class _Transport(Protocol):
+    where: str
+
+    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OtlpStatistics:
+    """What one OTLP backend did so far."""
+
+    #: ``export`` calls that sent something.
+    exports: int
+    #: Calls that ended in success, and the spans they carried.
+    succeeded: int
+    spans_exported: int
+    #: Calls that ended in a retryable or permanent failure.
+    failed: int
+    #: Worker threads left running because the caller was cancelled or timed out.
+    abandoned_threads: int
+
+
+def _make_transport(settings: OtlpSettings) -> _Transport:
+    # Imported here: ``import aiorunner_otlp`` must not pay for grpc when HTTP is used.
+    if settings.protocol == GRPC:
+        from ._grpc import GrpcTransport
+
+        return GrpcTransport(settings)
+    from ._http import HttpTransport
+
+    return HttpTransport(settings)
+
+
+class OtlpBackend:
+    """
+    Sends spans over OTLP (gRPC or HTTP/protobuf) and says how each export went.
+
+    Build one with :func:`aiorunner_otlp.create_otlp_backend` (or an entry point); the
+    constructor takes already resolved :class:`OtlpSettings`.
+    """
+
+    def __init__(self, name: str, settings: OtlpSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._transport = _make_transport(settings)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._closed = False
+        self._exports = self._succeeded = self._spans = self._failed = self._abandoned = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"OtlpBackend(name={self.name!r}, protocol={self.settings.protocol!r}, "
+            f"endpoint={redact_url(self.settings.endpoint)!r})"
+        )
+
+    def statistics(self) -> OtlpStatistics:
+        return OtlpStatistics(
+            exports=self._exports,
+            succeeded=self._succeeded,
+            spans_exported=self._spans,
+            failed=self._failed,
+            abandoned_threads=self._abandoned,
+        )
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:  # noqa: ASYNC109
+        """
+        Send one batch, waiting at most ``timeout`` seconds (and at most the configured
+        OTLP timeout); return how it went instead of raising.
+        """
+        if self._closed:
+            return ExportResult.permanent(f"{self.name}: the backend is shut down")
+        if not spans:
+            return ExportResult.success()
+        limit = min(timeout, self.settings.timeout)
+        if not limit > 0:
+            return ExportResult.retryable(f"{self.name}: no time left to export")
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS_PER_BACKEND)
+        self._exports += 1
+        # Our own HTTP/gRPC calls must not be traced by instrumented libraries (the worker
+        # thread runs in a copy of this context).
+        token = otel_context.attach(
+            otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+        )
+        started: list[bool] = []
+        result: ExportResult | None = None
+        try:
+            with anyio.move_on_after(limit + _GRACE):
+                result = await anyio.to_thread.run_sync(
+                    self._send,
+                    spans,
+                    limit,
+                    started,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,
+                )
+        finally:
+            otel_context.detach(token)
+            if result is None:
+                self._failed += 1
+                if started:  # the thread runs on, bounded by the transport's timeout
+                    self._abandoned += 1
+        if result is None:
+            return ExportResult.retryable(f"{self._transport.where}: no answer within {limit:g} s")
+        if result.ok:
+            self._succeeded += 1
+            self._spans += len(spans)
+        else:
+            self._failed += 1
+        return result
+
+    def _send(
+        self, spans: Sequence[ReadableSpan], timeout: float, started: list[bool]
+    ) -> ExportResult:
+        started.append(True)  # list.append is atomic: the caller may read it from its thread
+        try:
+            return self._transport.send(spans, timeout)
+        except Exception as exc:  # noqa: BLE001 - the export path reports, never raises
+            return ExportResult.permanent(
+                self.settings.redact(f"{self.name}: {type(exc).__name__}: {exc}")
+            )
+
+    async def force_flush(self, *, timeout: float) -> bool:  # noqa: ASYNC109
+        """Nothing is buffered here: every export is sent when called."""
+        return True
+
+    async def shutdown(self, *, timeout: float) -> None:  # noqa: ASYNC109
+        """Close connections (bounded by ``timeout``, even when cancelled)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.move_on_after(timeout, shield=True):
+            await anyio.to_thread.run_sync(self._transport.close, abandon_on_cancel=True)

@@ -1,0 +1,206 @@
+"""
+OTLP/gRPC transport: one ``TraceService.Export`` call per batch, status mapped to a result.
+
+Runs in a worker thread (every call here blocks). It does not retry: the pipeline owns
+retries and needs to know *why* a call failed, which the SDK's exporter keeps to itself.
+The channel is made on first use (reading certificate files is blocking work too) and
+remade after UNAVAILABLE, so a collector that comes back is reached at once instead of
+after gRPC's own reconnect backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+from aiorunner.backend import ExportResult
+
+from ._version import USER_AGENT
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from ._settings import OtlpSettings
+
+__all__ = ["GrpcTransport"]
+
+#: Worth another try (the OTLP specification's list, plus RESOURCE_EXHAUSTED which a
+#: collector answers when its memory limiter is full).
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: "check the auth header (OTEL_EXPORTER_OTLP_HEADERS or "
+    "the vendor's key variable)",
+    grpc.StatusCode.PERMISSION_DENIED: "the credentials are valid but may not write traces",
+    grpc.StatusCode.UNIMPLEMENTED: "the server has no OTLP TraceService here (wrong port, or "
+    "an OTLP/HTTP endpoint: set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf), or it refuses "
+    "the compression (try OTEL_EXPORTER_OTLP_COMPRESSION=none)",
+}
+
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.primary_user_agent", USER_AGENT),
+    # Reconnect quickly: the pipeline's retries are paced already.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class GrpcTransport:
+    """Sends batches with a blocking ``TraceServiceStub.Export``; thread safe."""
+
+    def __init__(self, settings: OtlpSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: TraceServiceStub | None = None
+        self._closed = False
+        self._metadata = tuple(settings.headers.items())
+        self._compression = (
+            grpc.Compression.Gzip
+            if settings.compression == "gzip"
+            else grpc.Compression.NoCompression
+        )
+        self.where = f"OTLP/gRPC endpoint {settings.target}"
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        s = self._settings
+        files = {
+            "certificate": s.certificate,
+            "client_key": s.client_key,
+            "client_certificate": s.client_certificate,
+        }
+        loaded: dict[str, bytes | None] = {}
+        for key, path in files.items():
+            if path is None:
+                loaded[key] = None
+                continue
+            try:
+                loaded[key] = _read(path)
+            except OSError as exc:
+                raise _SetupError(
+                    f"cannot read {s.describe(key)} {path!r}: {exc.strerror or exc}; point it "
+                    "at a PEM file"
+                ) from None
+        return grpc.ssl_channel_credentials(
+            root_certificates=loaded["certificate"],
+            private_key=loaded["client_key"],
+            certificate_chain=loaded["client_certificate"],
+        )
+
+    def _connect(self) -> TraceServiceStub:
+        with self._lock:
+            if self._closed:
+                raise _SetupError("the backend is shut down")
+            if self._stub is None:
+                target = self._settings.target
+                if self._settings.insecure:
+                    channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+                else:
+                    channel = grpc.secure_channel(
+                        target, self._credentials(), options=_CHANNEL_OPTIONS
+                    )
+                self._channel = channel
+                self._stub = TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            return self._stub
+
+    def _reconnect(self, stub: TraceServiceStub) -> None:
+        with self._lock:
+            if self._stub is stub and self._channel is not None:
+                self._channel.close()
+                self._channel = self._stub = None
+
+    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
+        """Export one batch within ``timeout`` seconds; never raises for export failures."""
+        request = encode_spans(spans)
+        try:
+            stub = self._connect()
+        except _SetupError as exc:
+            return ExportResult.permanent(f"{self.where}: {exc}")
+        try:
+            response = stub.Export(
+                request,
+                metadata=self._metadata,
+                timeout=timeout,
+                compression=self._compression,
+            )
+        except grpc.RpcError as error:
+            return self._failure(error, stub, timeout)
+        partial = response.partial_success
+        if partial.rejected_spans:
+            return ExportResult.permanent(
+                self._settings.redact(
+                    f"{self.where} accepted the request but rejected {partial.rejected_spans} "
+                    f"of {len(spans)} spans: {partial.error_message or 'no reason given'}"
+                )
+            )
+        return ExportResult.success()
+
+    def _failure(
+        self, error: grpc.RpcError, stub: TraceServiceStub, timeout: float
+    ) -> ExportResult:
+        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        details: str = error.details() or ""  # type: ignore[attr-defined]
+        if code is grpc.StatusCode.UNAVAILABLE:
+            self._reconnect(stub)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            details = f"no answer within {timeout:g} s"
+        message = f"{self.where} answered {code.name}: {details}"
+        if code in _HINTS:
+            message += f" ({_HINTS[code]})"
+        message = self._settings.redact(message)
+        if code in RETRYABLE:
+            return ExportResult.retryable(message, retry_after=_retry_after(error))
+        return ExportResult.permanent(message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = None
+
+
+class _SetupError(Exception):
+    """The channel cannot be made (unreadable certificate, closed backend)."""
+
+
+def _retry_after(error: grpc.RpcError) -> float | None:
+    """The server's ``google.rpc.RetryInfo`` delay, in seconds, if it sent one."""
+    trailers = getattr(error, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailers:
+        if key == "google.rpc.retryinfo-bin":
+            from google.protobuf.message import DecodeError
+            from google.rpc.error_details_pb2 import (  # type: ignore[import-untyped]
+                RetryInfo,
+            )
+
+            info = RetryInfo()
+            try:
+                info.ParseFromString(value)
+            except DecodeError:  # a malformed trailer is not worth failing over
+                return None
+            delay = info.retry_delay
+            return float(delay.seconds + delay.nanos / 1e9)
+    return None

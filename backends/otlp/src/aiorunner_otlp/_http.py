@@ -1,0 +1,226 @@
+"""
+OTLP/HTTP transport: one protobuf POST per batch, the answer mapped to a result.
+
+Runs in a worker thread (urllib3 blocks). No retries, no redirects: the pipeline retries
+what is worth retrying (429, 502, 503, 504, connection failures, timeouts, honouring
+``Retry-After``) and reports the rest once, with the server's own words (the
+``google.rpc.Status`` body the OTLP specification asks servers to send).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import threading
+import time
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+
+import urllib3
+from google.protobuf.message import DecodeError
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from urllib3.exceptions import (
+    HTTPError,
+    LocationParseError,
+    NewConnectionError,
+    ProtocolError,
+    SSLError,
+)
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+from aiorunner.backend import ExportResult
+
+from ._settings import OtlpSettings, redact_url
+from ._version import USER_AGENT
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = ["RETRYABLE_STATUS", "HttpTransport", "parse_retry_after"]
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+_HINTS = {
+    401: "check the auth header (OTEL_EXPORTER_OTLP_HEADERS or the vendor's key variable)",
+    403: "the credentials are valid but may not write traces",
+    404: "check the endpoint path: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is, "
+    "OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended",
+    405: "this URL does not accept POST; check the endpoint path",
+    413: "the batch is too large for the server; lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    415: "the server does not take OTLP protobuf here; is it an OTLP/HTTP endpoint?",
+}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's text without urllib3's ``<...Connection object at 0x...>:`` prefix."""
+    text = str(exc)
+    if text.startswith("<") and ">: " in text:
+        text = text.split(">: ", 1)[1]
+    return text
+
+
+def _status_message(content_type: str, body: bytes) -> str:
+    """The server's explanation: a google.rpc.Status message, or the start of the text."""
+    if not body:
+        return ""
+    if "protobuf" in content_type:
+        from google.protobuf.message import DecodeError
+        from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
+
+        status = Status()
+        with contextlib.suppress(DecodeError):  # not a Status after all: show the text
+            status.ParseFromString(body)
+            return str(status.message)
+    text = body[:300].decode("utf-8", "replace").strip()
+    return " ".join(text.split())
+
+
+class HttpTransport:
+    """Sends batches with urllib3 (connection pooling, TLS); thread safe."""
+
+    def __init__(self, settings: OtlpSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pool: urllib3.PoolManager | None = None
+        self._closed = False
+        headers = {"content-type": "application/x-protobuf", "user-agent": USER_AGENT}
+        headers.update(settings.headers)
+        if settings.compression == "gzip":
+            headers["content-encoding"] = "gzip"
+        self._headers: Mapping[str, str] = headers
+        self.where = f"OTLP/HTTP endpoint {redact_url(settings.endpoint)}"
+
+    def _connect(self) -> urllib3.PoolManager | str:
+        """The pool, or why it cannot be made (an unreadable certificate file)."""
+        with self._lock:
+            if self._closed:
+                return "the backend is shut down"
+            if self._pool is None:
+                s = self._settings
+                for key in ("certificate", "client_key", "client_certificate"):
+                    path = getattr(s, key)
+                    if path is not None:
+                        try:
+                            with open(path, "rb"):
+                                pass
+                        except OSError as exc:
+                            return (
+                                f"cannot read {s.describe(key)} {path!r}: "
+                                f"{exc.strerror or exc}; point it at a PEM file"
+                            )
+                self._pool = urllib3.PoolManager(
+                    num_pools=2,
+                    maxsize=4,
+                    retries=False,
+                    ca_certs=s.certificate,
+                    cert_file=s.client_certificate,
+                    key_file=s.client_key,
+                )
+            return self._pool
+
+    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
+        """POST one batch within ``timeout`` seconds; never raises for export failures."""
+        body = encode_spans(spans).SerializeToString()
+        if self._settings.compression == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        pool = self._connect()
+        if isinstance(pool, str):
+            return ExportResult.permanent(f"{self.where}: {pool}")
+        redact = self._settings.redact
+        try:
+            response = pool.request(
+                "POST",
+                self._settings.endpoint,
+                body=body,
+                headers=dict(self._headers),
+                timeout=urllib3.Timeout(total=timeout),
+                retries=False,
+                redirect=False,
+            )
+        except NewConnectionError as exc:
+            return ExportResult.retryable(redact(f"{self.where} is unreachable: {_describe(exc)}"))
+        except Urllib3Timeout:
+            return ExportResult.retryable(f"{self.where}: no answer within {timeout:g} s")
+        except SSLError as exc:
+            return ExportResult.permanent(
+                redact(
+                    f"{self.where}: TLS failed ({exc}); check OTEL_EXPORTER_OTLP_CERTIFICATE "
+                    "or use http:// for a plaintext collector"
+                )
+            )
+        except ProtocolError as exc:
+            return ExportResult.retryable(
+                redact(f"{self.where}: connection lost ({_describe(exc)})")
+            )
+        except LocationParseError as exc:
+            return ExportResult.permanent(redact(f"{self.where}: invalid URL ({exc})"))
+        except HTTPError as exc:
+            return ExportResult.retryable(redact(f"{self.where}: {type(exc).__name__}: {exc}"))
+        return self._result(response, len(spans))
+
+    def _result(self, response: urllib3.BaseHTTPResponse, count: int) -> ExportResult:
+        status = response.status
+        content_type = response.headers.get("content-type", "")
+        data = response.data or b""
+        redact = self._settings.redact
+        if 200 <= status < 300:
+            if data and "protobuf" in content_type:
+                answer = ExportTraceServiceResponse()
+                try:
+                    answer.ParseFromString(data)
+                except DecodeError:  # a 2xx with an odd body is still a success
+                    return ExportResult.success()
+                partial = answer.partial_success
+                if partial.rejected_spans:
+                    return ExportResult.permanent(
+                        redact(
+                            f"{self.where} accepted the request but rejected "
+                            f"{partial.rejected_spans} of {count} spans: "
+                            f"{partial.error_message or 'no reason given'}"
+                        )
+                    )
+            return ExportResult.success()
+        reason = _status_message(content_type, data)
+        message = f"{self.where} answered HTTP {status}"
+        if reason:
+            message += f": {reason}"
+        if 300 <= status < 400:
+            location = response.headers.get("location", "?")
+            message += f" (a redirect to {redact_url(location)}; set the endpoint to that URL)"
+        elif status in _HINTS:
+            message += f" ({_HINTS[status]})"
+        message = redact(message)
+        if status in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            return ExportResult.retryable(message, retry_after=retry_after)
+        return ExportResult.permanent(message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._pool is not None:
+                self._pool.clear()
+                self._pool = None

@@ -1,0 +1,519 @@
+"""
+Where an OTLP backend sends, and how: ``OtlpSettings`` from config, options and OTEL_* env.
+
+The variables mean what the OpenTelemetry specification ("OTLP Exporter Configuration")
+says, so the same environment works for every OpenTelemetry SDK:
+
+- every ``OTEL_EXPORTER_OTLP_X`` has a ``OTEL_EXPORTER_OTLP_TRACES_X`` twin that wins;
+- for OTLP/HTTP the generic ``OTEL_EXPORTER_OTLP_ENDPOINT`` is a base URL that gets
+  ``/v1/traces`` appended, while ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as is;
+- ``*_TIMEOUT`` is in milliseconds (the Python SDK reads seconds: we follow the spec);
+- ``*_HEADERS`` is ``key=value,key2=value2`` with percent-encoded values;
+- ``*_INSECURE`` only matters for a gRPC endpoint written without ``http://``/``https://``.
+
+Precedence, highest first: ``TracingConfig.collector_endpoint`` and the ``otlp_*`` backend
+options (explicit arguments), then a preset's own endpoint (a vendor variable), then the
+signal-specific variable, the generic variable, and the default.
+
+Header values are secrets: they never appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from aiorunner.backend import ConfigError, TracingConfig
+
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_GRPC_ENDPOINT",
+    "DEFAULT_HTTP_ENDPOINT",
+    "PROTOCOLS",
+    "OtlpSettings",
+    "parse_headers",
+    "resolve_settings",
+]
+
+# Environment variables, one constant each (names from the OpenTelemetry specification).
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_OTLP_HEADERS = "OTEL_EXPORTER_OTLP_HEADERS"
+OTEL_EXPORTER_OTLP_TRACES_HEADERS = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+OTEL_EXPORTER_OTLP_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
+OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+OTEL_EXPORTER_OTLP_COMPRESSION = "OTEL_EXPORTER_OTLP_COMPRESSION"
+OTEL_EXPORTER_OTLP_TRACES_COMPRESSION = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"
+OTEL_EXPORTER_OTLP_INSECURE = "OTEL_EXPORTER_OTLP_INSECURE"
+OTEL_EXPORTER_OTLP_TRACES_INSECURE = "OTEL_EXPORTER_OTLP_TRACES_INSECURE"
+OTEL_EXPORTER_OTLP_CERTIFICATE = "OTEL_EXPORTER_OTLP_CERTIFICATE"
+OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"
+OTEL_EXPORTER_OTLP_CLIENT_KEY = "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"
+OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"
+
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+HTTP_JSON = "http/json"
+PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+COMPRESSIONS = ("gzip", "none")
+
+DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_TIMEOUT = 10.0
+TRACES_PATH = "/v1/traces"
+
+# A header name is an HTTP token; gRPC metadata keys are its lowercase subset.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _signal_then_generic(
+    env: Mapping[str, str], signal_var: str, generic_var: str
+) -> tuple[str, str] | None:
+    """The (variable, value) of the first of the two that is set and non-empty."""
+    for var in (signal_var, generic_var):
+        value = env.get(var, "").strip()
+        if value:
+            return var, value
+    return None
+
+
+def parse_headers(source: str, raw: str) -> dict[str, str]:
+    """
+    Parse the specification's ``key=value,key2=value2`` header list (values percent-decoded).
+
+    Names are lowercased (gRPC metadata demands it; HTTP does not care).
+
+    Raises:
+        ConfigError: an entry is not ``key=value`` or its name is not a valid header name.
+            The message names ``source`` and the entry's position and key, never a value.
+    """
+    headers: dict[str, str] = {}
+    for index, part in enumerate(raw.split(","), start=1):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"{source}: entry {index} is not of the form key=value (its text is not shown "
+                "because header values are secrets); write key1=value1,key2=value2 with "
+                "percent-encoded values"
+            )
+        name, decoded = check_header(source, unquote(key.strip()), unquote(value.strip()))
+        headers[name] = decoded
+    return headers
+
+
+def check_header(source: str, name: str, value: str) -> tuple[str, str]:
+    """Validate one header; return its lowercased name and its value."""
+    lowered = name.strip().lower()
+    if not _HEADER_NAME.match(lowered):
+        raise ConfigError(
+            f"{source}: {lowered!r} is not a valid header name; a name is letters, digits "
+            "and !#$%&'*+.^_`|~- only"
+        )
+    if "\r" in value or "\n" in value:
+        raise ConfigError(f"{source}: the value of header {lowered!r} contains a line break")
+    return lowered, value
+
+
+def _parse_bool(source: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{source}={raw!r} is not a boolean; accepted: true, false")
+
+
+def _parse_timeout_ms(source: str, raw: str) -> float:
+    try:
+        millis = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{source}={raw!r} is not a number of milliseconds; e.g. {source}=10000 for 10 s"
+        ) from None
+    if not millis > 0 or millis == float("inf"):
+        raise ConfigError(f"{source}={raw!r} must be a positive number of milliseconds")
+    return millis / 1000.0
+
+
+def _parse_choice(source: str, raw: str, choices: Collection[str]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{source}={raw!r} is not supported; accepted: {', '.join(choices)}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, "[secure]@" + netloc, parts.path, parts.query, ""))
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """
+    Everything an OTLP backend needs to send, resolved and validated.
+
+    ``endpoint`` is the full traces URL for OTLP/HTTP and a URL whose host and port are
+    the target for gRPC (``target``). ``sources`` says where each value came from ("env
+    OTEL_EXPORTER_OTLP_ENDPOINT", "collector_endpoint", "default", ...), for error messages
+    and ``aiorunner doctor``. The repr shows header names only.
+    """
+
+    protocol: str
+    endpoint: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+    compression: str = "none"
+    insecure: bool = True
+    certificate: str | None = None
+    client_key: str | None = None
+    client_certificate: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        headers = ", ".join(f"{k}: [secure]" for k in self.headers)
+        return (
+            f"OtlpSettings(protocol={self.protocol!r}, endpoint={redact_url(self.endpoint)!r}, "
+            f"headers={{{headers}}}, timeout={self.timeout!r}, "
+            f"compression={self.compression!r}, insecure={self.insecure!r})"
+        )
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of a gRPC endpoint (443 with TLS, 4317 without, when absent)."""
+        parts = urlsplit(self.endpoint if "://" in self.endpoint else f"//{self.endpoint}")
+        host = parts.hostname or "localhost"
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        port = parts.port or (4317 if self.insecure else 443)
+        return f"{host}:{port}"
+
+    @property
+    def port(self) -> int | None:
+        """The endpoint's port, explicit or implied by its scheme."""
+        if self.protocol == GRPC:
+            return int(self.target.rsplit(":", 1)[1])
+        parts = urlsplit(self.endpoint)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def describe(self, key: str) -> str:
+        """``"endpoint (from env OTEL_EXPORTER_OTLP_ENDPOINT)"``, for messages."""
+        source = self.sources.get(key)
+        return f"{key} (from {source})" if source else key
+
+    def redact(self, text: str) -> str:
+        """Replace every header value (they are secrets) found in ``text`` by [secure]."""
+        for value in sorted(self.headers.values(), key=len, reverse=True):
+            if len(value) >= 3:
+                text = text.replace(value, "[secure]")
+        return text
+
+
+def _check_url(source: str, url: str, *, allow_bare: bool) -> str:
+    candidate = url.strip()
+    if "://" not in candidate and not allow_bare:
+        candidate = "http://" + candidate
+    parts = urlsplit(candidate if "://" in candidate else f"//{candidate}")
+    try:
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(
+            f"{source}={url!r} has an invalid port; use e.g. http://host:4317"
+        ) from None
+    if not parts.hostname or ("://" in candidate and parts.scheme not in ("http", "https", "grpc")):
+        raise ConfigError(
+            f"{source}={url!r} is not a valid endpoint; use a URL such as "
+            "http://localhost:4317 (scheme http or https, a host and an optional port)"
+        )
+    return candidate
+
+
+def _http_url(source: str, url: str, *, append_path: bool, always_append: bool = False) -> str:
+    """Validate an OTLP/HTTP URL; for a base URL add /v1/traces (unless it is there)."""
+    checked = _check_url(source, url, allow_bare=False)
+    parts = urlsplit(checked)
+    if parts.scheme == "grpc":
+        raise ConfigError(
+            f"{source}={url!r} uses the grpc scheme but the protocol is http/protobuf; "
+            "use http:// or https://"
+        )
+    path = parts.path
+    if append_path and (always_append or not path.rstrip("/").endswith(TRACES_PATH)):
+        path = path.rstrip("/") + TRACES_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path or "/", parts.query, ""))
+
+
+def resolve_settings(
+    config: TracingConfig,
+    *,
+    protocol: str | None = None,
+    endpoint: tuple[str, str] | None = None,
+    default_endpoint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    default_protocol: str = GRPC,
+    protocols: Collection[str] = PROTOCOLS,
+    environ: Mapping[str, str] | None = None,
+) -> OtlpSettings:
+    """
+    Resolve the settings of one OTLP backend.
+
+    Args:
+        config: the session's config (``collector_endpoint`` and ``otlp_*`` options win).
+        protocol: force a protocol (``otlp_grpc``/``otlp_http``), ignoring the variables.
+        endpoint: ``(source, url)`` a preset read from its own variable: it wins over the
+            OTEL_* endpoint variables. An HTTP URL without ``/v1/traces`` gets it appended.
+        default_endpoint: used when nothing else names one (an HTTP base URL gets
+            ``/v1/traces``); defaults to localhost:4317 / localhost:4318/v1/traces.
+        headers: added over the OTEL_* headers (a preset's auth header).
+        default_protocol: when neither an option nor a variable names one.
+        protocols: the protocols this backend accepts; a variable naming another one is
+            ignored (presets for HTTP-only vendors), an explicit option is an error.
+        environ: defaults to ``os.environ``.
+
+    Raises:
+        ConfigError: a value is malformed or not supported; the message names the variable
+            or option, the value (never a header value) and what is accepted.
+    """
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+
+    # protocol
+    chosen: str
+    if protocol is not None:
+        chosen, sources["protocol"] = protocol, "backend"
+    elif config.option("otlp_protocol") is not None:
+        raw = str(config.option("otlp_protocol"))
+        chosen = _parse_protocol("backend option otlp_protocol", raw, PROTOCOLS)
+        if chosen not in protocols:
+            raise ConfigError(
+                f"backend option otlp_protocol={raw!r} is not supported by this backend; "
+                f"accepted: {', '.join(protocols)}"
+            )
+        sources["protocol"] = "backend option otlp_protocol"
+    else:
+        found = _signal_then_generic(
+            env, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL
+        )
+        chosen, sources["protocol"] = default_protocol, "default"
+        if found is not None:
+            var, raw = found
+            value = _parse_protocol(var, raw, PROTOCOLS)
+            if value in protocols:
+                chosen, sources["protocol"] = value, f"env {var}"
+
+    # endpoint
+    is_http = chosen == HTTP_PROTOBUF
+    signal = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "").strip()
+    generic = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+    url: str
+    if config.collector_endpoint:
+        source = "collector_endpoint"
+        url = _endpoint(source, config.collector_endpoint, is_http, append=True)
+    elif endpoint is not None:
+        source, raw_url = endpoint
+        url = _endpoint(source, raw_url, is_http, append=True)
+    elif signal:
+        source = f"env {OTEL_EXPORTER_OTLP_TRACES_ENDPOINT}"
+        url = _endpoint(
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, signal, is_http, append=False, bare=True
+        )
+    elif generic:
+        source = f"env {OTEL_EXPORTER_OTLP_ENDPOINT}"
+        url = _endpoint(
+            OTEL_EXPORTER_OTLP_ENDPOINT, generic, is_http, append=True, always=True, bare=True
+        )
+    elif default_endpoint is not None:
+        source = "default"
+        url = _endpoint("default endpoint", default_endpoint, is_http, append=True)
+    else:
+        source = "default"
+        url = DEFAULT_HTTP_ENDPOINT if is_http else DEFAULT_GRPC_ENDPOINT
+    sources["endpoint"] = source
+
+    # headers: the signal variable replaces the generic one, options and presets add to it
+    merged: dict[str, str] = {}
+    found = _signal_then_generic(env, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_HEADERS)
+    if found is not None:
+        merged.update(parse_headers(found[0], found[1]))
+        sources["headers"] = f"env {found[0]}"
+    option_headers = config.option("otlp_headers")
+    if option_headers is not None:
+        source = "backend option otlp_headers"
+        if isinstance(option_headers, str):
+            merged.update(parse_headers(source, option_headers))
+        elif isinstance(option_headers, Mapping):
+            for name, value in option_headers.items():
+                key, checked = check_header(source, str(name), str(value))
+                merged[key] = checked
+        else:
+            raise ConfigError(f"{source} must be a mapping or a 'key=value,...' string")
+        sources["headers"] = source
+    for name, value in (headers or {}).items():
+        key, checked = check_header("preset header", name, value)
+        merged[key] = checked
+
+    # timeout (seconds)
+    timeout = DEFAULT_TIMEOUT
+    sources["timeout"] = "default"
+    option_timeout = config.option("otlp_timeout")
+    if option_timeout is not None:
+        if (
+            isinstance(option_timeout, bool)
+            or not isinstance(option_timeout, (int, float))
+            or not option_timeout > 0
+        ):
+            raise ConfigError(
+                f"backend option otlp_timeout={option_timeout!r} must be a positive number "
+                "of seconds"
+            )
+        timeout, sources["timeout"] = float(option_timeout), "backend option otlp_timeout"
+    else:
+        found = _signal_then_generic(
+            env, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT
+        )
+        if found is not None:
+            timeout, sources["timeout"] = _parse_timeout_ms(*found), f"env {found[0]}"
+
+    # compression
+    compression = "none"
+    sources["compression"] = "default"
+    option_compression = config.option("otlp_compression")
+    if option_compression is not None:
+        compression = _parse_choice(
+            "backend option otlp_compression", str(option_compression), COMPRESSIONS
+        )
+        sources["compression"] = "backend option otlp_compression"
+    else:
+        found = _signal_then_generic(
+            env, OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_OTLP_COMPRESSION
+        )
+        if found is not None:
+            compression = _parse_choice(found[0], found[1], COMPRESSIONS)
+            sources["compression"] = f"env {found[0]}"
+
+    # transport security (gRPC): the scheme decides; INSECURE only for a bare host:port
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    option_insecure = config.option("otlp_insecure")
+    insecure_var = _signal_then_generic(
+        env, OTEL_EXPORTER_OTLP_TRACES_INSECURE, OTEL_EXPORTER_OTLP_INSECURE
+    )
+    if option_insecure is not None:
+        insecure_flag = _parse_bool("backend option otlp_insecure", option_insecure)
+    elif insecure_var is not None:
+        insecure_flag = _parse_bool(*insecure_var)
+    else:
+        insecure_flag = False
+    if scheme in ("http", "grpc"):
+        insecure = True
+    elif scheme == "https":
+        insecure = False
+    else:
+        insecure = insecure_flag
+
+    certificate = _file_setting(
+        env, config, "certificate", OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+        OTEL_EXPORTER_OTLP_CERTIFICATE, sources,
+    )  # fmt: skip
+    client_key = _file_setting(
+        env, config, "client_key", OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+        OTEL_EXPORTER_OTLP_CLIENT_KEY, sources,
+    )  # fmt: skip
+    client_certificate = _file_setting(
+        env, config, "client_certificate", OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, sources,
+    )  # fmt: skip
+    if (client_key is None) != (client_certificate is None):
+        raise ConfigError(
+            "a client key and a client certificate go together: set both "
+            f"{OTEL_EXPORTER_OTLP_CLIENT_KEY} and {OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE} "
+            "(or their TRACES_ twins), or neither"
+        )
+
+    settings = OtlpSettings(
+        protocol=chosen,
+        endpoint=url,
+        headers=merged,
+        timeout=timeout,
+        compression=compression,
+        insecure=insecure,
+        certificate=certificate,
+        client_key=client_key,
+        client_certificate=client_certificate,
+        sources=sources,
+    )
+    _check_port_matches_protocol(settings)
+    return settings
+
+
+def _parse_protocol(source: str, raw: str, protocols: Collection[str]) -> str:
+    value = raw.strip().lower()
+    if value == HTTP_JSON:
+        raise ConfigError(
+            f"{source}={raw!r}: OTLP/HTTP with JSON bodies is not supported by aiorunner-otlp; "
+            "use http/protobuf (every OTLP/HTTP receiver accepts it) or grpc"
+        )
+    return _parse_choice(source, raw, protocols)
+
+
+def _endpoint(
+    source: str, raw: str, is_http: bool, *, append: bool, always: bool = False, bare: bool = False
+) -> str:
+    """Validate an endpoint; ``bare``: a gRPC host:port keeps no scheme (INSECURE decides)."""
+    if is_http:
+        return _http_url(source, raw, append_path=append, always_append=always)
+    return _check_url(source, raw, allow_bare=bare)
+
+
+def _file_setting(
+    env: Mapping[str, str],
+    config: TracingConfig,
+    key: str,
+    signal_var: str,
+    generic_var: str,
+    sources: dict[str, str],
+) -> str | None:
+    option = config.option(f"otlp_{key}")
+    if option is not None:
+        sources[key] = f"backend option otlp_{key}"
+        return str(os.fspath(option))
+    found = _signal_then_generic(env, signal_var, generic_var)
+    if found is None:
+        return None
+    sources[key] = f"env {found[0]}"
+    return found[1]
+
+
+def _check_port_matches_protocol(settings: OtlpSettings) -> None:
+    """Catch the most common OTLP mistake: gRPC sent to 4318 or HTTP sent to 4317."""
+    port = settings.port
+    if settings.protocol == GRPC and port == 4318:
+        raise ConfigError(
+            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: port 4318 "
+            "is the standard OTLP/HTTP port but the protocol is grpc; either point at port 4317 "
+            "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (or use the otlp_http backend)"
+        )
+    if settings.protocol == HTTP_PROTOBUF and port == 4317:
+        raise ConfigError(
+            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: port 4317 "
+            "is the standard OTLP/gRPC port but the protocol is http/protobuf; either point "
+            "at port 4318 or set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (or use the otlp_grpc backend)"
+        )

@@ -1,0 +1,764 @@
+"""
+Real trace receivers for tests: OTLP/gRPC, OTLP/HTTP and Zipkin v2, on 127.0.0.1.
+
+Tests assert on what *arrived*, so these are real servers on real sockets, each started by
+the test (port 0) and stopped in ``finally``::
+
+    with OtlpGrpcReceiver() as receiver:         # or the otlp_grpc_receiver fixture
+        ...export to receiver.endpoint...
+        spans = await receiver.wait_for_spans(3)  # ReceivedSpan: names, ids, attributes...
+        assert receiver.requests[0].headers["api-key"] == "secret"
+
+- ``OtlpGrpcReceiver``: ``opentelemetry-proto``'s ``TraceService`` on ``grpc.server`` (thread
+  pool). ``endpoint`` is ``http://127.0.0.1:PORT``. ``accept_gzip=False`` makes the server
+  refuse gzip-compressed calls (UNIMPLEMENTED), which is how a test proves a client used it:
+  gRPC strips ``grpc-encoding`` from the metadata a servicer sees.
+- ``OtlpHttpReceiver``: ``POST /v1/traces`` (``path=``), protobuf bodies, ``Content-Encoding:
+  gzip``/``deflate``; answers 200 with an ``ExportTraceServiceResponse``, errors with a
+  ``google.rpc.Status`` body as the OTLP specification says. ``endpoint`` is the base URL,
+  ``url`` the traces URL.
+- ``ZipkinReceiver``: ``POST /api/v2/spans`` with a Zipkin v2 JSON list (optionally gzip),
+  answers 202; its spans are the decoded JSON objects.
+
+Faults, for the next N requests or until :meth:`reset` (each request, accepted or not, is
+also kept in ``attempts`` with the status it got):
+
+- ``fail_next(n, status=None, retry_after=None)``: answer an error (503 / UNAVAILABLE by
+  default), optionally with ``Retry-After`` / gRPC ``RetryInfo``, then answer normally.
+- ``require_header(name, value)``: 401 / UNAUTHENTICATED unless the header arrives with
+  that value.
+- ``hang(seconds, count=None)``: hold requests that long before answering (released at stop).
+- ``reject_spans(count, message)``: OTLP partial success (accepted request, rejected spans).
+- ``start_late(receiver, delay)``: the port is reserved now (connections are refused), the
+  server starts after ``delay`` seconds.
+
+``await receiver.wait_for_spans(n, timeout)`` polls without blocking the event loop (the
+exporter under test may run on it); ``wait_for_spans_sync`` is for threads and sync tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Generic, TypeVar
+
+import anyio
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
+from typing_extensions import Self
+
+__all__ = [
+    "OtlpGrpcReceiver",
+    "OtlpHttpReceiver",
+    "ReceivedEvent",
+    "ReceivedRequest",
+    "ReceivedSpan",
+    "TlsFiles",
+    "ZipkinReceiver",
+    "start_late",
+]
+
+HOST = "127.0.0.1"
+
+# HTTP status -> google.rpc.Code, for the Status body of OTLP/HTTP errors.
+_HTTP_TO_RPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 429: 8, 500: 13, 502: 14, 503: 14, 504: 4}
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """A span event as it arrived."""
+
+    name: str
+    attributes: dict[str, Any]
+    time_unix_nano: int
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """An OTLP span as it arrived, with its resource and scope flattened in."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    kind: str
+    attributes: dict[str, Any]
+    events: tuple[ReceivedEvent, ...]
+    links: tuple[tuple[str, str], ...]
+    status_code: str
+    status_message: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    resource: dict[str, Any]
+    scope: str
+
+    @property
+    def service_name(self) -> Any:
+        return self.resource.get("service.name")
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """
+    One request as it arrived and what it was answered.
+
+    ``headers`` are HTTP headers or gRPC metadata, names lowercased. ``status`` is the HTTP
+    status or the gRPC status code name. ``spans`` is empty for rejected requests; for the
+    Zipkin receiver its items are the decoded JSON span objects.
+    """
+
+    path: str
+    headers: dict[str, Any]
+    content_type: str | None
+    content_encoding: str | None
+    body_size: int
+    status: int | str
+    spans: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS receiver; ``client_ca`` turns on client certificate checks."""
+
+    cert_file: str
+    key_file: str
+    client_ca: str | None = None
+
+
+@dataclass
+class _Faults:
+    fail_remaining: int = 0
+    fail_status: Any = None
+    retry_after: float | None = None
+    required: dict[str, str] = field(default_factory=dict)
+    hang_seconds: float = 0.0
+    hang_remaining: int | None = None
+    reject_count: int = 0
+    reject_message: str = ""
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    hang: float
+    error: Any  # None to accept, else an HTTP status or grpc.StatusCode
+    message: str
+    retry_after: float | None
+    reject_count: int
+    reject_message: str
+
+
+S = TypeVar("S")
+
+
+class _Receiver(Generic[S]):
+    """What every receiver shares: recording, faults, waiting, start/stop."""
+
+    #: Answer for ``fail_next`` without a status.
+    default_fail_status: Any = 503
+    #: Answer when ``require_header`` is not satisfied.
+    unauthenticated_status: Any = 401
+    scheme = "http"
+
+    def __init__(self, *, port: int = 0, tls: TlsFiles | None = None) -> None:
+        self._lock = threading.Condition()
+        self._faults = _Faults()
+        self._requests: list[ReceivedRequest] = []
+        self._attempts: list[ReceivedRequest] = []
+        self._stopping = threading.Event()
+        self._reservation: socket.socket | None = None
+        self._running = False
+        self.tls = tls
+        self.port = port
+        if tls is not None:
+            self.scheme = "https"
+
+    # -- lifecycle -------------------------------------------------------------------
+    def reserve_port(self) -> int:
+        """Bind a port without listening, so connections are refused until start()."""
+        if self._reservation is None and not self._running:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, self.port))
+            self._reservation = sock
+            self.port = sock.getsockname()[1]
+        return self.port
+
+    def start(self) -> None:
+        if self._running:
+            return
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
+        self._stopping.clear()
+        self.port = self._serve(self.port)
+        self._running = True
+
+    def stop(self) -> None:
+        """Stop serving and release hanging requests; safe to call twice."""
+        self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
+        if self._running:
+            self._running = False
+            self._shutdown()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _serve(self, port: int) -> int:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the receiver (``http://127.0.0.1:PORT``)."""
+        return f"{self.scheme}://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The URL spans are sent to."""
+        return self.endpoint
+
+    # -- faults ------------------------------------------------------------------------
+    def fail_next(
+        self, n: int = 1, status: Any = None, *, retry_after: float | None = None
+    ) -> None:
+        """Answer the next ``n`` requests with ``status`` (default 503 / UNAVAILABLE)."""
+        with self._lock:
+            self._faults.fail_remaining = n
+            self._faults.fail_status = self.default_fail_status if status is None else status
+            self._faults.retry_after = retry_after
+
+    def require_header(self, name: str, value: str) -> None:
+        """Answer 401 / UNAUTHENTICATED to requests without ``name: value``."""
+        with self._lock:
+            self._faults.required[name.lower()] = value
+
+    def hang(self, seconds: float, count: int | None = None) -> None:
+        """Hold the next ``count`` requests (all when None) ``seconds`` before answering."""
+        with self._lock:
+            self._faults.hang_seconds = seconds
+            self._faults.hang_remaining = count
+
+    def reject_spans(self, count: int, message: str = "rejected by test receiver") -> None:
+        """Answer the next request with an OTLP partial success rejecting ``count`` spans."""
+        with self._lock:
+            self._faults.reject_count = count
+            self._faults.reject_message = message
+
+    def reset(self) -> None:
+        """Forget recorded requests and faults."""
+        with self._lock:
+            self._faults = _Faults()
+            self._requests.clear()
+            self._attempts.clear()
+
+    def _judge(self, headers: Mapping[str, Any]) -> _Verdict:
+        with self._lock:
+            f = self._faults
+            hang = 0.0
+            if f.hang_seconds > 0 and (f.hang_remaining is None or f.hang_remaining > 0):
+                hang = f.hang_seconds
+                if f.hang_remaining is not None:
+                    f.hang_remaining -= 1
+            for name, value in f.required.items():
+                if headers.get(name) != value:
+                    return _Verdict(
+                        hang, self.unauthenticated_status, f"missing or wrong {name}", None, 0, ""
+                    )
+            if f.fail_remaining > 0:
+                f.fail_remaining -= 1
+                return _Verdict(hang, f.fail_status, "injected failure", f.retry_after, 0, "")
+            reject, message = f.reject_count, f.reject_message
+            f.reject_count = 0
+            return _Verdict(hang, None, "", None, reject, message)
+
+    def _hold(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def _record(self, request: ReceivedRequest, *, accepted: bool) -> None:
+        with self._lock:
+            self._attempts.append(request)
+            if accepted:
+                self._requests.append(request)
+            self._lock.notify_all()
+
+    # -- what arrived --------------------------------------------------------------------
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Accepted requests, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def attempts(self) -> list[ReceivedRequest]:
+        """Every request, accepted or not, in arrival order."""
+        with self._lock:
+            return list(self._attempts)
+
+    @property
+    def spans(self) -> list[S]:
+        """Every span of every accepted request, in arrival order."""
+        with self._lock:
+            return [span for request in self._requests for span in request.spans]
+
+    def span_names(self) -> list[str]:
+        return [self._name_of(span) for span in self.spans]
+
+    @staticmethod
+    def _name_of(span: Any) -> str:
+        return str(span.name if isinstance(span, ReceivedSpan) else span.get("name", ""))
+
+    def span(self, name: str) -> S:
+        """The one span called ``name`` (AssertionError when none or several)."""
+        found = [s for s in self.spans if self._name_of(s) == name]
+        assert len(found) == 1, f"expected one span {name!r}, got {len(found)}: {self.span_names()}"
+        return found[0]
+
+    async def wait_for_spans(self, n: int, timeout: float = 5.0) -> list[S]:
+        """Wait until at least ``n`` spans arrived, without blocking the event loop."""
+        with anyio.move_on_after(timeout):
+            while len(self.spans) < n:
+                await anyio.sleep(0.01)
+        spans = self.spans
+        assert len(spans) >= n, f"expected {n} spans within {timeout}s, got {self.span_names()}"
+        return spans
+
+    async def wait_for_attempts(self, n: int, timeout: float = 5.0) -> list[ReceivedRequest]:
+        """Wait until at least ``n`` requests arrived (accepted or not)."""
+        with anyio.move_on_after(timeout):
+            while len(self.attempts) < n:
+                await anyio.sleep(0.01)
+        attempts = self.attempts
+        assert len(attempts) >= n, f"expected {n} requests within {timeout}s, got {len(attempts)}"
+        return attempts
+
+    def wait_for_spans_sync(self, n: int, timeout: float = 5.0) -> list[S]:
+        """Blocking variant of :meth:`wait_for_spans`, for threads and sync tests."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while sum(len(r.spans) for r in self._requests) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+        spans = self.spans
+        assert len(spans) >= n, f"expected {n} spans within {timeout}s, got {self.span_names()}"
+        return spans
+
+
+R = TypeVar("R", bound=_Receiver[Any])
+
+
+@contextlib.contextmanager
+def start_late(receiver: R, delay: float) -> Iterator[R]:
+    """
+    Reserve ``receiver``'s port now (connections are refused) and start serving after
+    ``delay`` seconds, in a timer thread; the receiver is stopped on exit.
+    """
+    receiver.reserve_port()
+    timer = threading.Timer(delay, receiver.start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield receiver
+    finally:
+        timer.cancel()
+        timer.join()
+        receiver.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# OTLP decoding
+
+
+def _any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _attributes(value.kvlist_value.values)
+    return getattr(value, kind)
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    kv: KeyValue
+    for kv in items:
+        result[kv.key] = _any_value(kv.value)
+    return result
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    name: str = enum.Name(value)
+    return name.removeprefix(prefix)
+
+
+def decode_otlp(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    """Flatten an ``ExportTraceServiceRequest`` into :class:`ReceivedSpan` objects."""
+    spans: list[ReceivedSpan] = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
+            for span in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        name=span.name,
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex() or None,
+                        kind=_enum_name(trace_pb2.Span.SpanKind, span.kind, "SPAN_KIND_"),
+                        attributes=_attributes(span.attributes),
+                        events=tuple(
+                            ReceivedEvent(e.name, _attributes(e.attributes), e.time_unix_nano)
+                            for e in span.events
+                        ),
+                        links=tuple((li.trace_id.hex(), li.span_id.hex()) for li in span.links),
+                        status_code=_enum_name(
+                            trace_pb2.Status.StatusCode, span.status.code, "STATUS_CODE_"
+                        ),
+                        status_message=span.status.message,
+                        start_time_unix_nano=span.start_time_unix_nano,
+                        end_time_unix_nano=span.end_time_unix_nano,
+                        resource=resource,
+                        scope=scope,
+                    )
+                )
+    return spans
+
+
+def _export_response(
+    reject_count: int, message: str
+) -> trace_service_pb2.ExportTraceServiceResponse:
+    response = trace_service_pb2.ExportTraceServiceResponse()
+    if reject_count:
+        response.partial_success.rejected_spans = reject_count
+        response.partial_success.error_message = message
+    return response
+
+
+# ---------------------------------------------------------------------------------------
+# OTLP/gRPC
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, receiver: OtlpGrpcReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        receiver = self._receiver
+        metadata = {m.key.lower(): m.value for m in context.invocation_metadata()}
+        verdict = receiver._judge(metadata)
+        receiver._hold(verdict.hang)
+        size = request.ByteSize()
+        if verdict.error is not None:
+            code: grpc.StatusCode = verdict.error
+            receiver._record(
+                ReceivedRequest("Export", metadata, "application/grpc", None, size, code.name),
+                accepted=False,
+            )
+            if verdict.retry_after is not None:
+                delay = Duration()
+                delay.FromNanoseconds(int(verdict.retry_after * 1e9))
+                info = error_details_pb2.RetryInfo(retry_delay=delay)
+                context.set_trailing_metadata(
+                    (("google.rpc.retryinfo-bin", info.SerializeToString()),)
+                )
+            context.abort(code, verdict.message)
+        spans = tuple(decode_otlp(request))
+        receiver._record(
+            ReceivedRequest("Export", metadata, "application/grpc", None, size, "OK", spans),
+            accepted=True,
+        )
+        return _export_response(verdict.reject_count, verdict.reject_message)
+
+
+class OtlpGrpcReceiver(_Receiver[ReceivedSpan]):
+    """An OTLP/gRPC TraceService on 127.0.0.1 (see the module docstring)."""
+
+    default_fail_status = grpc.StatusCode.UNAVAILABLE
+    unauthenticated_status = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(
+        self, *, port: int = 0, tls: TlsFiles | None = None, accept_gzip: bool = True
+    ) -> None:
+        super().__init__(port=port, tls=tls)
+        self.accept_gzip = accept_gzip
+        self._server: grpc.Server | None = None
+
+    def _serve(self, port: int) -> int:
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+        if not self.accept_gzip:
+            # Bit 0 is identity: every other algorithm is refused with UNIMPLEMENTED.
+            options.append(("grpc.compression_enabled_algorithms_bitset", 1))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        address = f"{HOST}:{port}"
+        if self.tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            with open(self.tls.key_file, "rb") as f:
+                key = f.read()
+            with open(self.tls.cert_file, "rb") as f:
+                cert = f.read()
+            client_ca = None
+            if self.tls.client_ca is not None:
+                with open(self.tls.client_ca, "rb") as f:
+                    client_ca = f.read()
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            bound = server.add_secure_port(address, credentials)
+        if not bound:
+            raise RuntimeError(f"gRPC receiver could not bind {address}")
+        server.start()
+        self._server = server
+        return bound
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=0.2).wait(5)
+            self._server = None
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP (OTLP/HTTP and Zipkin)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], receiver: _HttpReceiver[Any]) -> None:
+        self.receiver = receiver
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _HttpHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop keep-alive connections too, so a stopped receiver is really gone."""
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HttpServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+    def do_POST(self) -> None:
+        receiver = self.server.receiver
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self._answer(411, {}, b"Content-Length required", "text/plain")
+            return
+        raw = self.rfile.read(int(length))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, extra, body, content_type = receiver._handle(self.path, headers, raw)
+        self._answer(status, extra, body, content_type)
+
+    def do_GET(self) -> None:
+        self._answer(405, {}, b"use POST", "text/plain")
+
+    def _answer(self, status: int, extra: Mapping[str, str], body: bytes, ctype: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client gave up (timeout) while we hung
+            self.close_connection = True
+
+
+class _HttpReceiver(_Receiver[S]):
+    path = "/"
+
+    def __init__(self, *, port: int = 0, tls: TlsFiles | None = None, path: str | None = None):
+        super().__init__(port=port, tls=tls)
+        if path is not None:
+            self.path = path
+        self._server: _HttpServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.endpoint + self.path
+
+    def _serve(self, port: int) -> int:
+        server = _HttpServer((HOST, port), self)
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+            if self.tls.client_ca is not None:
+                context.load_verify_locations(self.tls.client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+        return int(server.server_address[1])
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server.close_connections()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _handle(
+        self, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        content_type = headers.get("content-type")
+        encoding = headers.get("content-encoding")
+
+        def reject(status: int, message: str, extra: dict[str, str] | None = None) -> Any:
+            self._record(
+                ReceivedRequest(path, headers, content_type, encoding, len(raw), status),
+                accepted=False,
+            )
+            return (status, extra or {}, *self._error_body(status, message))
+
+        verdict = self._judge(headers)
+        self._hold(verdict.hang)
+        if path != self.path:
+            return reject(404, f"no such path {path}; spans go to {self.path}")
+        if verdict.error is not None:
+            extra = {}
+            if verdict.retry_after is not None:
+                extra["Retry-After"] = f"{verdict.retry_after:g}"
+            return reject(int(verdict.error), verdict.message, extra)
+        try:
+            if encoding in (None, "", "identity", "none"):
+                body = raw
+            elif encoding == "gzip":
+                body = gzip.decompress(raw)
+            elif encoding == "deflate":
+                body = zlib.decompress(raw)
+            else:
+                return reject(415, f"unsupported Content-Encoding {encoding}")
+            spans = self._decode(content_type, body)
+        except (ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
+            return reject(400, f"undecodable body: {exc}")
+        self._record(
+            ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(spans)),
+            accepted=True,
+        )
+        return self._ok_body(verdict)
+
+    def _decode(self, content_type: str | None, body: bytes) -> list[Any]:
+        raise NotImplementedError
+
+    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+        raise NotImplementedError
+
+    def _error_body(self, status: int, message: str) -> tuple[bytes, str]:
+        return message.encode(), "text/plain"
+
+
+class OtlpHttpReceiver(_HttpReceiver[ReceivedSpan]):
+    """An OTLP/HTTP (protobuf) receiver on 127.0.0.1 (see the module docstring)."""
+
+    path = "/v1/traces"
+
+    def _decode(self, content_type: str | None, body: bytes) -> list[ReceivedSpan]:
+        if content_type != "application/x-protobuf":
+            raise ValueError(f"Content-Type {content_type!r} is not application/x-protobuf")
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        return decode_otlp(request)
+
+    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+        response = _export_response(verdict.reject_count, verdict.reject_message)
+        return 200, {}, response.SerializeToString(), "application/x-protobuf"
+
+    def _error_body(self, status: int, message: str) -> tuple[bytes, str]:
+        status_message = status_pb2.Status(code=_HTTP_TO_RPC_CODE.get(status, 2), message=message)
+        return status_message.SerializeToString(), "application/x-protobuf"
+
+
+class ZipkinReceiver(_HttpReceiver[dict[str, Any]]):
+    """A Zipkin v2 JSON receiver on 127.0.0.1 (see the module docstring)."""
+
+    path = "/api/v2/spans"
+
+    def _decode(self, content_type: str | None, body: bytes) -> list[dict[str, Any]]:
+        if not (content_type or "").startswith("application/json"):
+            raise ValueError(f"Content-Type {content_type!r} is not application/json")
+        spans = json.loads(body)
+        if not isinstance(spans, list):
+            raise TypeError("a Zipkin v2 body is a JSON list of spans")
+        for span in spans:
+            if not isinstance(span, dict):
+                raise TypeError("each span is a JSON object")
+            trace_id, span_id = span.get("traceId"), span.get("id")
+            if not isinstance(trace_id, str) or len(trace_id) not in (16, 32):
+                raise ValueError(f"traceId {trace_id!r} is not 16 or 32 hex characters")
+            if not isinstance(span_id, str) or len(span_id) != 16:
+                raise ValueError(f"id {span_id!r} is not 16 hex characters")
+            int(trace_id, 16)  # ValueError unless hex
+            int(span_id, 16)
+            if "timestamp" in span and not isinstance(span["timestamp"], int):
+                raise ValueError("timestamp is an integer of microseconds")
+        return spans
+
+    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+        return 202, {}, b"", "text/plain"
