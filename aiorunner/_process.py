@@ -82,7 +82,7 @@ class ChildProcess:
             self._try_reap()  # it may already be gone
 
     @classmethod
-    def spawn(
+    async def spawn(
         cls,
         argv: Sequence[str],
         *,
@@ -95,20 +95,31 @@ class ChildProcess:
         """
         Start ``argv`` in a new session (so it leads its own process group).
 
+        fork/exec and the exec handshake run in a worker thread so the loop keeps
+        serving other runs meanwhile; the thread is never abandoned, so a cancellation
+        arriving during the spawn still gets the process back to kill it.
+
         Raises:
             OSError: the executable is missing or not executable, or ``cwd`` is bad.
         """
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
-        )
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=tuple(pass_fds),
+            )
+
+        # Shielded: a cancellation is delivered at the caller's next checkpoint, once
+        # the caller holds the process and can kill it.
+        with anyio.CancelScope(shield=True):
+            popen = await anyio.to_thread.run_sync(start)
         return cls(popen, tail_limit=tail_limit, on_output=on_output)
 
     # -- output -----------------------------------------------------------------------

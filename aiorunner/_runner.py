@@ -40,7 +40,7 @@ from ._config import TracingConfig
 from ._exceptions import ConfigError, UsageError
 from ._metadata import ScriptInfo, ScriptProblem, read_script
 from ._process import ChildProcess, OutputCallback
-from ._propagation import extract_parent, inject_env
+from ._propagation import extract_parent, get_propagator, inject_env
 from ._redact import redact_args
 from ._result import ExportReport, RunResult
 
@@ -63,6 +63,7 @@ DEFAULT_KILL_GRACE = 5.0
 PIPE_GRACE = 0.5
 TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
 
+_loaded_propagators: set[Any] = set()
 _interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
 
 
@@ -251,15 +252,16 @@ class ScriptRunner:
         session = self.session if self.enable_tracing and config.enabled else None
         tracing = session is not None and session.enabled
         tracer = session.tracer() if tracing else trace.NoOpTracer()
+        if config.propagators not in _loaded_propagators:
+            # Loading propagators scans entry points (file system): not on the loop.
+            await anyio.to_thread.run_sync(get_propagator, tuple(config.propagators))
+            _loaded_propagators.add(config.propagators)
         parent = extract_parent(
             config.propagators, context=self.context, carrier=self.carrier
         )
         started_at = time.time()
         t0 = time.perf_counter()
-        root_attrs: dict[str, Any] = {
-            "code.filepath": os.path.abspath(self.script),
-            "aiorunner.script": self.script,
-        }
+        root_attrs: dict[str, Any] = {"aiorunner.script": self.script}
         root_attrs.update(self.tracing_attributes)
         root = tracer.start_span("ScriptRunner", context=parent, attributes=root_attrs)
         if not tracing:
@@ -343,6 +345,9 @@ class _Run:
         self.child_env: dict[str, str] = {}
         self.exec_span: Span | None = None
         self.execution_time = 0.0
+        self.script_path = runner.script
+        self.cwd_path = runner.cwd or "."
+        self.cwd_ok = True
 
     def span(self, name: str, **kwargs: Any) -> Span:
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
@@ -373,12 +378,19 @@ class _Run:
         if runner.cwd is not None and not os.path.isabs(path):
             path = os.path.join(runner.cwd, path)
         interpreter = self._interpreter()
-        own = _is_own_interpreter(interpreter, runner.env)
+        if runner.interpreter is None:
+            own = not any(k in runner.env for k in _FOREIGN_ENV)
+        else:  # realpath reads links: off the loop
+            own = await anyio.to_thread.run_sync(_is_own_interpreter, interpreter, runner.env)
         inventory: _deps.InterpreterInventory | str | None = None
         if runner.validate_dependencies and not own:
             inventory = await _inventory_for(interpreter, runner.env)
 
         def work() -> tuple[Any, ...]:
+            # Everything that touches the file system happens here, off the loop.
+            self.script_path = os.path.abspath(path)
+            self.cwd_path = os.path.abspath(runner.cwd or os.getcwd())
+            self.cwd_ok = runner.cwd is None or os.path.isdir(runner.cwd)
             t_meta = time.time_ns()
             try:
                 info: ScriptInfo | ScriptProblem = read_script(path, python=explicit_python)
@@ -391,6 +403,7 @@ class _Run:
             return info, t_meta, t_meta_end, report, time.time_ns()
 
         info, t_meta, t_meta_end, report, t_deps_end = await anyio.to_thread.run_sync(work)
+        self.root.set_attribute("code.filepath", self.script_path)
         meta_span = self.span("extract_metadata", start_time=t_meta)
         if isinstance(info, ScriptProblem):
             self.fail(meta_span, str(info), info)
@@ -440,12 +453,13 @@ class _Run:
         env = dict(os.environ)
         env.update(runner.env)
         self.child_env = env
-        cwd = runner.cwd
-        span.set_attribute("aiorunner.cwd", os.path.abspath(cwd or os.getcwd()))
+        span.set_attribute("aiorunner.cwd", self.cwd_path)
         # Names only: environment values are never exported (they hold secrets).
         span.set_attribute("aiorunner.env.overridden", sorted(runner.env))
-        if cwd is not None and not os.path.isdir(cwd):
-            self.fail(span, f"working directory does not exist: {cwd}; create it or fix cwd=")
+        if not self.cwd_ok:
+            self.fail(
+                span, f"working directory does not exist: {runner.cwd}; create it or fix cwd="
+            )
             span.end()
             raise _Failure
         span.end()
@@ -484,7 +498,7 @@ class _Run:
         if runner.passthrough:
             on_output = _passthrough(on_output)
         try:
-            child = ChildProcess.spawn(
+            child = await ChildProcess.spawn(
                 argv,
                 cwd=runner.cwd,
                 env=self.child_env,
@@ -710,8 +724,11 @@ def _python_traceback(stderr: str) -> tuple[str, str, str] | None:
     return exc_type, exc_msg, text
 
 
+_FOREIGN_ENV = ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONNOUSERSITE")
+
+
 def _is_own_interpreter(interpreter: str, env: Mapping[str, str]) -> bool:
-    if any(k in env for k in ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONNOUSERSITE")):
+    if any(k in env for k in _FOREIGN_ENV):
         return False
     if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
         # same binary; a venv and its base share the binary but not the prefix

@@ -30,6 +30,15 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
     yield traces
 
 
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[None]:
+    """Fail any blocking call made by aiorunner code on an event loop thread."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx("aiorunner"):
+        yield
+
+
 @pytest.fixture
 def traces_file(clean_environ: Path) -> Path:
     return clean_environ
