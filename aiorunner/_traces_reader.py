@@ -54,6 +54,8 @@ PENDING_ATTRIBUTE = "aiorunner.pending"
 ROOT_SPAN_NAME = "ScriptRunner"
 STATUS_ERROR = 2
 _BLOCK = 1 << 16
+#: Records read between two checks of whether the listing can stop (amortised O(1)).
+_CHECK_EVERY = 64
 _LINE_START = b'{"resourceSpans"'
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -494,7 +496,7 @@ def list_traces(
         if record.pending and not record.parent_span_id:
             frontier = record.start_ns if frontier is None else min(frontier, record.start_ns)
         since_check += 1
-        if frontier is not None and since_check >= max(64, len(accumulators)):
+        if frontier is not None and since_check >= max(_CHECK_EVERY, len(accumulators)):
             since_check = 0
             if _can_stop(accumulators, frontier, failed, slowest, since_ns, want, now_ns):
                 scanned_all = False

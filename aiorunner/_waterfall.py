@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len, set_cell_size
@@ -68,14 +69,20 @@ def _column(position: float, cells: int) -> int:
 
 
 def _ruler(trace: Trace, cells: int) -> str:
-    """Tick labels at 0, ¼, ½, ¾ and the end of the trace, over the bar column."""
+    """Tick labels at 0, ¼, ½, ¾ and the end of the trace, over the bar column; a label
+    that would touch its neighbour is left out (the end label always stays)."""
     line = [" "] * cells
     total = trace.duration
+    if total <= 0:
+        return "0s".ljust(cells)
+    end_label = format_duration(total)
+    end_start = cells - len(end_label)
+    line[end_start:] = end_label
     last_end = -1
-    for index, fraction in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
-        label = "0s" if index == 0 else format_duration(total * fraction)
-        start = cells - len(label) if index == 4 else _column(fraction, cells)
-        if start <= last_end or start + len(label) > cells:
+    for fraction in (0.0, 0.25, 0.5, 0.75):
+        label = "0s" if fraction == 0 else format_duration(total * fraction)
+        start = _column(fraction, cells)
+        if start <= last_end or start + len(label) >= end_start:
             continue
         line[start : start + len(label)] = label
         last_end = start + len(label)
@@ -116,13 +123,28 @@ def _clip(text: str, cells: int) -> str:
     return set_cell_size(text, max(0, cells - 1)) + "…"
 
 
-def _details(trace: Trace, span: SpanRecord, width: int, lead: str) -> list[Text]:
+def _wrap(text: str, cells: int) -> list[str]:
+    """Wrap a detail line to ``cells``, continuation lines indented by two."""
+    lines = textwrap.wrap(
+        text,
+        width=cells,
+        subsequent_indent="  ",
+        break_long_words=True,
+        break_on_hyphens=False,
+        drop_whitespace=False,
+    ) or [""]
+    return [_clip(line.rstrip(), cells) for line in lines]
+
+
+def _details(trace: Trace, span: SpanRecord, width: int, lead: str, service: str) -> list[Text]:
     room = max(10, width - cell_len(lead))
-    lines = [
-        f"span {span.span_id}  kind {_KINDS.get(span.kind, span.kind)}"
-        + (f"  service {span.service}" if span.service else "")
-        + f"  start +{format_duration((span.start_ns - trace.start_ns) / 1e9)}"
-    ]
+    first = (
+        f"id {span.span_id}  {_KINDS.get(span.kind, span.kind)}"
+        f"  at +{format_duration((span.start_ns - trace.start_ns) / 1e9)}"
+    )
+    if span.service and span.service != service:
+        first += f"  service {span.service}"
+    lines = [first]
     if span.status_message:
         lines.append(f"status {span.status}: {span.status_message}")
     lines.extend(
@@ -134,7 +156,11 @@ def _details(trace: Trace, span: SpanRecord, width: int, lead: str) -> list[Text
         offset = format_duration(max(0, event.time_ns - trace.start_ns) / 1e9)
         attributes = " ".join(f"{k}={_value(v)}" for k, v in sorted(event.attributes.items()))
         lines.append(f"{EVENT} +{offset} {event.name}" + (f"  {attributes}" if attributes else ""))
-    return [Text(lead, style="dim") + Text(_clip(line, room), style="dim") for line in lines]
+    return [
+        Text(lead, style="dim") + Text(part, style="dim")
+        for line in lines
+        for part in _wrap(line, room)
+    ]
 
 
 def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> list[Text]:
@@ -158,13 +184,16 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
     head.append(f"Trace {trace.trace_id}", style="bold")
     head.append("  ")
     head.append(trace.status, style=_STYLES[trace.status])
-    verb = "running for " if trace.running else ""
-    head.append(f"  {verb}{format_duration(trace.duration)}  {len(trace.spans)} spans")
+    so_far = " so far" if trace.running else ""
+    count = f"{len(trace.spans)} span" + ("s" if len(trace.spans) != 1 else "")
+    head.append(f"  {format_duration(trace.duration)}{so_far}  {count}")
+    service = first_root.service if first_root else ""
     info = [subject] if subject else []
-    if first_root and first_root.service:
-        info.append(f"service {first_root.service}")
+    if service:
+        info.append(f"service {service}")
     info.append(f"started {format_time(trace.start_ns)}")
-    lines = [head, Text(_clip("  ·  ".join(info), width), style="dim"), Text()]
+    lines = [head, *(Text(part, style="dim") for part in _wrap(" · ".join(info), width))]
+    lines.append(Text())
     header = Text(set_cell_size("Span", name_cells) + " ", style="bold")
     header.append(_ruler(trace, bar_cells), style="dim")
     header.append("  " + "Duration".rjust(_DURATION_WIDTH) + " " + "Status", style="bold")
@@ -179,20 +208,15 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
         lines.append(line)
         if verbose:
             lead = _detail_guide(row, span.span_id in has_children)
-            lines.extend(_details(trace, span, width, lead))
+            lines.extend(_details(trace, span, width, lead, service))
     orphans = [s for s in roots if s.parent_span_id]
     if orphans:
         lines.append(Text())
-        lines.append(
-            Text(
-                _clip(
-                    f"{len(orphans)} span(s) have a parent not in this file (another "
-                    "service or process): shown as roots",
-                    width,
-                ),
-                style="dim",
-            )
+        note = (
+            f"{len(orphans)} span(s) whose parent is not in the file (another service's, "
+            "or not written yet) are shown as roots"
         )
+        lines.extend(Text(part, style="dim") for part in _wrap(note, width))
     return lines
 
 

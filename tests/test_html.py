@@ -1,0 +1,236 @@
+"""The HTML waterfall, checked by parsing the file: every span present once, nesting by
+parent links, bar geometry, events, details, escaping, and no network access."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from traces_fixture import MS, T0, TRACE_A, known_trace_lines, line, span, write
+
+from aiorunner._html import render_html, write_html
+from aiorunner._traces_reader import load_trace
+
+
+@dataclass
+class Row:
+    attrs: dict[str, str]
+    name: str = ""
+    bar_style: str = ""
+    events: list[dict[str, str]] = field(default_factory=list)
+    duration: str = ""
+    status: str = ""
+
+
+class Page(HTMLParser):
+    """Collects what a browser would show: rows, details blocks, tags that could reach
+    the network, and the inline style and script."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[Row] = []
+        self.details: dict[str, dict[str, str | bool]] = {}
+        self.detail_text: dict[str, list[str]] = {}
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self._stack: list[tuple[str, str]] = []
+        self._text_target: str | None = None
+        self._detail: str | None = None
+        self._raw: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.tags.append((tag, a))
+        classes = a.get("class", "").split()
+        if tag in ("script", "style"):
+            self._raw = tag
+        if "row" in classes:
+            self.rows.append(Row(a))
+        elif "bar" in classes and self.rows:
+            self.rows[-1].bar_style = a.get("style", "")
+        elif "event" in classes and self.rows and tag == "span":
+            self.rows[-1].events.append(a)
+        elif "details" in classes:
+            span_id = a["id"].removeprefix("details-")
+            self.details[span_id] = {"hidden": "hidden" in a}
+            self.detail_text[span_id] = []
+            self._detail = span_id
+        if tag == "span" and "span-name" in classes:
+            self._text_target = "name"
+        elif tag == "div" and "duration" in classes and self.rows and self._detail is None:
+            self._text_target = "duration"
+        elif tag == "div" and "status" in classes and self.rows and self._detail is None:
+            self._text_target = "status"
+        if tag == "div":
+            self._stack.append((tag, " ".join(classes)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._raw = None
+        if tag == "div" and self._stack:
+            _, classes = self._stack.pop()
+            if "details" in classes.split():
+                self._detail = None
+        self._text_target = None
+
+    def handle_data(self, data: str) -> None:
+        if self._raw == "script":
+            self.scripts.append(data)
+        elif self._raw == "style":
+            self.styles.append(data)
+        if self._detail is not None:
+            self.detail_text[self._detail].append(data)
+        if self._text_target and self.rows and self._detail is None:
+            row = self.rows[-1]
+            setattr(row, self._text_target, getattr(row, self._text_target) + data)
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _percent(style: str, prop: str) -> float:
+    match = re.search(rf"{prop}:([0-9.]+)%", style)
+    assert match, (prop, style)
+    return float(match.group(1))
+
+
+@pytest.fixture
+def known(tmp_path: Path) -> Page:
+    path = write(tmp_path / "t.jsonl", *known_trace_lines())
+    out = write_html(load_trace(path, TRACE_A), tmp_path / "out.html")
+    return parse(out.read_text(encoding="utf-8"))
+
+
+def test_every_span_once_with_nesting(known: Page) -> None:
+    """Nine spans, nine rows in waterfall order; each row's depth is its parent row's
+    depth plus one, and parents come before their children."""
+    names = [r.name for r in known.rows]
+    assert names == [
+        "ScriptRunner",
+        "extract_metadata",
+        "validate_dependencies",
+        "setup_environment",
+        "execute_script",
+        "load_data",
+        "transform",
+        "collect_metrics",
+        "upload_traces",
+    ]
+    position = {r.attrs["data-span-id"]: i for i, r in enumerate(known.rows)}
+    assert len(position) == 9
+    for index, row in enumerate(known.rows):
+        parent = row.attrs["data-parent-id"]
+        depth = int(row.attrs["data-depth"])
+        if parent:
+            parent_row = known.rows[position[parent]]
+            assert position[parent] < index
+            assert depth == int(parent_row.attrs["data-depth"]) + 1
+        else:
+            assert depth == 0
+    execute = known.rows[names.index("execute_script")]
+    load = known.rows[names.index("load_data")]
+    assert load.attrs["data-parent-id"] == execute.attrs["data-span-id"]
+
+
+def test_bar_geometry_is_scaled_to_the_trace(known: Page) -> None:
+    """Each bar starts at its offset and is as wide as its duration, in percent of the
+    trace's 2 s."""
+    by_name = {r.name: r for r in known.rows}
+    expected = {
+        "ScriptRunner": (0, 2000),
+        "extract_metadata": (5, 20),
+        "execute_script": (70, 1900),
+        "load_data": (200, 700),
+        "transform": (700, 1500),
+        "upload_traces": (1950, 2000),
+    }
+    for name, (start, end) in expected.items():
+        style = by_name[name].bar_style
+        assert _percent(style, "left") == pytest.approx(start / 2000 * 100, abs=0.001)
+        assert _percent(style, "width") == pytest.approx((end - start) / 2000 * 100, abs=0.001)
+    assert by_name["execute_script"].duration == "1.83s"
+    assert by_name["transform"].status == "error"
+    assert by_name["transform"].attrs["class"] == "row status-error"
+
+
+def test_events_are_marked_on_their_span(known: Page) -> None:
+    """The two monitoring events sit at 25% and 50% of the trace on execute_script."""
+    by_name = {r.name: r for r in known.rows}
+    events = by_name["execute_script"].events
+    assert [e["title"] for e in events] == ["cpu_monitoring +500ms", "memory_monitoring +1.00s"]
+    assert [_percent(e["style"], "left") for e in events] == [25.0, 50.0]
+    assert all(not by_name[n].events for n in by_name if n != "execute_script")
+
+
+def test_details_hold_attributes_and_events(known: Page) -> None:
+    """Each span has a hidden details block (opened by a click) with its attributes,
+    status message and events."""
+    assert set(known.details) == {r.attrs["data-span-id"] for r in known.rows}
+    assert all(d["hidden"] for d in known.details.values())
+    execute = "".join(known.detail_text["a000000000000005"])
+    assert "process.pid" in execute
+    assert "4242" in execute
+    assert "cpu_monitoring" in execute
+    assert "cpu.percent=97.5" in execute
+    transform = "".join(known.detail_text["b000000000000002"])
+    assert "error: ValueError: bad row 17" in transform
+
+
+def test_self_contained_and_offline(known: Page) -> None:
+    """Inline style and script only; nothing refers to another resource, and the CSP
+    forbids network access anyway."""
+    assert known.styles
+    assert known.scripts
+    assert "addEventListener('click'" in "".join(known.scripts)
+    for tag, attrs in known.tags:
+        assert "src" not in attrs, tag
+        assert tag != "link", attrs
+        assert "http" not in attrs.get("href", ""), attrs
+    csp = [a for t, a in known.tags if t == "meta" and a.get("http-equiv")]
+    assert csp[0]["content"].startswith("default-src 'none'")
+    assert "url(" not in "".join(known.styles)
+    assert "@import" not in "".join(known.styles)
+
+
+def test_untrusted_names_and_values_are_escaped(tmp_path: Path) -> None:
+    """A span name or attribute carrying markup shows as text, never as markup."""
+    evil = '<script>alert("x")</script>'
+    path = write(
+        tmp_path / "t.jsonl",
+        line(
+            span(TRACE_A, "a000000000000001", None, evil, 0, 10, attributes={'"><img src=x>': evil})
+        ),
+    )
+    text = render_html(load_trace(path, TRACE_A))
+    page = parse(text)
+    assert [r.name for r in page.rows] == [evil]
+    assert not [t for t, _ in page.tags if t == "img"]
+    assert len([t for t, _ in page.tags if t == "script"]) == 1
+    assert evil in "".join(page.detail_text["a000000000000001"])
+
+
+def test_running_trace_in_html(tmp_path: Path) -> None:
+    """A running root gets the running class and a bar up to 'now'."""
+    path = write(tmp_path / "t.jsonl", *known_trace_lines()[:2])
+    trace = load_trace(path, TRACE_A, now_ns=T0 + 1000 * MS)
+    page = parse(render_html(trace))
+    root = page.rows[0]
+    assert root.attrs["class"] == "row status-running"
+    assert root.status == "running"
+    assert _percent(root.bar_style, "width") == 100.0
+    assert int(root.attrs["data-end-ns"]) == T0 + 1000 * MS
+
+
+def test_write_html_by_id_from_the_default_file(traces_file: Path, tmp_path: Path) -> None:
+    """The helper `make demo` calls takes an id prefix and reads AIORUNNER_TRACES_FILE."""
+    write(traces_file, *known_trace_lines())
+    out = write_html("4bf9", tmp_path / "demo.html")
+    assert len(parse(out.read_text(encoding="utf-8")).rows) == 9
