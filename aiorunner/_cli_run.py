@@ -8,14 +8,16 @@ could not start, 2 for usage errors (click's convention).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._config import TracingConfig
 from ._exceptions import AiorunnerError
-from ._result import RunResult
 from ._runner import ScriptRunner
+
+if TYPE_CHECKING:
+    from ._result import RunResult
 
 __all__ = ["parse_env_pairs", "run_command"]
 
@@ -57,16 +59,49 @@ def summary_line(result: RunResult) -> str:
 )
 @click.argument("script", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before the script's process group is terminated (exit 124).")
-@click.option("--cwd", type=click.Path(file_okay=False, path_type=str), help="Working directory of the script.")
-@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Set a variable for the script (repeatable).")
-@click.option("--interpreter", type=str, help="Python interpreter for .py scripts (default: this one).")
-@click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON on stdout; the script's output goes to stderr.")
-@click.option("--exporter", type=str, help="Backend name(s), comma separated (overrides OTEL_TRACES_EXPORTER).")
-@click.option("--service-name", type=str, help="service.name of the trace (overrides OTEL_SERVICE_NAME).")
-@click.option("--monitor-interval", type=click.FloatRange(min=0, min_open=True), help="Seconds between samples of the process tree (default 0.5).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds before the script's process group is terminated (exit 124).",
+)
+@click.option(
+    "--cwd",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Working directory of the script.",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a variable for the script (repeatable).",
+)
+@click.option(
+    "--interpreter", type=str, help="Python interpreter for .py scripts (default: this one)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the RunResult as JSON on stdout; the script's output goes to stderr.",
+)
+@click.option(
+    "--exporter",
+    type=str,
+    help="Backend name(s), comma separated (overrides OTEL_TRACES_EXPORTER).",
+)
+@click.option(
+    "--service-name", type=str, help="service.name of the trace (overrides OTEL_SERVICE_NAME)."
+)
+@click.option(
+    "--monitor-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between samples of the process tree (default 0.5).",
+)
 @click.option("--no-monitor", is_flag=True, help="Do not sample CPU/memory/I/O.")
-@click.option("--no-validate-dependencies", is_flag=True, help="Do not check imports before running.")
+@click.option(
+    "--no-validate-dependencies", is_flag=True, help="Do not check imports before running."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's output through.")
 def run_command(
     script: str,

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["TracingConfig"]
 
@@ -239,9 +241,7 @@ class TracingConfig:
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> TracingConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TracingConfig:
         """Build a resolved config from ``environ`` (default ``os.environ``), with
         ``overrides`` taking precedence as explicit arguments."""
         return cls(**overrides).resolve(environ)
@@ -281,9 +281,10 @@ class TracingConfig:
         sources: dict[str, str] = {}
         explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if explicit["export_timeout"] is None and explicit["export_timeout_ms"] is not None:
-            explicit["export_timeout"] = _check_number(
-                "export_timeout_ms", explicit["export_timeout_ms"], minimum=0
-            ) / 1000.0
+            explicit["export_timeout"] = (
+                _check_number("export_timeout_ms", explicit["export_timeout_ms"], minimum=0)
+                / 1000.0
+            )
         for name, spec in _SPECS.items():
             given = explicit[name]
             if given is not None:
@@ -295,10 +296,10 @@ class TracingConfig:
             else:
                 values[name] = spec.default
                 sources[name] = "default"
-        if explicit["enabled"] is None and env.get(OTEL_SDK_DISABLED):
-            if _parse_bool(OTEL_SDK_DISABLED, env[OTEL_SDK_DISABLED]):
-                values["enabled"] = False
-                sources["enabled"] = f"env {OTEL_SDK_DISABLED}"
+        disabled = env.get(OTEL_SDK_DISABLED)
+        if explicit["enabled"] is None and disabled and _parse_bool(OTEL_SDK_DISABLED, disabled):
+            values["enabled"] = False
+            sources["enabled"] = f"env {OTEL_SDK_DISABLED}"
         if isinstance(values["exporter_type"], str):
             values["exporter_type"] = _parse_list("exporter_type", values["exporter_type"])
         values["exporter_type"] = tuple(values["exporter_type"])
@@ -319,7 +320,9 @@ class TracingConfig:
             if env.get(var):
                 validate_endpoint(var, env[var])
         values["sampler"] = _parse_sampler("sampler", str(values["sampler"]))
-        rate_name = "sample_rate" if sources["sample_rate"] == "argument" else OTEL_TRACES_SAMPLER_ARG
+        rate_name = (
+            "sample_rate" if sources["sample_rate"] == "argument" else OTEL_TRACES_SAMPLER_ARG
+        )
         rate = _check_number(rate_name, values["sample_rate"], minimum=0)
         if rate > 1:
             raise ConfigError(f"{rate_name}={values['sample_rate']!r} must be between 0 and 1")
@@ -332,8 +335,7 @@ class TracingConfig:
             values[name] = float(_check_number(name, values[name], minimum=0))
         for name in ("monitor_interval", "tail_latency_threshold"):
             values[name] = float(_check_number(name, values[name], minimum=0, strict=True))
-        if values["batch_size"] > values["max_queue_size"]:
-            values["batch_size"] = values["max_queue_size"]
+        values["batch_size"] = min(values["batch_size"], values["max_queue_size"])
         values["traces_file"] = os.fspath(values["traces_file"])
         values["propagators"] = tuple(values["propagators"])
         values["instrument"] = tuple(values["instrument"])
@@ -354,7 +356,9 @@ def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False
     return float(value)
 
 
-_SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[-_]?key|auth|credential|private)", re.I)
+_SECRET_KEY = re.compile(
+    r"(pass(word)?|secret|token|api[-_]?key|auth|credential|private)", re.IGNORECASE
+)
 
 
 def looks_secret(key: str) -> bool:

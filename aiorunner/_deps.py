@@ -19,13 +19,16 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 __all__ = [
     "DependencyReport",
@@ -73,8 +76,8 @@ def _is_guard_handler(handler: ast.ExceptHandler) -> bool:
         return True
     names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
     return any(
-        isinstance(n, ast.Name) and n.id in _GUARD_EXCEPTIONS
-        or isinstance(n, ast.Attribute) and n.attr in _GUARD_EXCEPTIONS
+        (isinstance(n, ast.Name) and n.id in _GUARD_EXCEPTIONS)
+        or (isinstance(n, ast.Attribute) and n.attr in _GUARD_EXCEPTIONS)
         for n in names
     )
 
@@ -120,10 +123,11 @@ def top_level_imports(tree: ast.Module) -> tuple[str, ...]:
             elif isinstance(stmt, ast.Try) or (
                 sys.version_info >= (3, 11) and isinstance(stmt, ast.TryStar)
             ):
-                if not any(_is_guard_handler(h) for h in stmt.handlers):
-                    visit(stmt.body)
-                visit(stmt.orelse)
-                visit(stmt.finalbody)
+                block: ast.Try = stmt  # type: ignore[assignment]  # TryStar has the same fields
+                if not any(_is_guard_handler(h) for h in block.handlers):
+                    visit(block.body)
+                visit(block.orelse)
+                visit(block.finalbody)
             elif isinstance(stmt, (ast.With, ast.AsyncWith)):
                 visit(stmt.body)
 
@@ -159,9 +163,12 @@ def _check_distributions(
         except InvalidRequirement:
             missing.append(f"{spec} (not a valid requirement)")
             continue
-        if req.marker is not None and marker_env is not None:
-            if not req.marker.evaluate(dict(marker_env)):
-                continue
+        if (
+            req.marker is not None
+            and marker_env is not None
+            and not req.marker.evaluate(dict(marker_env))
+        ):
+            continue
         version = installed.get(canonicalize_name(req.name))
         if version is None:
             missing.append(str(req))
@@ -215,7 +222,9 @@ def check_with_own_interpreter(
     return DependencyReport(
         imports=imports,
         missing_modules=tuple(missing),
-        missing_distributions=tuple(_check_distributions(deps, dists, default_environment())),
+        missing_distributions=tuple(
+            _check_distributions(deps, dists, {k: str(v) for k, v in default_environment().items()})
+        ),
         python_mismatch=_check_python(requires_python, _own_version()),
     )
 

@@ -18,14 +18,12 @@ from typing import Any
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = ["ScriptInfo", "ScriptProblem", "parse_pep723", "read_script"]
 
 # The reference regular expression of PEP 723 / the inline script metadata specification.
-_PEP723 = re.compile(
-    r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
-)
+_PEP723 = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 
 
 class ScriptProblem(Exception):
@@ -90,7 +88,8 @@ def parse_pep723(text: str) -> dict[str, Any] | None:
         for line in blocks[0].group("content").splitlines(keepends=True)
     )
     try:
-        return tomllib.loads(content)
+        data: dict[str, Any] = tomllib.loads(content)
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"its '# /// script' block is not valid TOML: {exc}") from None
 

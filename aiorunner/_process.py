@@ -181,16 +181,16 @@ class ChildProcess:
         """Wait until the child itself has exited and was reaped; returns its code
         (negative N when killed by signal N)."""
         if self._pidfd is None and not self._exited.is_set():
-            pid, status, rusage = await anyio.to_thread.run_sync(os.wait4, self.pid, 0)
+            _pid, status, rusage = await anyio.to_thread.run_sync(os.wait4, self.pid, 0)
             self._set_exited(status, rusage)
         await self._exited.wait()
         assert self.returncode is not None
         return self.returncode
 
-    async def wait_output(self, timeout: float | None) -> bool:
-        """Wait for both pipes to reach EOF; False when ``timeout`` passed first (a
+    async def wait_output(self, grace: float | None) -> bool:
+        """Wait for both pipes to reach EOF; False when ``grace`` seconds passed first (a
         descendant still holds them open)."""
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(grace):
             await self._pipes_closed.wait()
             return True
         return False
@@ -239,7 +239,8 @@ class ChildProcess:
             self.signal_group(signal.SIGKILL)
         with anyio.move_on_after(1.0):
             await self.wait_exit()
-            while await anyio.to_thread.run_sync(self.group_has_live_members):
+            # No event tells when a grandchild dies: poll, bounded by the scope.
+            while await anyio.to_thread.run_sync(self.group_has_live_members):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
 
     def close(self) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import signal as _signal
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["BackendReport", "ExportReport", "RunResult"]
 

@@ -19,14 +19,13 @@ the spans, then propagates.
 
 from __future__ import annotations
 
-import asyncio
 import ast
+import asyncio
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,8 @@ from ._redact import redact_args
 from ._result import ExportReport, RunResult
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
@@ -250,15 +251,17 @@ class ScriptRunner:
         """
         config = self.config
         session = self.session if self.enable_tracing and config.enabled else None
-        tracing = session is not None and session.enabled
-        tracer = session.tracer() if tracing else trace.NoOpTracer()
-        if config.propagators not in _loaded_propagators:
+        tracer: Tracer = trace.NoOpTracer()
+        tracing = False
+        if session is not None and session.enabled:
+            tracer = session.tracer()
+            tracing = True
+        propagators = tuple(config.propagators or ())
+        if propagators not in _loaded_propagators:
             # Loading propagators scans entry points (file system): not on the loop.
-            await anyio.to_thread.run_sync(get_propagator, tuple(config.propagators))
-            _loaded_propagators.add(config.propagators)
-        parent = extract_parent(
-            config.propagators, context=self.context, carrier=self.carrier
-        )
+            await anyio.to_thread.run_sync(get_propagator, propagators)
+            _loaded_propagators.add(propagators)
+        parent = extract_parent(propagators, context=self.context, carrier=self.carrier)
         started_at = time.time()
         t0 = time.perf_counter()
         root_attrs: dict[str, Any] = {"aiorunner.script": self.script}
@@ -423,9 +426,8 @@ class _Run:
                 self.fail(deps_span, inventory)
                 raise _Failure
             if isinstance(report, SyntaxError):
-                message = (
-                    f"syntax error in {info.path} line {report.lineno}: {report.msg}"
-                    + (f"\n    {report.text.rstrip()}" if report.text else "")
+                message = f"syntax error in {info.path} line {report.lineno}: {report.msg}" + (
+                    f"\n    {report.text.rstrip()}" if report.text else ""
                 )
                 self.fail(deps_span, message, report)
                 raise _Failure
@@ -443,6 +445,7 @@ class _Run:
                     raise _Failure
         finally:
             deps_span.end(end_time=t_deps_end)
+        assert isinstance(info, ScriptInfo)
         return info
 
     # -- setup_environment ----------------------------------------------------------------
@@ -481,7 +484,7 @@ class _Run:
         span = self.span("execute_script", kind=trace.SpanKind.INTERNAL)
         self.exec_span = span
         exec_ctx = trace.set_span_in_context(span, self.root_ctx)
-        inject_env(self.config.propagators, exec_ctx, self.child_env)
+        inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)
         argv = self._argv(info, self.child_env.get("TRACEPARENT"))
         outcome.command = tuple(argv)
         span.set_attribute("process.executable.path", argv[0])
@@ -574,9 +577,7 @@ class _Run:
                 span.add_event("script.stderr", {"stderr.tail": tail})
         span.end()
 
-    def _record_exit(
-        self, child: ChildProcess, span: Span, monitor: Any, t_start: float
-    ) -> None:
+    def _record_exit(self, child: ChildProcess, span: Span, monitor: Any, t_start: float) -> None:
         outcome = self.outcome
         self.execution_time = time.perf_counter() - t_start
         code = child.returncode
@@ -633,7 +634,7 @@ class _Run:
 
         return ProcessTreeMonitor(
             pid,
-            interval=runner.monitor_interval or self.config.monitor_interval,
+            interval=float(runner.monitor_interval or self.config.monitor_interval or 0.5),
             on_sample=runner.on_sample,
             max_memory_bytes=runner.max_memory_bytes,
             max_cpu_seconds=runner.max_cpu_seconds,
@@ -666,7 +667,7 @@ class _Run:
             outcome.export = ExportReport(disabled=True)
             return
         trace_id = root.get_span_context().trace_id
-        timeout = self.config.export_timeout
+        timeout = float(self.config.export_timeout or 0.0)
         deadline = time.monotonic() + timeout
         first = await session.flush_trace(trace_id, timeout=timeout)
         upload.set_attribute("aiorunner.export.ok", first.ok)
@@ -707,8 +708,10 @@ def _passthrough(inner: OutputCallback | None) -> OutputCallback:
 
 
 _TB_START = "Traceback (most recent call last):"
-_EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|\w*))"
-                       r"(?::\s?(?P<msg>.*))?$")
+_EXC_LINE = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|\w*))"
+    r"(?::\s?(?P<msg>.*))?$"
+)
 
 
 def _python_traceback(stderr: str) -> tuple[str, str, str] | None:
@@ -742,7 +745,7 @@ async def _inventory_for(
     interpreter: str, env: Mapping[str, str]
 ) -> _deps.InterpreterInventory | str:
     """What ``interpreter`` can import, probed once and cached; a string on failure."""
-    key = (os.path.abspath(interpreter), env.get("PYTHONPATH", ""))
+    key = (interpreter, env.get("PYTHONPATH", ""))
     cached = _interpreter_cache.get(key)
     if cached is not None:
         return cached

@@ -65,7 +65,9 @@ async def main() -> int:
     trace_id = results[0][1].trace_id
     where = config.traces_file if "jsonl" in config.exporters else ", ".join(config.exporters)
     console.print(f"\nThe trace went to [bold]{where}[/] (OTLP JSON lines: the OpenTelemetry")
-    console.print("Collector's otlpjsonfile receiver reads it; `aiorunner traces push` replays it).")
+    console.print(
+        "Collector's otlpjsonfile receiver reads it; `aiorunner traces push` replays it)."
+    )
     if "jsonl" in config.exporters:
         html = work / "trace.html"
         cli = [sys.executable, "-m", "aiorunner", "traces", "show", trace_id[:12]]
@@ -73,8 +75,10 @@ async def main() -> int:
         subprocess.run(cli, check=False)
         subprocess.run([*cli, "--html", str(html)], check=False, stdout=subprocess.DEVNULL)
         console.print(f"\nHTML waterfall: [bold]{html}[/] (self-contained; open it in a browser)")
-        console.print("Every run: [bold]aiorunner traces[/] · this one: "
-                      f"[bold]aiorunner traces show {trace_id[:12]} -v[/]")
+        console.print(
+            "Every run: [bold]aiorunner traces[/] · this one: "
+            f"[bold]aiorunner traces show {trace_id[:12]} -v[/]"
+        )
     return 0 if all(r.success for _, r in results) else 1
 
 

@@ -27,7 +27,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
             monkeypatch.delenv(key)
     traces = tmp_path / "traces.jsonl"
     monkeypatch.setenv("AIORUNNER_TRACES_FILE", str(traces))
-    yield traces
+    return traces
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,8 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
         request = json.loads(line)
         for rs in request["resourceSpans"]:
             resource = {
-                a["key"]: attr_value(a["value"]) for a in rs.get("resource", {}).get("attributes", [])
+                a["key"]: attr_value(a["value"])
+                for a in rs.get("resource", {}).get("attributes", [])
             }
             for ss in rs.get("scopeSpans", []):
                 for span in ss.get("spans", []):

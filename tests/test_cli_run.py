@@ -87,9 +87,7 @@ def test_usage_errors_exit_2(args):
 
 def test_bad_env_var_is_usage_error(make_script):
     """An invalid OTEL_* value is reported naming the variable, exit 2."""
-    proc = aiorunner(
-        "run", str(make_script("print(1)")), env={"OTEL_BSP_SCHEDULE_DELAY": "soon"}
-    )
+    proc = aiorunner("run", str(make_script("print(1)")), env={"OTEL_BSP_SCHEDULE_DELAY": "soon"})
     assert proc.returncode == 2
     assert "OTEL_BSP_SCHEDULE_DELAY" in proc.stderr
 

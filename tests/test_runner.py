@@ -120,9 +120,7 @@ async def test_env_and_cwd_and_args(make_script, tmp_path):
         "import os, sys; print(os.getcwd()); print(os.environ['DAY']); "
         "print(os.environ.get('PATH') is not None); print(sys.argv[1:])"
     )
-    result = await ScriptRunner(
-        script, ["a b", "c"], cwd=work, env={"DAY": "2024-10-23"}
-    ).run()
+    result = await ScriptRunner(script, ["a b", "c"], cwd=work, env={"DAY": "2024-10-23"}).run()
     assert result.success, result.error
     assert result.stdout.splitlines() == [str(work), "2024-10-23", "True", "['a b', 'c']"]
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -323,7 +321,10 @@ def test_200mb_stdout_keeps_memory_bounded(tmp_path):
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
     )
     assert proc.returncode == 0, proc.stderr
