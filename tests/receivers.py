@@ -178,6 +178,7 @@ class _Receiver(Generic[S]):
         self._faults = _Faults()
         self._requests: list[ReceivedRequest] = []
         self._attempts: list[ReceivedRequest] = []
+        self._arrivals = 0
         self._stopping = threading.Event()
         self._reservation: socket.socket | None = None
         self._running = False
@@ -278,9 +279,11 @@ class _Receiver(Generic[S]):
             self._faults = _Faults()
             self._requests.clear()
             self._attempts.clear()
+            self._arrivals = 0
 
     def _judge(self, headers: Mapping[str, Any]) -> _Verdict:
         with self._lock:
+            self._arrivals += 1
             f = self._faults
             hang = 0.0
             if f.hang_seconds > 0 and (f.hang_remaining is None or f.hang_remaining > 0):
@@ -311,6 +314,12 @@ class _Receiver(Generic[S]):
             self._lock.notify_all()
 
     # -- what arrived --------------------------------------------------------------------
+    @property
+    def arrivals(self) -> int:
+        """Requests that arrived, including those still held by :meth:`hang`."""
+        with self._lock:
+            return self._arrivals
+
     @property
     def requests(self) -> list[ReceivedRequest]:
         """Accepted requests, in arrival order."""
