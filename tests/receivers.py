@@ -143,7 +143,7 @@ class TlsFiles:
 class _Faults:
     fail_remaining: int = 0
     fail_status: Any = None
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     required: dict[str, str] = field(default_factory=dict)
     hang_seconds: float = 0.0
     hang_remaining: int | None = None
@@ -156,7 +156,7 @@ class _Verdict:
     hang: float
     error: Any  # None to accept, else an HTTP status or grpc.StatusCode
     message: str
-    retry_after: float | None
+    retry_after: float | str | None
     reject_count: int
     reject_message: str
 
@@ -248,9 +248,14 @@ class _Receiver(Generic[S]):
 
     # -- faults ------------------------------------------------------------------------
     def fail_next(
-        self, n: int = 1, status: Any = None, *, retry_after: float | None = None
+        self, n: int = 1, status: Any = None, *, retry_after: float | str | None = None
     ) -> None:
-        """Answer the next ``n`` requests with ``status`` (default 503 / UNAVAILABLE)."""
+        """
+        Answer the next ``n`` requests with ``status`` (default 503 / UNAVAILABLE).
+
+        ``retry_after`` is sent as ``Retry-After`` (HTTP; a string goes verbatim, e.g. an
+        HTTP-date) or as a ``google.rpc.RetryInfo`` trailer (gRPC; seconds).
+        """
         with self._lock:
             self._faults.fail_remaining = n
             self._faults.fail_status = self.default_fail_status if status is None else status
@@ -502,7 +507,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             )
             if verdict.retry_after is not None:
                 delay = Duration()
-                delay.FromNanoseconds(int(verdict.retry_after * 1e9))
+                delay.FromNanoseconds(int(float(verdict.retry_after) * 1e9))
                 info = error_details_pb2.RetryInfo(retry_delay=delay)
                 context.set_trailing_metadata(
                     (("google.rpc.retryinfo-bin", info.SerializeToString()),)
@@ -693,7 +698,8 @@ class _HttpReceiver(_Receiver[S]):
         if verdict.error is not None:
             extra = {}
             if verdict.retry_after is not None:
-                extra["Retry-After"] = f"{verdict.retry_after:g}"
+                after = verdict.retry_after
+                extra["Retry-After"] = after if isinstance(after, str) else f"{after:g}"
             return reject(int(verdict.error), verdict.message, extra)
         try:
             if encoding in (None, "", "identity", "none"):
