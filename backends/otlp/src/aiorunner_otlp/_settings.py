@@ -72,6 +72,7 @@ TRACES_PATH = "/v1/traces"
 
 # A header name is an HTTP token; gRPC metadata keys are its lowercase subset.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -121,8 +122,12 @@ def check_header(source: str, name: str, value: str) -> tuple[str, str]:
             f"{source}: {lowered!r} is not a valid header name; a name is letters, digits "
             "and !#$%&'*+.^_`|~- only"
         )
-    if "\r" in value or "\n" in value:
-        raise ConfigError(f"{source}: the value of header {lowered!r} contains a line break")
+    if not _HEADER_VALUE.match(value):
+        raise ConfigError(
+            f"{source}: the value of header {lowered!r} has a character that is not printable "
+            "ASCII (line breaks and non-ASCII letters cannot travel in HTTP/gRPC headers; "
+            "percent-encoding in the variable is decoded first)"
+        )
     return lowered, value
 
 
