@@ -15,6 +15,9 @@ from ._exceptions import (
     UnknownBackendError,
     UsageError,
 )
+from ._executor import Attempt, Executor, LocalExecutor
+from ._jobs import Job, JobsFile, load_jobs_file
+from ._orchestrate import AsCompleted, JobEvent, as_completed, run_many
 from ._result import BackendReport, ExportReport, RunResult
 from ._runner import ScriptRunner
 from ._tracer import RunnerTracer, SpanContextManager, trace_span
@@ -23,11 +26,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiorunnerError",
+    "AsCompleted",
+    "Attempt",
     "BackendError",
     "BackendReport",
     "ConfigError",
+    "Executor",
     "ExportError",
     "ExportReport",
+    "Job",
+    "JobEvent",
+    "JobsFile",
+    "LocalExecutor",
     "RunResult",
     "RunnerTracer",
     "ScriptRunner",
@@ -36,6 +46,9 @@ __all__ = [
     "UnknownBackendError",
     "UsageError",
     "__version__",
+    "as_completed",
+    "load_jobs_file",
+    "run_many",
     "trace_span",
 ]
 

@@ -137,6 +137,8 @@ class RunResult:
     export: ExportReport | None = None
     attempts: int = 1
     skipped: bool = False
+    #: The job's name when the run was part of ``run_many`` / ``as_completed``.
+    name: str | None = None
 
     @property
     def stdout(self) -> str:
@@ -195,6 +197,7 @@ class RunResult:
             "metrics": dict(self.metrics),
             "export": self.export.to_dict() if self.export else None,
             "attempts": self.attempts,
+            "name": self.name,
         }
 
     def to_json(self, **kwargs: Any) -> str:
