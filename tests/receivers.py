@@ -27,7 +27,8 @@ also kept in ``attempts`` with the status it got):
   default), optionally with ``Retry-After`` / gRPC ``RetryInfo``, then answer normally.
 - ``require_header(name, value)``: 401 / UNAUTHENTICATED unless the header arrives with
   that value.
-- ``hang(seconds, count=None)``: hold requests that long before answering (released at stop).
+- ``hang(seconds, count=None)``: hold requests that long before answering (at stop, held
+  requests are released and refused with 503 / UNAVAILABLE).
 - ``reject_spans(count, message)``: OTLP partial success (accepted request, rejected spans).
 - ``start_late(receiver, delay)``: the port is reserved now (connections are refused), the
   server starts after ``delay`` seconds.
@@ -39,6 +40,7 @@ exporter under test may run on it); ``wait_for_spans_sync`` is for threads and s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import socket
@@ -307,9 +309,13 @@ class _Receiver(Generic[S]):
             f.reject_count = 0
             return _Verdict(hang, None, "", None, reject, message)
 
-    def _hold(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stopping.wait(seconds)
+    def _hold(self, verdict: _Verdict) -> _Verdict:
+        """Wait out a hang; a request released by stop() is refused, not accepted."""
+        if verdict.hang > 0 and self._stopping.wait(verdict.hang):
+            return dataclasses.replace(
+                verdict, error=self.default_fail_status, message="receiver stopped"
+            )
+        return verdict
 
     def _record(self, request: ReceivedRequest, *, accepted: bool) -> None:
         with self._lock:
@@ -496,8 +502,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         receiver = self._receiver
         metadata = {m.key.lower(): m.value for m in context.invocation_metadata()}
-        verdict = receiver._judge(metadata)
-        receiver._hold(verdict.hang)
+        verdict = receiver._hold(receiver._judge(metadata))
         size = request.ByteSize()
         if verdict.error is not None:
             code: grpc.StatusCode = verdict.error
@@ -691,8 +696,7 @@ class _HttpReceiver(_Receiver[S]):
             )
             return (status, extra or {}, *self._error_body(status, message))
 
-        verdict = self._judge(headers)
-        self._hold(verdict.hang)
+        verdict = self._hold(self._judge(headers))
         if path != self.path:
             return reject(404, f"no such path {path}; spans go to {self.path}")
         if verdict.error is not None:

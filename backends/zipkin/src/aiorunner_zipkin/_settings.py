@@ -1,0 +1,124 @@
+"""
+Where the Zipkin backend sends: ``ZipkinSettings`` from the config and the OTEL_* variables.
+
+``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` is the full URL (default
+``http://localhost:9411/api/v2/spans``); ``OTEL_EXPORTER_ZIPKIN_TIMEOUT`` is in milliseconds,
+as the OpenTelemetry specification says (the Python SDK's exporter reads seconds). An
+explicit ``collector_endpoint`` wins; without a path it gets ``/api/v2/spans``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from aiorunner.backend import ConfigError, TracingConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["DEFAULT_ENDPOINT", "ZipkinSettings", "resolve_settings"]
+
+OTEL_EXPORTER_ZIPKIN_ENDPOINT = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
+OTEL_EXPORTER_ZIPKIN_TIMEOUT = "OTEL_EXPORTER_ZIPKIN_TIMEOUT"
+
+DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
+DEFAULT_TIMEOUT = 10.0
+SPANS_PATH = "/api/v2/spans"
+
+#: Ports that speak OTLP, not Zipkin: a frequent copy-paste mistake.
+_OTLP_PORTS = {4317: "OTLP/gRPC", 4318: "OTLP/HTTP"}
+
+
+@dataclass(frozen=True)
+class ZipkinSettings:
+    """The resolved endpoint and timeout; ``sources`` says where each came from."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    timeout: float = DEFAULT_TIMEOUT
+    service_name: str = "aiorunner"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = f"[secure]@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _check(source: str, raw: str, *, add_path: bool) -> str:
+    candidate = raw.strip()
+    if "://" not in candidate:
+        candidate = "http://" + candidate
+    parts = urlsplit(candidate)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{source}={raw!r} is not a valid Zipkin endpoint; use a URL such as {DEFAULT_ENDPOINT}"
+        )
+    if port in _OTLP_PORTS:
+        raise ConfigError(
+            f"{source}={redact_url(raw)!r} is the standard {_OTLP_PORTS[port]} port: the zipkin "
+            "backend sends Zipkin v2 JSON (port 9411, path /api/v2/spans); for OTLP use the "
+            "otlp backend (pip install aiorunner-otlp)"
+        )
+    path = parts.path
+    if path.rstrip("/").endswith("/api/v1/spans"):
+        raise ConfigError(
+            f"{source}={redact_url(raw)!r} is Zipkin's v1 API; this backend sends v2 JSON: "
+            f"use the path {SPANS_PATH}"
+        )
+    if add_path and path in ("", "/"):
+        path = SPANS_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path or "/", parts.query, ""))
+
+
+def resolve_settings(
+    config: TracingConfig, *, environ: Mapping[str, str] | None = None
+) -> ZipkinSettings:
+    """
+    Resolve the Zipkin backend's settings.
+
+    Raises:
+        ConfigError: the endpoint or timeout is malformed, or the endpoint is an OTLP port
+            or Zipkin's v1 API; the message names the variable and the fix.
+    """
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+    raw_env = env.get(OTEL_EXPORTER_ZIPKIN_ENDPOINT, "").strip()
+    if config.collector_endpoint:
+        endpoint = _check("collector_endpoint", config.collector_endpoint, add_path=True)
+        sources["endpoint"] = "collector_endpoint"
+    elif raw_env:
+        endpoint = _check(OTEL_EXPORTER_ZIPKIN_ENDPOINT, raw_env, add_path=False)
+        sources["endpoint"] = f"env {OTEL_EXPORTER_ZIPKIN_ENDPOINT}"
+    else:
+        endpoint, sources["endpoint"] = DEFAULT_ENDPOINT, "default"
+
+    timeout, sources["timeout"] = DEFAULT_TIMEOUT, "default"
+    raw_timeout = env.get(OTEL_EXPORTER_ZIPKIN_TIMEOUT, "").strip()
+    if raw_timeout:
+        try:
+            millis = float(raw_timeout)
+        except ValueError:
+            millis = -1.0
+        if not 0 < millis < float("inf"):
+            raise ConfigError(
+                f"{OTEL_EXPORTER_ZIPKIN_TIMEOUT}={raw_timeout!r} must be a positive number of "
+                f"milliseconds, e.g. {OTEL_EXPORTER_ZIPKIN_TIMEOUT}=10000 for 10 s"
+            )
+        timeout, sources["timeout"] = millis / 1000.0, f"env {OTEL_EXPORTER_ZIPKIN_TIMEOUT}"
+    return ZipkinSettings(
+        endpoint=endpoint,
+        timeout=timeout,
+        service_name=config.service_name or "aiorunner",
+        sources=sources,
+    )
