@@ -249,6 +249,10 @@ class ProcessTreeMonitor:
             return
         self._applied_at = read_at
         figures = self._tree.apply(results)
+        if figures.readings == 0:
+            if not self._tree.alive:
+                self._finish()  # everything exited and was reaped: nothing left to watch
+            return  # nothing was read: no sample rather than a sample of zeros
         elapsed = read_at - self._t0
         cpu = figures.cpu_user + figures.cpu_system
         percent, window_ok = self._log.percent(elapsed, cpu)
@@ -357,6 +361,7 @@ def _read_alone(
     reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
 ) -> list[Result]:
     # Without children files, the first pass needs a scan to find anything at all.
+    reader.prepare()
     scan = None if reader.has_children_files else run_scan(reader)[0]
     return read_tree(reader, known, scan=scan, scan_key=key)
 

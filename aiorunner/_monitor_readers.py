@@ -97,7 +97,11 @@ class Reader:
     #: Names of the summary keys the ``Reading.io`` tuple holds, in order.
     io_keys: tuple[str, ...] = ()
     #: True when :meth:`children` works, so discovery needs no full scan each tick.
+    #: Known after :meth:`prepare`.
     has_children_files: bool = False
+
+    def prepare(self) -> None:
+        """Probe the platform once (worker thread: it may touch the file system)."""
 
     def read(self, pid: int, identity: float | None) -> ReadResult:
         """Read ``pid``; ``identity`` (when known) guards against a reused pid."""
@@ -132,11 +136,24 @@ class ProcfsReader(Reader):
         "io_write_disk_bytes",
     )
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", *, children_files: bool | None = None) -> None:
+        """``children_files=False`` forces discovery by scans (kernels without
+        ``CONFIG_PROC_CHILDREN`` work that way); ``None`` probes in :meth:`prepare`."""
         self._proc = proc
         self._tick = float(os.sysconf("SC_CLK_TCK"))
         self._page = os.sysconf("SC_PAGE_SIZE")
-        self.has_children_files = os.path.exists(f"{proc}/self/task/{os.getpid()}/children")
+        self._forced = children_files
+        self._prepared = False
+
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        if self._forced is None:
+            probe = f"{self._proc}/self/task/{os.getpid()}/children"
+            self.has_children_files = os.path.exists(probe)
+        else:
+            self.has_children_files = self._forced
+        self._prepared = True
 
     def read(self, pid: int, identity: float | None) -> ReadResult:
         base = f"{self._proc}/{pid}"
@@ -237,18 +254,22 @@ class PsutilReader(Reader):
     """Any platform psutil supports. Figures a platform lacks stay ``None``."""
 
     def __init__(self) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self._procs: dict[int, psutil.Process] = {}
-        probe = psutil.Process()
-        counters = getattr(probe, "io_counters", None)
-        if counters is None:  # macOS: psutil has no per-process I/O counters
+        # psutil is imported in prepare(): on Linux its import reads /proc/stat, which must
+        # not happen on the event loop.
+        self._psutil: Any = None
+        self._procs: dict[int, Any] = {}
+        if sys.platform == "darwin":  # psutil has no per-process I/O counters there
             self.io_keys = ()
-        elif hasattr(counters(), "read_chars"):  # Linux
+        elif sys.platform == "linux":  # syscall-level chars and storage-level bytes
             self.io_keys = ProcfsReader.io_keys
         else:  # Windows, BSDs: bytes and counts only
             self.io_keys = ProcfsReader.io_keys[:4]
+
+    def prepare(self) -> None:
+        if self._psutil is None:
+            import psutil
+
+            self._psutil = psutil
 
     def read(self, pid: int, identity: float | None) -> ReadResult:
         psutil = self._psutil
@@ -339,10 +360,6 @@ class PsutilReader(Reader):
             if isinstance(ppid, int):
                 entries[proc.pid] = ScanEntry(ppid, None, None)
         return entries
-
-    def forget(self, pid: int) -> None:
-        """Drop the cached ``psutil.Process`` of a process that is gone."""
-        self._procs.pop(pid, None)
 
 
 _default: Reader | None = None

@@ -145,6 +145,7 @@ def run_scan(reader: Reader) -> tuple[Scan | None, float]:
     """A full process scan and what it cost in seconds (worker thread)."""
     started = time.perf_counter()
     try:
+        reader.prepare()
         scan = Scan.of(reader.scan())
     except Exception:  # logged; the tick goes on without the scan
         logger.exception("process scan failed; orphaned processes may be missed")

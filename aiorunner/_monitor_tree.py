@@ -102,6 +102,7 @@ def read_tree(
             if pid not in known_pids:
                 ppid = scan.entries[pid].ppid
                 queue.append((pid, None, ppid if ppid in known_pids else None))
+    reader.prepare()
     use_files = reader.has_children_files
     visited: set[int] = set()
     results: list[Result] = []
@@ -136,6 +137,7 @@ class TreeFigures:
     fds: int | None
     io: tuple[int, ...] | None
     ctx: tuple[int, int] | None
+    readings: int  # processes actually read this tick (zombies included)
 
 
 class _Node:
@@ -197,6 +199,7 @@ class ProcessTree:
         self._tick += 1
         tick = self._tick
         fresh: list[Reading] = []
+        readings = 0
         for pid, hint, result in results:
             node = self._live.get(pid)
             if result is GONE:
@@ -216,6 +219,7 @@ class ProcessTree:
                 self._reparent(node, self._live.get(result.ppid))
             node.last = result
             node.last_tick = tick
+            readings += 1
             if result.io is not None:
                 self.io_seen = True
             if not result.zombie:
@@ -231,6 +235,7 @@ class ProcessTree:
             fds=_sum_known([r.fds for r in fresh]),
             io=io if self.io_seen else None,
             ctx=_sum_ctx([r.ctx for r in fresh]),
+            readings=readings,
         )
 
     def _adopt(self, pid: int, hint: int | None, result: ReadResult) -> _Node:
