@@ -250,7 +250,13 @@ class ScriptRunner:
             ConfigError: invalid configuration.
         """
         config = self.config
-        session = self.session if self.enable_tracing and config.enabled else None
+        session: Session | None = None
+        if self.enable_tracing and config.enabled:
+            if self._session is None:
+                from ._session import aget_default_session
+
+                self._session = await aget_default_session(config)
+            session = self._session
         tracer: Tracer = trace.NoOpTracer()
         tracing = False
         if session is not None and session.enabled:

@@ -48,9 +48,9 @@ def traces_file(clean_environ: Path) -> Path:
 def _close_default_sessions() -> Iterator[None]:
     yield
     session_module = sys.modules.get("aiorunner._session")
-    closer = getattr(session_module, "close_default_sessions", None)
+    closer = getattr(session_module, "_close_default_sessions", None)
     if closer is not None:
-        closer(timeout=5.0)
+        closer()
 
 
 def attr_value(value: dict[str, Any]) -> Any:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -52,29 +53,45 @@ async def test_directory_instead_of_script(tmp_path, spans_of):
 
 def test_unreadable_script(tmp_path):
     """A script without read permission fails cleanly. As root (CI) permission checks
-    never fail, so the run happens in a child that drops to uid 65534 first."""
-    script = tmp_path / "secret.py"
-    script.write_text("print('never')\n")
-    script.chmod(0o000)
-    code = textwrap.dedent(
-        f"""
-        import json, os, sys
-        if os.getuid() == 0:
-            os.setgid(65534); os.setuid(65534)
-        os.environ["OTEL_TRACES_EXPORTER"] = "none"
-        from aiorunner import ScriptRunner
-        r = ScriptRunner({str(script)!r}).run_script()
-        print(json.dumps({{"success": r.success, "error": r.error}}))
-        """
-    )
-    tmp_path.chmod(0o755)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert data["success"] is False
-    assert "not readable" in data["error"] and "chmod" in data["error"]
+    never fail, so the run happens in a child that warms its imports with a readable
+    script, then drops to uid 65534 before running the unreadable one."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="aiorunner-perm-"))
+    try:
+        base.chmod(0o755)
+        script = base / "secret.py"
+        script.write_text("print('never')\n")
+        script.chmod(0o000)
+        warm = base / "warm.py"
+        warm.write_text("print('warm')\n")
+        warm.chmod(0o644)
+        code = textwrap.dedent(
+            f"""
+            import json, os
+            os.environ["OTEL_TRACES_EXPORTER"] = "none"
+            from aiorunner import ScriptRunner
+            assert ScriptRunner({str(warm)!r}).run_script().success
+            if os.getuid() == 0:
+                os.setgid(65534); os.setuid(65534)
+            r = ScriptRunner({str(script)!r}, monitor=False).run_script()
+            print(json.dumps({{"success": r.success, "error": r.error, "uid": os.getuid()}}))
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=base, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert data["uid"] != 0
+        assert data["success"] is False
+        assert "not readable" in data["error"]
+        assert "chmod" in data["error"]
+    finally:
+        script.chmod(0o644)
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_syntax_error_fails_before_spawn(make_script, spans_of):
