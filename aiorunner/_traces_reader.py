@@ -43,6 +43,7 @@ __all__ = [
     "TraceListing",
     "TraceSummary",
     "iter_records",
+    "iter_requests",
     "list_traces",
     "load_trace",
     "parse_since",
@@ -235,10 +236,11 @@ class ReadStats:
     skipped: int = 0
 
 
-def _parse_line(line: bytes, stats: ReadStats) -> list[SpanRecord]:
+def _parse_request(line: bytes, stats: ReadStats) -> dict[str, Any] | None:
+    """One line as a request dict, or None (blank, or unreadable: counted)."""
     line = line.strip()
     if not line:
-        return []
+        return None
     try:
         request = json.loads(line)
     except ValueError:
@@ -249,18 +251,37 @@ def _parse_line(line: bytes, stats: ReadStats) -> list[SpanRecord]:
             request = json.loads(line[start:]) if start > 0 else None
         except ValueError:
             request = None
-        if request is None:
-            stats.skipped += 1
-            return []
+    if not isinstance(request, dict):
+        stats.skipped += 1
+        return None
+    return request
+
+
+def _parse_line(line: bytes, stats: ReadStats) -> list[SpanRecord]:
+    request = _parse_request(line, stats)
+    if request is None:
+        return []
     try:
-        records = list(_records_of(request)) if isinstance(request, dict) else None
+        records = list(_records_of(request))
     except (TypeError, ValueError, AttributeError):
-        records = None
-    if records is None:
         stats.skipped += 1
         return []
     stats.lines += 1
     return records
+
+
+def iter_requests(
+    files: Iterable[Path], *, stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every line of ``files`` (given newest first) as an OTLP/JSON request dict, in write
+    order (oldest first); unreadable lines are skipped and counted in ``stats``."""
+    stats = ReadStats() if stats is None else stats
+    for path in reversed(list(files)):
+        for line in _lines_forward(path):
+            request = _parse_request(line, stats)
+            if request is not None:
+                stats.lines += 1
+                yield request
 
 
 def _lines_forward(path: Path) -> Iterator[bytes]:
