@@ -20,6 +20,7 @@ from ._jobs import Job, JobsFile, load_jobs_file
 from ._orchestrate import AsCompleted, JobEvent, as_completed, run_many
 from ._result import BackendReport, ExportReport, RunResult
 from ._runner import ScriptRunner
+from ._session import Session
 from ._tracer import RunnerTracer, SpanContextManager, trace_span
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "RunResult",
     "RunnerTracer",
     "ScriptRunner",
+    "Session",
     "SpanContextManager",
     "TracingConfig",
     "UnknownBackendError",

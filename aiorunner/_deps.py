@@ -22,11 +22,6 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-from packaging.version import Version
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -156,6 +151,10 @@ def _pythonpath(env: Mapping[str, str]) -> list[str]:
 def _check_distributions(
     deps: Iterable[str], installed: Mapping[str, str], marker_env: Mapping[str, str] | None
 ) -> list[str]:
+    # packaging costs ~20 ms to import: only scripts with PEP 723 metadata pay it.
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     missing = []
     for spec in deps:
         try:
@@ -180,6 +179,9 @@ def _check_distributions(
 def _check_python(requires: str | None, version: str) -> str | None:
     if not requires:
         return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
     try:
         spec = SpecifierSet(requires)
     except InvalidSpecifier:
@@ -213,18 +215,21 @@ def check_with_own_interpreter(
     dists: dict[str, str] = {}
     deps = tuple(dependencies)
     if deps:
+        from packaging.utils import canonicalize_name
+
         for dist in importlib.metadata.distributions():
             name = dist.metadata["Name"]
             if name:
                 dists.setdefault(canonicalize_name(name), dist.version)
-    from packaging.markers import default_environment
+    marker_env: dict[str, str] | None = None
+    if deps:
+        from packaging.markers import default_environment
 
+        marker_env = {k: str(v) for k, v in default_environment().items()}
     return DependencyReport(
         imports=imports,
         missing_modules=tuple(missing),
-        missing_distributions=tuple(
-            _check_distributions(deps, dists, {k: str(v) for k, v in default_environment().items()})
-        ),
+        missing_distributions=tuple(_check_distributions(deps, dists, marker_env)),
         python_mismatch=_check_python(requires_python, _own_version()),
     )
 
@@ -278,6 +283,8 @@ print(json.dumps({"version": "%d.%d.%d" % v[:3], "modules": sorted(mods),
 
 
 def probe_interpreter(output: bytes) -> InterpreterInventory:
+    from packaging.utils import canonicalize_name
+
     data = json.loads(output)
     return InterpreterInventory(
         version=data["version"],

@@ -15,11 +15,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-
 __all__ = ["ScriptInfo", "ScriptProblem", "parse_pep723", "read_script"]
 
 # The reference regular expression of PEP 723 / the inline script metadata specification.
@@ -78,6 +73,11 @@ def parse_pep723(text: str) -> dict[str, Any] | None:
     Raises:
         ValueError: several ``script`` blocks, or TOML that does not parse.
     """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+
     blocks = [m for m in _PEP723.finditer(text) if m.group("type") == "script"]
     if not blocks:
         return None
