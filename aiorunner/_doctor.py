@@ -155,6 +155,8 @@ class Endpoint:
     #: Where the endpoint came from ("env OTEL_EXPORTER_OTLP_ENDPOINT", "default", ...).
     source: str | None = None
     header_names: tuple[str, ...] = ()
+    #: The variable that sets this endpoint when nothing set it yet.
+    variable: str = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
     def describe(self) -> str:
         kind = {"grpc": "OTLP/gRPC", "http": "HTTP"}.get(self.protocol or "", "")
@@ -272,7 +274,7 @@ async def check_backend(
         return BackendCheck(name, False, "-", str(exc), _install_fix(name, exc))
     except ConfigError as exc:
         return BackendCheck(
-            name, False, "-", str(exc), "set the variable or value the message names"
+            name, False, "-", str(exc), "change the setting the message above names"
         )
     except BackendError as exc:
         return BackendCheck(name, False, "-", str(exc), "reinstall or upgrade that package")
@@ -391,7 +393,10 @@ def _endpoint_of(backend: Any) -> Endpoint | None:
             return Endpoint(
                 url, host.strip("[]"), int(port), protocol, tls, sources.get("endpoint"), headers
             )
-        return _from_url(url, "http", sources.get("endpoint"), headers)
+        found = _from_url(url, "http", sources.get("endpoint"), headers)
+        if found is not None and "zipkin" in type(backend).__module__:
+            found = dataclasses.replace(found, variable="OTEL_EXPORTER_ZIPKIN_ENDPOINT")
+        return found
     for attribute in ("endpoint", "url", "_endpoint"):
         value = getattr(backend, attribute, None)
         if isinstance(value, str) and value:
@@ -481,7 +486,7 @@ async def _probe_tls(host: str, port: int, timeout: float) -> Probe:  # noqa: AS
     return Probe("tls", "completed a TLS handshake", alpn)
 
 
-def _endpoint_setting(source: str | None) -> str:
+def _endpoint_setting(source: str | None, variable: str) -> str:
     """The setting to change, named the way the user set it."""
     if source and source.startswith("env "):
         return source.removeprefix("env ")
@@ -489,7 +494,7 @@ def _endpoint_setting(source: str | None) -> str:
         return "the collector endpoint (--endpoint, TracingConfig.collector_endpoint)"
     if source and "option" in source:
         return source.replace("backend option ", "the backend option ")
-    return "OTEL_EXPORTER_OTLP_ENDPOINT"
+    return variable
 
 
 _AUTH = re.compile(r"\b(401|403|UNAUTHENTICATED|PERMISSION_DENIED)\b")
@@ -503,7 +508,7 @@ async def explain(
 ) -> str | None:
     """The fix for a failed test export to ``endpoint``, from the error and a probe."""
     where = f"{endpoint.host}:{endpoint.port}"
-    var = _endpoint_setting(endpoint.source)
+    var = _endpoint_setting(endpoint.source, endpoint.variable)
     legacy = LEGACY_JAEGER_PORTS.get(endpoint.port)
     legacy_fix = (
         f"port {endpoint.port} is {legacy}; Jaeger accepts OTLP natively: point {var} at "

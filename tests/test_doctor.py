@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from receivers import OtlpGrpcReceiver, OtlpHttpReceiver, TlsFiles
+from receivers import OtlpGrpcReceiver, OtlpHttpReceiver, TlsFiles, ZipkinReceiver
 
 from aiorunner.cli import main
 
@@ -300,3 +300,21 @@ def test_json_report(otlp_grpc_receiver: OtlpGrpcReceiver) -> None:
     assert check["name"] == "otlp"
     assert check["ok"] is True
     assert otlp_grpc_receiver.endpoint in check["target"]
+
+
+def test_zipkin_live_and_down(
+    zipkin_receiver: ZipkinReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zipkin backend: a live receiver gets the test span (exit 0); with nothing
+    listening the fix names OTEL_EXPORTER_ZIPKIN_ENDPOINT."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT", zipkin_receiver.url)
+    code, out = doctor()
+    assert code == 0, out
+    assert [s["name"] for s in zipkin_receiver.wait_for_spans_sync(1)] == ["aiorunner.doctor"]
+    port = closed_port()
+    monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT", f"http://127.0.0.1:{port}/api/v2/spans")
+    code, out = doctor()
+    assert code == 1
+    assert f"nothing is listening on 127.0.0.1:{port}" in out
+    assert "OTEL_EXPORTER_ZIPKIN_ENDPOINT" in out
