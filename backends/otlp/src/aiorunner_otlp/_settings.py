@@ -271,8 +271,8 @@ def resolve_settings(
     config: TracingConfig,
     *,
     protocol: str | None = None,
-    endpoint: tuple[str, str] | None = None,
-    default_endpoint: str | None = None,
+    endpoint: tuple[str, str] | Mapping[str, tuple[str, str]] | None = None,
+    default_endpoint: str | Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     default_protocol: str = GRPC,
     protocols: Collection[str] = PROTOCOLS,
@@ -286,8 +286,10 @@ def resolve_settings(
         protocol: force a protocol (``otlp_grpc``/``otlp_http``), ignoring the variables.
         endpoint: ``(source, url)`` a preset read from its own variable: it wins over the
             OTEL_* endpoint variables. An HTTP URL without ``/v1/traces`` gets it appended.
+            A mapping gives one per protocol (``{"grpc": ..., "http/protobuf": ...}``).
         default_endpoint: used when nothing else names one (an HTTP base URL gets
-            ``/v1/traces``); defaults to localhost:4317 / localhost:4318/v1/traces.
+            ``/v1/traces``); defaults to localhost:4317 / localhost:4318/v1/traces. A
+            mapping gives one per protocol.
         headers: added over the OTEL_* headers (a preset's auth header).
         default_protocol: when neither an option nor a variable names one.
         protocols: the protocols this backend accepts; a variable naming another one is
@@ -326,6 +328,10 @@ def resolve_settings(
                 chosen, sources["protocol"] = value, f"env {var}"
 
     # endpoint
+    if isinstance(endpoint, Mapping):
+        endpoint = endpoint.get(chosen)
+    if isinstance(default_endpoint, Mapping):
+        default_endpoint = default_endpoint.get(chosen)
     is_http = chosen == HTTP_PROTOBUF
     signal = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "").strip()
     generic = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
