@@ -116,6 +116,8 @@ class LocalExecutor:
                 session=attempt.session,
                 context=attempt.context,
             )
+            if attempt.session is not None:
+                options["config"] = attempt.session.config
             if job.interpreter is not None:
                 options["interpreter"] = job.interpreter
             runner = ScriptRunner(job.script, job.args, **options)

@@ -379,7 +379,10 @@ def parse_jobs(data: Mapping[str, Any], *, base_dir: str, source: str = "jobs fi
         timeout=_positive_seconds(data.get("timeout"), f"{source}: timeout"),
         trace=trace,
     )
-    plan(result.jobs)  # names, prerequisites and cycles are checked now, not mid-batch
+    try:
+        plan(result.jobs)  # names, prerequisites and cycles are checked now, not mid-batch
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return result
 
 

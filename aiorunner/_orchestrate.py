@@ -36,6 +36,9 @@ from ._executor import Attempt, Executor, LocalExecutor
 from ._jobs import TRACE_MODES, Job, JobLike, Node, plan
 from ._result import RunResult
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found]
+
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Iterable
     from types import TracebackType
@@ -187,7 +190,7 @@ class _Batch:
     async def run(self, emit: Callable[[RunResult], None] | None = None) -> list[RunResult]:
         """Run every job; ``emit`` gets each final result as it is known."""
         self._emit = emit
-        self._open_session()
+        await self._open_session()
         self._start_root()
         try:
             with anyio.CancelScope() as scope:
@@ -212,15 +215,15 @@ class _Batch:
         await self._end_root(cancelled=False)
         return [r for r in self.results if r is not None]
 
-    def _open_session(self) -> None:
+    async def _open_session(self) -> None:
+        """The batch's one session: given, or the default one for ``config`` (created in
+        a worker thread: the first creation scans entry points and imports plugins)."""
         if self._session_arg is not None:
             self.session = self._session_arg
             return
-        if self.trace == "batch" or self._config_arg is not None:
-            from ._session import get_default_session
+        from ._session import aget_default_session
 
-            config = self._config_arg.resolve() if self._config_arg is not None else None
-            self.session = get_default_session(config)
+        self.session = await aget_default_session(self._config_arg)
 
     def _start_root(self) -> None:
         if self.trace != "batch" or self.session is None or not self.session.enabled:
@@ -327,16 +330,18 @@ class _Batch:
                 self._event("started", node)
                 result = await self.executor.run(attempt)
                 self._running[node.index] = False
-            if result.success or number > retries or result.pid is None:
                 # A run that never started (missing script, syntax error, missing
                 # dependency) would fail the same way again: not retried.
+                final = result.success or number > retries or result.pid is None
+                if final and not result.success and self.fail_fast:
+                    # Before the slot is released, so no queued job starts meanwhile.
+                    self.stop(f"cancelled: job {node.name!r} failed and fail_fast is on")
+            if final:
                 break
             delay = min(self.retry_backoff * 2 ** (number - 1), MAX_RETRY_DELAY)
             self._event("retrying", node, result=result, delay=delay)
             await anyio.sleep(delay)
         self._finish(node, dataclasses.replace(result, attempts=number, name=node.name), tg)
-        if not result.success and self.fail_fast:
-            self.stop(f"cancelled: job {node.name!r} failed and fail_fast is on")
 
     def _finish(self, node: Node, result: RunResult, tg: TaskGroup | None = None) -> None:
         """Record a final result, then start or skip the jobs that waited for it.
@@ -540,6 +545,11 @@ class AsCompleted:
                 async with receive:
                     async for result in receive:
                         yield result
+            except GeneratorExit:
+                # aclose(): the consumer is done. Not re-raised inside the task group
+                # (it would come out wrapped in an exception group); the group still
+                # waits below until every stopped run has cleaned up.
+                pass
             finally:
                 # Stops the batch's own scope (inside drive), not the group's: if this
                 # runs in another task (an unclosed iterator finalised later), cancelling
@@ -588,8 +598,6 @@ def as_completed(
 
 def _single_error(exc: BaseException) -> BaseException | None:
     """The one real error inside (nested) exception groups, if there is exactly one."""
-    if sys.version_info < (3, 11):  # pragma: no cover
-        from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found]
     leaves: list[BaseException] = []
 
     def walk(e: BaseException) -> None:
