@@ -240,13 +240,13 @@ def encode_request(spans: Iterable[ReadableSpan]) -> dict[str, Any]:
     resources: dict[int, tuple[Resource, dict[int, tuple[Any, list[dict[str, Any]]]]]] = {}
     for span in spans:
         resource = span.resource
-        scopes = resources.get(id(resource))
-        if scopes is None:
-            scopes = resources[id(resource)] = (resource, {})
+        group = resources.get(id(resource))
+        if group is None:
+            group = resources[id(resource)] = (resource, {})
         scope = span.instrumentation_scope or None
-        entry = scopes[1].get(id(scope))
+        entry = group[1].get(id(scope))
         if entry is None:
-            entry = scopes[1][id(scope)] = (scope, [])
+            entry = group[1][id(scope)] = (scope, [])
         entry[1].append(_span(span))
     resource_spans = []
     for resource, scopes in resources.values():
@@ -352,7 +352,8 @@ def line_to_request(line: str | bytes) -> ExportTraceServiceRequest:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a JSON line: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError("not an OTLP/JSON ExportTraceServiceRequest (expected an object)")
+        # ValueError like every other malformed line (a reader skips those).
+        raise ValueError("not an OTLP/JSON ExportTraceServiceRequest (expected an object)")  # noqa: TRY004
     message = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(hex_ids_to_base64(data), message)
@@ -424,8 +425,9 @@ def decode_request(request: Mapping[str, Any]) -> list[ReadableSpan]:
                 scope_spans.get("schemaUrl") or None,
                 _decode_attributes(scope_data.get("attributes", ())) or None,
             )
-            for data in scope_spans.get("spans", ()):
-                spans.append(_decode_span(data, resource, scope))
+            spans.extend(
+                _decode_span(data, resource, scope) for data in scope_spans.get("spans", ())
+            )
     return spans
 
 
@@ -494,7 +496,7 @@ def decode_line(line: str | bytes) -> list[ReadableSpan]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a JSON line: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError("not an OTLP/JSON ExportTraceServiceRequest (expected an object)")
+        raise ValueError("not an OTLP/JSON ExportTraceServiceRequest (expected an object)")  # noqa: TRY004
     try:
         return decode_request(data)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:

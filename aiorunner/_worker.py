@@ -1,0 +1,316 @@
+"""
+One backend's queue and export task on the export loop: the unit of isolation.
+
+Every backend gets its own :class:`BackendWorker`, so a backend that hangs until the export
+timeout, fails, or raises delays nobody else: the batcher hands each batch to every worker
+without waiting, and each worker exports at its own pace. A worker's queue is bounded (in
+spans, by ``max_queue_size``); when a stuck backend lets it fill up, further batches are
+dropped *for that backend only*, and counted.
+
+Batches waiting in the queue are merged up to ``batch_size`` before an export, which is what
+makes flushes coalesce: while one export is in flight, the spans of every run that asked
+for a flush meanwhile gather into the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._ledger import DROPPED, EXPORTED, FAILED
+from ._retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
+from ._statistics import BackendStatistics
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from ._adapters import BackendAdapter
+    from ._ledger import BatchRecord
+    from .backend import ExportResult
+
+__all__ = ["BackendWorker", "ErrorLog"]
+
+logger = logging.getLogger("aiorunner.export")
+
+# Header-like "key: value" / "key=value" pairs whose value must never reach a log.
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|api[-_]?key|x-api-key|[\w-]*token[\w-]*|"
+    r"[\w-]*secret[\w-]*|password|x-honeycomb-team|dd-api-key)(\s*[:=]\s*)"
+    r"(bearer\s+|basic\s+)?([^\s,;'\"]+)"
+)
+
+
+def redact(text: str) -> str:
+    """Mask values that look like credentials (``api-key=abc`` -> ``api-key=[secure]``)."""
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}[secure]", text)
+
+
+class ErrorLog:
+    """Logs each distinct error of each backend once, so a dead collector makes one
+    warning rather than one per batch."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._limit = limit
+
+    def warn(
+        self, backend: str, message: str, *, spans: int, exc: BaseException | None = None
+    ) -> None:
+        key = (backend, message)
+        if key in self._seen:
+            return
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(key)
+        logger.warning(
+            "backend %r could not export %d span%s: %s (logged once per distinct error; "
+            "RunResult.export and Session.statistics() count every failure)",
+            backend,
+            spans,
+            "" if spans == 1 else "s",
+            message,
+            exc_info=exc,
+        )
+
+
+class _Batch:
+    __slots__ = ("records", "spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan], records: list[BatchRecord]) -> None:
+        self.spans = spans
+        self.records = records
+
+
+class _Start:
+    __slots__ = ("span",)
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self.span = span
+
+
+class BackendWorker:
+    """The queue and export task of one backend. Lives on the export loop only."""
+
+    def __init__(
+        self,
+        index: int,
+        adapter: BackendAdapter,
+        errors: ErrorLog,
+        *,
+        batch_size: int,
+        max_queue: int,
+        timeout: float,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.index = index
+        self.adapter = adapter
+        self.name = adapter.name
+        self._errors = errors
+        self._batch_size = batch_size
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._policy = policy
+        self._queue: deque[_Batch | _Start] = deque()
+        self._queued_spans = 0
+        self._wakeup: asyncio.Event | None = None
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+        self._inflight: _Batch | None = None
+        #: Spans handed to this worker (queued or dropped); ``settled`` catches up with it.
+        self.received = 0
+        self.settled = 0
+        self.exported = 0
+        self.failed = 0
+        self.dropped = 0
+        self.export_calls = 0
+        self.retries = 0
+        self.timeouts = 0
+        self.last_error: str | None = None
+
+    # ---------------------------------------------------------------- fed by the batcher
+
+    def put_batch(self, spans: Sequence[ReadableSpan], record: BatchRecord) -> None:
+        """Queue a batch (never blocks; drops it, counted, when this queue is full)."""
+        size = len(spans)
+        self.received += size
+        if self._queued_spans + size > self._max_queue:
+            error = (
+                f"queue full ({self._max_queue} spans waiting, OTEL_BSP_MAX_QUEUE_SIZE): "
+                "the backend is slower than the spans arrive"
+            )
+            self._settle_dropped(_Batch(spans, [record]), error)
+            return
+        self._queue.append(_Batch(spans, [record]))
+        self._queued_spans += size
+        self._wake()
+
+    def put_start(self, span: ReadableSpan) -> None:
+        """Queue a root span that just started (for backends with ``on_span_start``)."""
+        if self.adapter.wants_span_start:
+            self._queue.append(_Start(span))
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        return self._queued_spans
+
+    # ------------------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        """Export queued batches one merged batch at a time, until cancelled; then count
+        whatever is left as dropped (the session closed before it could go)."""
+        self._wakeup = asyncio.Event()
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                item = self._queue.popleft()
+                if isinstance(item, _Start):
+                    await self._span_start(item.span)
+                    continue
+                batch = self._merge(item)
+                self._queued_spans -= len(batch.spans)
+                self._inflight = batch
+                await self._export(batch)
+                self._inflight = None
+        finally:
+            self._abandon()
+
+    def _merge(self, first: _Batch) -> _Batch:
+        queue = self._queue
+        if not queue or not isinstance(queue[0], _Batch):
+            return first
+        spans = list(first.spans)
+        records = list(first.records)
+        while queue:
+            head = queue[0]
+            if not isinstance(head, _Batch) or len(spans) + len(head.spans) > self._batch_size:
+                break
+            queue.popleft()
+            spans.extend(head.spans)
+            records.extend(head.records)
+        return _Batch(spans, records)
+
+    async def _export(self, batch: _Batch) -> None:
+        adapter = self.adapter
+        spans = batch.spans
+
+        async def attempt(time_left: float) -> ExportResult:
+            self.export_calls += 1
+            return await adapter.export(spans, timeout=time_left)
+
+        outcome = await export_with_retry(
+            attempt,
+            timeout=self._timeout,
+            policy=self._policy,
+            describe=f"export to {self.name!r}",
+        )
+        self.retries += max(0, outcome.attempts - 1)
+        size = len(spans)
+        if outcome.ok:
+            self.exported += size
+            for record in batch.records:
+                record.settle(self.index, EXPORTED)
+        else:
+            error = redact(outcome.result.error or "export failed")
+            if outcome.timed_out:
+                self.timeouts += 1
+            self.failed += size
+            self.last_error = error
+            for record in batch.records:
+                record.settle(self.index, FAILED, error)
+            self._errors.warn(self.name, error, spans=size)
+        self._settled(size)
+
+    async def _span_start(self, span: ReadableSpan) -> None:
+        with anyio.move_on_after(self._timeout) as scope:
+            try:
+                await self.adapter.on_span_start(span)
+            except Exception as exc:  # noqa: BLE001 - logged; the export path never raises
+                self._errors.warn(
+                    self.name,
+                    redact(f"on_span_start raised {type(exc).__name__}: {exc}"),
+                    spans=1,
+                )
+        if scope.cancelled_caught:
+            self._errors.warn(self.name, "on_span_start timed out", spans=1)
+
+    # ------------------------------------------------------------------- bookkeeping
+
+    def _settle_dropped(self, batch: _Batch, error: str) -> None:
+        size = len(batch.spans)
+        self.dropped += size
+        self.last_error = error
+        for record in batch.records:
+            record.settle(self.index, DROPPED, error)
+        self._errors.warn(self.name, error, spans=size)
+        self._settled(size)
+
+    def _abandon(self) -> None:
+        """Count what the session closed on: the batch in flight as failed, queued ones
+        as dropped. Wakes every waiter: nothing more will settle."""
+        if self._inflight is not None:
+            batch, self._inflight = self._inflight, None
+            size = len(batch.spans)
+            error = "the session closed while this export was in flight (shutdown deadline)"
+            self.failed += size
+            self.last_error = error
+            for record in batch.records:
+                record.settle(self.index, FAILED, error)
+            self._settled(size)
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Batch):
+                self._queued_spans -= len(item.spans)
+                self._settle_dropped(item, "the session closed before these spans were exported")
+        self.settled = max(self.settled, self.received)
+        self._release(all_waiters=True)
+
+    def _settled(self, count: int) -> None:
+        self.settled += count
+        self._release()
+
+    def _release(self, *, all_waiters: bool = False) -> None:
+        waiters = self._waiters
+        while waiters and (all_waiters or waiters[0][0] <= self.settled):
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_settled(self, target: int) -> None:
+        """Return once ``target`` spans handed to this worker are exported or failed."""
+        if self.settled >= target:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (target, next(self._tiebreak), future))
+        await future
+
+    def statistics(self) -> BackendStatistics:
+        return BackendStatistics(
+            name=self.name,
+            kind=self.adapter.kind,
+            queued=self._queued_spans,
+            exported=self.exported,
+            failed=self.failed,
+            dropped=self.dropped,
+            export_calls=self.export_calls,
+            retries=self.retries,
+            timeouts=self.timeouts,
+            abandoned_threads=self.adapter.abandoned_threads,
+            last_error=self.last_error,
+        )
