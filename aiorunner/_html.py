@@ -6,7 +6,8 @@ Content-Security-Policy forbids any network access, so the file opens anywhere, 
 and can be attached to a ticket. Rows are flat like Jaeger's timeline: each carries its
 span id, parent id and depth as ``data-*`` attributes; bars are absolutely placed with
 percentages of the trace's duration. Hover shows a span's summary, a click (or Enter)
-opens its attributes and events, and the triangle folds a subtree. Every text goes through
+opens its attributes and events, the triangle folds a subtree, and ``out.html#expand``
+opens every span (for printing). Every text goes through
 ``html.escape``: span names and attributes come from scripts and are not trusted.
 """
 
@@ -94,6 +95,11 @@ document.querySelectorAll('.fold[data-children]').forEach(function (fold) {
     }
   });
 });
+// trace.html#expand opens every span's details (for printing), the way clicks do.
+if (location.hash === '#expand') {
+  document.querySelectorAll('.row').forEach(function (row) { row.click(); });
+}
+document.body.dataset.ready = 'yes';
 """
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"

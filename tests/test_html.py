@@ -4,6 +4,8 @@ parent links, bar geometry, events, details, escaping, and no network access."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -234,3 +236,49 @@ def test_write_html_by_id_from_the_default_file(traces_file: Path, tmp_path: Pat
     write(traces_file, *known_trace_lines())
     out = write_html("4bf9", tmp_path / "demo.html")
     assert len(parse(out.read_text(encoding="utf-8")).rows) == 9
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (apt-get install chromium)")
+def test_in_headless_chromium(tmp_path: Path) -> None:
+    """In a real browser, offline: the script runs without errors, a click on each row
+    (what out.html#expand does) opens its details, and without it they stay closed."""
+    path = write(tmp_path / "t.jsonl", *known_trace_lines())
+    out = write_html(load_trace(path, TRACE_A), tmp_path / "out.html")
+
+    def dump(url: str) -> tuple[Page, str]:
+        done = subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=True,
+        )
+        return parse(done.stdout), done.stderr
+
+    expanded, log = dump(out.as_uri() + "#expand")
+    assert "Uncaught" not in log
+    assert [r.name for r in expanded.rows][:2] == ["ScriptRunner", "extract_metadata"]
+    assert len(expanded.details) == 9
+    assert not any(d["hidden"] for d in expanded.details.values())
+    ready = [a for t, a in expanded.tags if t == "body"]
+    assert ready[0].get("data-ready") == "yes"
+    closed, _ = dump(out.as_uri())
+    assert all(d["hidden"] for d in closed.details.values())
