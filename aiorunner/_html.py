@@ -14,11 +14,13 @@ opens every span (for printing). Every text goes through
 from __future__ import annotations
 
 import json
+import os
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._traces_reader import (
+    ROOT_SPAN_NAME,
     Trace,
     format_duration,
     format_time,
@@ -27,8 +29,6 @@ from ._traces_reader import (
 )
 
 if TYPE_CHECKING:
-    import os
-
     from ._traces_reader import SpanRecord
 
 __all__ = ["render_html", "write_html"]
@@ -63,7 +63,7 @@ h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .details table { border-collapse: collapse; } .details td { padding: 1px .8em 1px 0;
   vertical-align: top; font-family: ui-monospace, monospace; }
 .details td:first-child { color: #666; } .details ul { margin: .3em 0; padding-left: 1.2em; }
-.note { color: #777; margin-top: 1em; }
+.note { color: #777; margin-top: 1em; } .script { color: #777; }
 """
 
 _JS = """
@@ -115,6 +115,14 @@ def _value(value: Any) -> str:
     if isinstance(value, bytes):
         return value.hex()
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _script(span: SpanRecord) -> str:
+    """A run's root also names its script (pipeline runs all share the root name)."""
+    script = span.attributes.get("code.filepath")
+    if span.name != ROOT_SPAN_NAME or not script:
+        return ""
+    return f' <span class="script">{escape(os.path.basename(str(script)))}</span>'
 
 
 def _details(trace: Trace, span: SpanRecord) -> str:
@@ -196,7 +204,7 @@ def render_html(trace: Trace) -> str:
             f'data-parent-id="{escape(span.parent_span_id)}" data-depth="{row.depth}" '
             f'data-start-ns="{span.start_ns}" data-end-ns="{end}" title="{escape(title)}">'
             f'<div class="name" style="padding-left:{row.depth * 1.2:.1f}em">{fold}'
-            f'<span class="span-name">{escape(span.name)}</span></div>'
+            f'<span class="span-name">{escape(span.name)}</span>{_script(span)}</div>'
             f'<div class="track"><div class="bar" style="left:{_percent(offset)};'
             f'width:{_percent(width)}"></div>{events}</div>'
             f'<div class="duration">{escape(duration)}</div>'

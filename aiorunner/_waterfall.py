@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import textwrap
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from ._exceptions import ConfigError
 from ._traces_reader import (
+    ROOT_SPAN_NAME,
     Trace,
     TreeRow,
     format_duration,
@@ -31,8 +33,6 @@ from ._traces_reader import (
 )
 
 if TYPE_CHECKING:
-    import os
-
     from ._traces_reader import SpanRecord
 
 __all__ = ["MIN_WIDTH", "build_lines", "print_trace", "render_trace", "render_waterfall"]
@@ -46,6 +46,15 @@ _STATUS_WIDTH = 7
 _STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
 _BAR_STYLES = {"ok": "cyan", "error": "red", "running": "yellow"}
 _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+def _label(span: SpanRecord) -> str:
+    """A span's name; a run's root also names its script (runs in a pipeline all have
+    the root name ScriptRunner)."""
+    script = span.attributes.get("code.filepath")
+    if span.name == ROOT_SPAN_NAME and script:
+        return f"{span.name} {os.path.basename(str(script))}"
+    return span.name
 
 
 def _guide(row: TreeRow) -> str:
@@ -174,7 +183,7 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
         raise ConfigError(f"--width {width} is too narrow for a waterfall; use {MIN_WIDTH} or more")
     rows = trace.rows()
     has_children = {s.parent_span_id for s in trace.spans}
-    labels = [_guide(row) + row.span.name for row in rows]
+    labels = [_guide(row) + _label(row.span) for row in rows]
     name_cells = min(max([cell_len(label) for label in labels] + [12]), width * 35 // 100)
     bar_cells = width - name_cells - _DURATION_WIDTH - _STATUS_WIDTH - 4
     roots = trace.roots()

@@ -32,7 +32,7 @@ Trace 4bf92f3577b34da6a3ce929d0e0e4736  ok  2.00s  9 spans
 examples/etl.py · service aiorunner · started 2023-11-14 22:13:20.000
 
 Span                     0s            500ms         1.00s         1.50s     2.00s  Duration Status
-ScriptRunner             █████████████████████████████████████████████████████████     2.00s ok
+ScriptRunner etl.py      █████████████████████████████████████████████████████████     2.00s ok
 ├─ extract_metadata      █                                                            15.0ms ok
 ├─ validate_dependencies ██                                                           40.0ms ok
 ├─ setup_environment      █                                                           10.0ms ok
@@ -48,7 +48,7 @@ Trace 4bf92f3577b34da6a3ce929d0e0e4736  ok  2.00s  9 spans
 examples/etl.py · service aiorunner · started 2023-11-14 22:13:20.000
 
 Span                     0s     500ms  1.00s     2.00s  Duration Status
-ScriptRunner             █████████████████████████████     2.00s ok
+ScriptRunner etl.py      █████████████████████████████     2.00s ok
 │  id a000000000000001  internal  at +0µs
 │  code.filepath = "examples/etl.py"
 │  process.exit.code = 0
@@ -83,7 +83,7 @@ Trace 4bf92f3577b34da6a3ce929d0e0e4736  running  1.60s so far  6 spans
 examples/etl.py · service aiorunner · started 2023-11-14 22:13:20.000
 
 Span                     0s       400ms    800ms         1.60s  Duration Status
-ScriptRunner             ▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒     1.60s running
+ScriptRunner etl.py      ▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒▒     1.60s running
 ├─ extract_metadata      █                                        15.0ms ok
 ├─ validate_dependencies ██                                       40.0ms ok
 └─ setup_environment      █                                       10.0ms ok
