@@ -44,6 +44,27 @@ AIORUNNER_TRACES_FILE = "AIORUNNER_TRACES_FILE"
 AIORUNNER_MONITOR_INTERVAL = "AIORUNNER_MONITOR_INTERVAL"
 AIORUNNER_IN_SCRIPT_TRACING = "AIORUNNER_IN_SCRIPT_TRACING"
 AIORUNNER_TAIL_THRESHOLD = "AIORUNNER_TAIL_SAMPLING_THRESHOLD"
+AIORUNNER_INSTRUMENT = "AIORUNNER_INSTRUMENT"
+
+#: Limits the SDK reads from the environment itself: checked here so a bad value is a
+#: ConfigError naming the variable, not a ValueError from deep inside the SDK.
+_SDK_LIMIT_VARS = (
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+)
+#: Exporter variables every OTLP backend reads (checked early here, with the same rules).
+_EXPORTER_TIMEOUT_VARS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+_EXPORTER_CHOICES = {
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("grpc", "http/protobuf", "http/json"),
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("grpc", "http/protobuf", "http/json"),
+    "OTEL_EXPORTER_OTLP_COMPRESSION": ("gzip", "none"),
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": ("gzip", "none"),
+}
+OTEL_EXPORTER_ZIPKIN_ENDPOINT = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
 
 DEFAULT_TRACES_FILE = os.path.join(".aiorunner", "traces.jsonl")
 
@@ -184,7 +205,7 @@ _SPECS: dict[str, _Spec] = {
     "traces_file": _Spec(AIORUNNER_TRACES_FILE, _parse_str, DEFAULT_TRACES_FILE),
     "monitor_interval": _Spec(AIORUNNER_MONITOR_INTERVAL, _parse_seconds, 0.5),
     "in_script_tracing": _Spec(AIORUNNER_IN_SCRIPT_TRACING, _parse_bool, True),
-    "instrument": _Spec(None, None, ()),
+    "instrument": _Spec(AIORUNNER_INSTRUMENT, _parse_list, ()),
     "backend_options": _Spec(None, None, {}),
 }
 
@@ -239,6 +260,16 @@ class TracingConfig:
     instrument: Sequence[str] | None = None
     backend_options: Mapping[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # Secrets print as [secure]: backend options such as headers or API keys, and
+        # credentials inside URLs, must not reach logs through a repr().
+        fields = ", ".join(
+            f"{f.name}={_masked(f.name, getattr(self, f.name))!r}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"TracingConfig({fields})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> TracingConfig:
@@ -316,10 +347,12 @@ class TracingConfig:
             values["collector_endpoint"] = validate_endpoint(
                 "collector_endpoint", values["collector_endpoint"]
             )
-        for var in (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT):
-            if env.get(var):
-                validate_endpoint(var, env[var])
+        _check_environment(env)
         values["sampler"] = _parse_sampler("sampler", str(values["sampler"]))
+        if sources["sampler"] == "default" and sources["sample_rate"] == "argument":
+            # The seed's TracingConfig(sample_rate=0.1) means "sample 10 %".
+            values["sampler"] = "parentbased_traceidratio"
+            sources["sampler"] = "argument sample_rate"
         rate_name = (
             "sample_rate" if sources["sample_rate"] == "argument" else OTEL_TRACES_SAMPLER_ARG
         )
@@ -338,13 +371,56 @@ class TracingConfig:
         values["batch_size"] = min(values["batch_size"], values["max_queue_size"])
         values["traces_file"] = os.fspath(values["traces_file"])
         values["propagators"] = tuple(values["propagators"])
-        values["instrument"] = tuple(values["instrument"])
+        from ._instrument import check_names
+
+        values["instrument"] = check_names(
+            values["instrument"],
+            field="instrument" if sources["instrument"] == "argument" else AIORUNNER_INSTRUMENT,
+        )
         values["resource_attributes"] = dict(values["resource_attributes"])
         values["backend_options"] = dict(values["backend_options"])
         values["enabled"] = bool(values["enabled"])
         values["export_timeout_ms"] = round(values["export_timeout"] * 1000)
         sources["export_timeout_ms"] = sources["export_timeout"]
         return TracingConfig(**values, sources=sources)
+
+
+SECURE = "[secure]"
+
+
+def _masked(key: str, value: Any, *, inside_headers: bool = False) -> Any:
+    """``value`` with secrets replaced by ``[secure]``, for repr() and logs."""
+    if isinstance(value, dict):
+        headers = inside_headers or "header" in key.lower()
+        return {k: _masked(str(k), v, inside_headers=headers) for k, v in value.items()}
+    if value is not None and (inside_headers or looks_secret(key)):
+        return SECURE
+    if isinstance(value, str):
+        from ._redact import redact_text
+
+        return redact_text(value)
+    return value
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Check the OTEL_* variables that the SDK or the exporters read on their own."""
+    for var in (
+        OTEL_EXPORTER_OTLP_ENDPOINT,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+    ):
+        if env.get(var):
+            validate_endpoint(var, env[var])
+    for var in _SDK_LIMIT_VARS:
+        if env.get(var):
+            _parse_int(0)(var, env[var])
+    for var in _EXPORTER_TIMEOUT_VARS:
+        if env.get(var):
+            _parse_millis(var, env[var])
+    for var, choices in _EXPORTER_CHOICES.items():
+        raw = env.get(var)
+        if raw and raw.strip().lower() not in choices:
+            raise ConfigError(f"{var}={raw!r} is not supported; accepted: {', '.join(choices)}")
 
 
 def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:

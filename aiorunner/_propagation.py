@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -22,6 +21,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from opentelemetry import trace
 
-
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from opentelemetry.trace import Span
 
     from ._session import Session
@@ -154,5 +154,3 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
