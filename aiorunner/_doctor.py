@@ -215,7 +215,7 @@ async def diagnose(
     config: TracingConfig | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    timeout: float = 5.0,  # noqa: ASYNC109 - a budget per backend, handed to each one
+    timeout: float = 5.0,
 ) -> DoctorReport:
     """
     Check ``config`` (default: from the environment) end to end, each configured backend
@@ -259,7 +259,7 @@ async def check_backend(
     name: str,
     config: TracingConfig,
     *,
-    timeout: float,  # noqa: ASYNC109 - handed to Backend.export, which honours it
+    timeout: float,
 ) -> BackendCheck:
     """Build backend ``name`` and send it one test span; explain a failure."""
     if name == "jsonl":
@@ -344,7 +344,7 @@ def _doctor_span(config: TracingConfig) -> ReadableSpan:
 async def _test_export(
     backend: Any,
     config: TracingConfig,
-    timeout: float,  # noqa: ASYNC109 - handed to Backend.export, and enforced here too
+    timeout: float,
 ) -> tuple[bool, str]:
     spans = [_doctor_span(config)]
     export = getattr(backend, "export", None)
@@ -433,7 +433,7 @@ class Probe:
     alpn: str | None = None
 
 
-async def probe(host: str, port: int, *, timeout: float = 3.0) -> Probe:  # noqa: ASYNC109
+async def probe(host: str, port: int, *, timeout: float = 3.0) -> Probe:
     """Connect to ``host:port`` and find out what speaks there: send a plain HTTP/1.1
     request and look at the first bytes (an HTTP/1 status line, an HTTP/2 SETTINGS frame
     as gRPC servers send first, a TLS alert), then try a TLS handshake if unclear."""
@@ -454,8 +454,13 @@ async def probe(host: str, port: int, *, timeout: float = 3.0) -> Probe:  # noqa
         try:
             await stream.send(_PROBE_REQUEST % host.encode("idna"))
             with anyio.move_on_after(min(timeout, 1.5)):
-                while len(data) < 256:
+                # Enough to tell: a status line, or an HTTP/2 or TLS record header.
+                while len(data) < 9 and not (data.startswith(b"HTTP/") and b"\n" in data):
                     data += await stream.receive(256)
+                if data.startswith(b"HTTP/"):
+                    with anyio.move_on_after(0.2):
+                        while len(data) < 512:
+                            data += await stream.receive(512)
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             pass
     if data.startswith(b"HTTP/"):
@@ -469,7 +474,7 @@ async def probe(host: str, port: int, *, timeout: float = 3.0) -> Probe:  # noqa
     return await _probe_tls(host, port, timeout)
 
 
-async def _probe_tls(host: str, port: int, timeout: float) -> Probe:  # noqa: ASYNC109
+async def _probe_tls(host: str, port: int, timeout: float) -> Probe:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -504,7 +509,7 @@ async def explain(
     endpoint: Endpoint,
     error: str,
     *,
-    timeout: float = 3.0,  # noqa: ASYNC109 - the probe's connect deadline
+    timeout: float = 3.0,
 ) -> str | None:
     """The fix for a failed test export to ``endpoint``, from the error and a probe."""
     where = f"{endpoint.host}:{endpoint.port}"
