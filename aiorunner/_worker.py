@@ -125,7 +125,8 @@ class BackendWorker:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._inflight: _Batch | None = None
-        #: Spans handed to this worker (queued or dropped); ``settled`` catches up with it.
+        #: Items handed to this worker (a span, or a span start, counts 1), and how many of
+        #: them are done with; flushes wait for ``settled`` to catch up with ``received``.
         self.received = 0
         self.settled = 0
         self.exported = 0
@@ -156,6 +157,7 @@ class BackendWorker:
     def put_start(self, span: ReadableSpan) -> None:
         """Queue a root span that just started (for backends with ``on_span_start``)."""
         if self.adapter.wants_span_start:
+            self.received += 1
             self._queue.append(_Start(span))
             self._wake()
 
@@ -182,6 +184,7 @@ class BackendWorker:
                 item = self._queue.popleft()
                 if isinstance(item, _Start):
                     await self._span_start(item.span)
+                    self._settled(1)
                     continue
                 batch = self._merge(item)
                 self._queued_spans -= len(batch.spans)
