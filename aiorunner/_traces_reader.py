@@ -413,6 +413,9 @@ class _Accumulator:
     root_error: str | None = None
     error: str | None = None
     errors: int = 0
+    #: A ``code.filepath`` seen on any span: names a running run whose start marker
+    #: carries no script yet (extract_metadata has it).
+    filepath: str | None = None
     pending: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
     #: Saw the start marker of a parentless root: every span of the trace comes after it.
@@ -423,6 +426,8 @@ class _Accumulator:
         if record.start_ns and (not self.start_ns or record.start_ns < self.start_ns):
             self.start_ns = record.start_ns
         self.end_ns = max(self.end_ns, record.end_ns)
+        if self.filepath is None and record.attributes.get("code.filepath"):
+            self.filepath = str(record.attributes["code.filepath"])
         failed = record.status_code == STATUS_ERROR
         if failed:
             self.errors += 1
@@ -450,12 +455,20 @@ class _Accumulator:
             end_ns=max(self.end_ns, now_ns) if running else self.end_ns,
             span_count=len(self.span_ids),
             name=root.name if root else "",
-            script=root.script if root else "",
+            script=_script_of(root, self.filepath),
             service=root.service if root else "",
             status="running" if running else ("error" if error is not None else "ok"),
             error=error or "",
             error_spans=self.errors,
         )
+
+
+def _script_of(root: SpanRecord | None, filepath: str | None) -> str:
+    if root is None:
+        return filepath or ""
+    if root.name == ROOT_SPAN_NAME and "code.filepath" not in root.attributes and filepath:
+        return filepath
+    return root.script
 
 
 def _is_root_candidate(record: SpanRecord) -> bool:

@@ -413,3 +413,25 @@ def test_summary_json_shape(tmp_path: Path) -> None:
         "error_spans": 1,
     }
     json.dumps(data)
+
+
+def test_running_run_named_by_a_child_when_its_marker_has_no_script(tmp_path: Path) -> None:
+    """A start marker written before the script path was known still lists the script,
+    taken from a finished child span (extract_metadata carries code.filepath)."""
+    path = write(
+        tmp_path / "t.jsonl",
+        line(span(TRACE_A, "a000000000000001", None, "ScriptRunner", 0, None, pending=True)),
+        line(
+            span(
+                TRACE_A,
+                "a000000000000002",
+                "a000000000000001",
+                "extract_metadata",
+                1,
+                2,
+                attributes={"code.filepath": "jobs/nightly.py"},
+            )
+        ),
+    )
+    (summary,) = list_traces(path, now_ns=T0 + 5 * MS).traces
+    assert (summary.status, summary.script) == ("running", "jobs/nightly.py")
