@@ -99,7 +99,7 @@ class OtlpBackend:
             abandoned_threads=self._abandoned,
         )
 
-    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:  # noqa: ASYNC109
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
         """
         Send one batch, waiting at most ``timeout`` seconds (and at most the configured
         OTLP timeout); return how it went instead of raising.
@@ -157,11 +157,11 @@ class OtlpBackend:
                 self.settings.redact(f"{self.name}: {type(exc).__name__}: {exc}")
             )
 
-    async def force_flush(self, *, timeout: float) -> bool:  # noqa: ASYNC109
+    async def force_flush(self, *, timeout: float) -> bool:
         """Nothing is buffered here: every export is sent when called."""
         return True
 
-    async def shutdown(self, *, timeout: float) -> None:  # noqa: ASYNC109
+    async def shutdown(self, *, timeout: float) -> None:
         """Close connections (bounded by ``timeout``, even when cancelled)."""
         if self._closed:
             return

@@ -110,13 +110,11 @@ def create_http_backend(config: TracingConfig) -> OtlpBackend:
     return create_otlp_backend(config, name="otlp_http", protocol=HTTP_PROTOBUF)
 
 
-def _refuse_port(
-    backend: str, settings: OtlpSettings, ports: Mapping[int, str], product: str
-) -> None:
+def _refuse_port(settings: OtlpSettings, ports: Mapping[int, str], product: str) -> None:
     port = settings.port
     if port is not None and port in ports:
         raise ConfigError(
-            f"{backend}: {settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}, "
+            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}, "
             f"{product}'s {ports[port]} ({port}), which does not take OTLP. {product} accepts "
             "OTLP natively: point at port 4317 for OTLP/gRPC (e.g. "
             "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317) or port 4318 for OTLP/HTTP "
@@ -132,17 +130,17 @@ def create_jaeger_backend(config: TracingConfig) -> OtlpBackend:
         stale = [var for var in JAEGER_THRIFT_VARS if env.get(var)]
         if stale:
             raise ConfigError(
-                f"jaeger: {', '.join(stale)} configure OpenTelemetry's removed Jaeger Thrift "
+                f"{', '.join(stale)} configure OpenTelemetry's removed Jaeger Thrift "
                 "exporter and are not used; Jaeger receives OTLP: set "
                 "OTEL_EXPORTER_OTLP_ENDPOINT=http://JAEGER_HOST:4317 (gRPC) or "
                 "http://JAEGER_HOST:4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
             )
-    _refuse_port("jaeger", settings, JAEGER_LEGACY_PORTS, "Jaeger")
+    _refuse_port(settings, JAEGER_LEGACY_PORTS, "Jaeger")
     return OtlpBackend("jaeger", settings)
 
 
 def create_tempo_backend(config: TracingConfig) -> OtlpBackend:
     """``tempo``: OTLP to Grafana Tempo (its distributor receives OTLP on 4317 and 4318)."""
     settings = resolve_settings(config)
-    _refuse_port("tempo", settings, TEMPO_OTHER_PORTS, "Tempo")
+    _refuse_port(settings, TEMPO_OTHER_PORTS, "Tempo")
     return OtlpBackend("tempo", settings)

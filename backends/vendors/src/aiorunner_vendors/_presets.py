@@ -82,12 +82,10 @@ def _get(env: Mapping[str, str], var: str) -> str | None:
     return value or None
 
 
-def _require(env: Mapping[str, str], preset: str, var: str, what: str, where: str) -> str:
+def _require(env: Mapping[str, str], var: str, what: str, where: str) -> str:
     value = _get(env, var)
     if value is None:
-        raise ConfigError(
-            f"{preset}: {var} is not set; it holds {what}. Set it (export {var}=...), {where}"
-        )
+        raise ConfigError(f"{var} is not set; it holds {what}. Set it (export {var}=...), {where}")
     return value
 
 
@@ -121,7 +119,6 @@ def _datadog(env: Mapping[str, str]) -> Target:
 def _newrelic(env: Mapping[str, str]) -> Target:
     key = _require(
         env,
-        "newrelic",
         "NEW_RELIC_LICENSE_KEY",
         "your New Relic ingest license key",
         "from one.newrelic.com > API keys (type INGEST - LICENSE)",
@@ -131,7 +128,7 @@ def _newrelic(env: Mapping[str, str]) -> Target:
     hosts = {"US": "otlp.nr-data.net", "EU": "otlp.eu01.nr-data.net"}
     if region not in hosts:
         raise ConfigError(
-            f"newrelic: NEW_RELIC_REGION={raw_region!r} is not a New Relic region; accepted: US, EU"
+            f"NEW_RELIC_REGION={raw_region!r} is not a New Relic region; accepted: US, EU"
         )
     host = hosts[region]
     return Target(
@@ -143,7 +140,6 @@ def _newrelic(env: Mapping[str, str]) -> Target:
 def _honeycomb(env: Mapping[str, str]) -> Target:
     key = _require(
         env,
-        "honeycomb",
         "HONEYCOMB_API_KEY",
         "a Honeycomb ingest API key",
         "from Honeycomb > Environment settings > API keys",
@@ -162,14 +158,12 @@ def _honeycomb(env: Mapping[str, str]) -> Target:
 def _grafana(env: Mapping[str, str]) -> Target:
     instance = _require(
         env,
-        "grafana",
         "GRAFANA_CLOUD_INSTANCE_ID",
         "the numeric instance ID of your Grafana Cloud stack's OTLP connection",
         "from Grafana Cloud > your stack > OpenTelemetry > Configure",
     )
     token = _require(
         env,
-        "grafana",
         "GRAFANA_CLOUD_API_KEY",
         "a Grafana Cloud access policy token with the traces:write scope",
         "from Grafana Cloud > Access Policies",
@@ -185,7 +179,6 @@ def _grafana(env: Mapping[str, str]) -> Target:
 def _lightstep(env: Mapping[str, str]) -> Target:
     token = _require(
         env,
-        "lightstep",
         "LS_ACCESS_TOKEN",
         "a Cloud Observability (Lightstep) access token",
         "from Project settings > Access tokens",
@@ -199,7 +192,6 @@ def _lightstep(env: Mapping[str, str]) -> Target:
 def _dynatrace(env: Mapping[str, str]) -> Target:
     token = _require(
         env,
-        "dynatrace",
         "DT_API_TOKEN",
         "a Dynatrace API token with the openTelemetryTrace.ingest scope",
         "from Dynatrace > Access tokens",
@@ -214,7 +206,6 @@ def _dynatrace(env: Mapping[str, str]) -> Target:
 def _signoz(env: Mapping[str, str]) -> Target:
     key = _require(
         env,
-        "signoz",
         "SIGNOZ_INGESTION_KEY",
         "a SigNoz Cloud ingestion key",
         "from SigNoz > Settings > Ingestion",
@@ -223,8 +214,7 @@ def _signoz(env: Mapping[str, str]) -> Target:
     region = (raw_region or "us").lower()
     if region not in ("us", "eu", "in"):
         raise ConfigError(
-            f"signoz: SIGNOZ_REGION={raw_region!r} is not a SigNoz Cloud region; "
-            "accepted: us, eu, in"
+            f"SIGNOZ_REGION={raw_region!r} is not a SigNoz Cloud region; accepted: us, eu, in"
         )
     base = f"https://ingest.{region}.signoz.cloud:443"
     return Target(headers={"signoz-ingestion-key": key}, default_endpoint=_both(base, base))
@@ -233,14 +223,12 @@ def _signoz(env: Mapping[str, str]) -> Target:
 def _axiom(env: Mapping[str, str]) -> Target:
     token = _require(
         env,
-        "axiom",
         "AXIOM_TOKEN",
         "an Axiom API token allowed to ingest into the dataset",
         "from Axiom > Settings > API tokens",
     )
     dataset = _require(
         env,
-        "axiom",
         "AXIOM_DATASET",
         "the name of the Axiom dataset that receives the traces",
         "a dataset created for OpenTelemetry traces",
@@ -257,7 +245,7 @@ def _elastic(env: Mapping[str, str]) -> Target:
     api_key = _get(env, "ELASTIC_APM_API_KEY")
     if secret is None and api_key is None:
         raise ConfigError(
-            "elastic: neither ELASTIC_APM_SECRET_TOKEN nor ELASTIC_APM_API_KEY is set; set "
+            "neither ELASTIC_APM_SECRET_TOKEN nor ELASTIC_APM_API_KEY is set; set "
             "one of them (the APM Server's secret token or an API key) from Kibana > "
             "Observability > APM > Settings"
         )
@@ -303,7 +291,7 @@ def create_vendor_backend(
     overridden = bool(config.collector_endpoint) or any(_get(env, v) for v in _ENDPOINT_VARS)
     if target.required_endpoint_var and target.endpoint is None and not overridden:
         raise ConfigError(
-            f"{name}: {target.required_endpoint_var} is not set; it holds the {preset.title} "
+            f"{target.required_endpoint_var} is not set; it holds the {preset.title} "
             "OTLP endpoint URL (or set OTEL_EXPORTER_OTLP_ENDPOINT)"
         )
     return create_otlp_backend(

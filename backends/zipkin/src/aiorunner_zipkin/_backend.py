@@ -149,7 +149,7 @@ class ZipkinBackend:
             return ExportResult.retryable(message, retry_after=retry_after)
         return ExportResult.permanent(message)
 
-    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:  # noqa: ASYNC109
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
         """Send one batch within ``timeout`` (and the Zipkin timeout); report, never raise."""
         if self._closed:
             return ExportResult.permanent(f"{self.name}: the backend is shut down")
@@ -178,11 +178,11 @@ class ZipkinBackend:
             return ExportResult.retryable(f"{self.where}: no answer within {limit:g} s")
         return result
 
-    async def force_flush(self, *, timeout: float) -> bool:  # noqa: ASYNC109
+    async def force_flush(self, *, timeout: float) -> bool:
         """Nothing is buffered here."""
         return True
 
-    async def shutdown(self, *, timeout: float) -> None:  # noqa: ASYNC109
+    async def shutdown(self, *, timeout: float) -> None:
         """Close the connection pool; later exports are refused."""
         with self._lock:
             self._closed = True
