@@ -62,6 +62,7 @@ class ChildProcess:
         self.rusage: resource.struct_rusage | None = None
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
+        self._exit_ready = asyncio.Event()
         self._exited = asyncio.Event()
         self._pipes_open = 0
         self._pipes_closed = asyncio.Event()
@@ -78,8 +79,7 @@ class ChildProcess:
             except OSError:  # e.g. seccomp forbids it: fall back to a thread
                 self._pidfd = None
         if self._pidfd is not None:
-            self._loop.add_reader(self._pidfd, self._try_reap)
-            self._try_reap()  # it may already be gone
+            self._loop.add_reader(self._pidfd, self._on_pidfd)
 
     @classmethod
     async def spawn(
@@ -154,17 +154,27 @@ class ChildProcess:
 
     # -- exit ---------------------------------------------------------------------------
 
-    def _try_reap(self) -> None:
+    def _on_pidfd(self) -> None:
+        """The child exited: it is a zombie now. Not reaped yet, so the monitor can
+        take a last reading of its final counters (see :meth:`wait_exit_ready`)."""
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+        self._exit_ready.set()
+
+    def reap(self) -> int | None:
+        """Reap the child if it has exited (never blocks); returns its code, or None
+        while it still runs."""
         if self._exited.is_set():
-            return
+            return self.returncode
         try:
             pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
         except ChildProcessError:
             # Someone else reaped it (should not happen); we lose only the rusage.
             pid, status, rusage = self.pid, 0, None  # type: ignore[assignment]
         if pid == 0:
-            return
+            return None
         self._set_exited(status, rusage)
+        return self.returncode
 
     def _set_exited(self, status: int, rusage: resource.struct_rusage | None) -> None:
         self.returncode = os.waitstatus_to_exitcode(status)
@@ -175,17 +185,27 @@ class ChildProcess:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+        self._exit_ready.set()
         self._exited.set()
 
+    async def wait_exit_ready(self) -> None:
+        """Wait until the child has exited, without reaping it (its zombie keeps its
+        final /proc counters until :meth:`reap`)."""
+        if self._exit_ready.is_set():
+            return
+        if self._pidfd is None:
+            # No pidfd: a worker thread waits without reaping (WNOWAIT).
+            await anyio.to_thread.run_sync(os.waitid, os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            self._exit_ready.set()
+        await self._exit_ready.wait()
+
     async def wait_exit(self) -> int:
-        """Wait until the child itself has exited and was reaped; returns its code
+        """Wait until the child itself has exited and reap it; returns its code
         (negative N when killed by signal N)."""
-        if self._pidfd is None and not self._exited.is_set():
-            _pid, status, rusage = await anyio.to_thread.run_sync(os.wait4, self.pid, 0)
-            self._set_exited(status, rusage)
-        await self._exited.wait()
-        assert self.returncode is not None
-        return self.returncode
+        await self.wait_exit_ready()
+        code = self.reap()
+        assert code is not None
+        return code
 
     async def wait_output(self, grace: float | None) -> bool:
         """Wait for both pipes to reach EOF; False when ``grace`` seconds passed first (a
@@ -197,7 +217,13 @@ class ChildProcess:
 
     @property
     def exited(self) -> bool:
+        """True once the child was reaped."""
         return self._exited.is_set()
+
+    @property
+    def exit_ready(self) -> bool:
+        """True once the child has exited (reaped or not)."""
+        return self._exit_ready.is_set()
 
     # -- the process group ------------------------------------------------------------
 
@@ -232,7 +258,7 @@ class ChildProcess:
             with anyio.move_on_after(grace):
                 while True:
                     live = await anyio.to_thread.run_sync(self.group_has_live_members)
-                    if not live and self.exited:
+                    if not live and self.reap() is not None:
                         break
                     await anyio.sleep(0.02 if self.exited else 0.01)
         if await anyio.to_thread.run_sync(self.group_has_live_members):

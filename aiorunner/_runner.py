@@ -37,6 +37,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from . import _deps
 from ._config import TracingConfig
 from ._exceptions import ConfigError, UsageError
+from ._inscript import open_channel
+from ._instrument import check_names
 from ._metadata import ScriptInfo, ScriptProblem, read_script
 from ._process import ChildProcess, OutputCallback
 from ._propagation import extract_parent, get_propagator, inject_env
@@ -141,6 +143,8 @@ class ScriptRunner:
         kill_grace: float = DEFAULT_KILL_GRACE,
         context: Context | None = None,
         carrier: Mapping[str, str] | None = None,
+        in_script_tracing: bool | None = None,
+        instrument: Sequence[str] = (),
     ) -> None:
         if not isinstance(script, (str, os.PathLike)):
             raise ConfigError(f"script must be a path (str or os.PathLike), got {script!r}")
@@ -179,6 +183,10 @@ class ScriptRunner:
         self.kill_grace = float(kill_grace)
         self.context = context
         self.carrier = dict(carrier) if carrier is not None else None
+        #: Spans a Python script makes join the run's trace (None: config.in_script_tracing).
+        self.in_script_tracing = in_script_tracing
+        #: Instrumentations loaded inside a Python script (opentelemetry-instrumentation-*).
+        self.instrument = check_names(instrument)
         #: Seed API: set False to run without a trace (RunResult is still filled).
         self.enable_tracing = True
         #: Seed API: attributes added to the root span.
@@ -278,6 +286,7 @@ class ScriptRunner:
         root_ctx = trace.set_span_in_context(root, parent)
         outcome = _Outcome()
         run = _Run(self, config, tracer, root, root_ctx, outcome, t0)
+        run.session = session
         try:
             await run.execute()
         except BaseException as exc:
@@ -353,6 +362,7 @@ class _Run:
         self.t0 = t0
         self.child_env: dict[str, str] = {}
         self.exec_span: Span | None = None
+        self.session: Session | None = None
         self.execution_time = 0.0
         self.script_path = runner.script
         self.cwd_path = runner.cwd or "."
@@ -540,7 +550,13 @@ class _Run:
 
                     tg.start_soon(watch)
                 with wait_scope:
-                    await child.wait_exit()
+                    await child.wait_exit_ready()
+                if child.exit_ready:
+                    if monitor is not None:
+                        # A last reading of the zombie's final counters before reaping.
+                        with anyio.move_on_after(1.0):
+                            await monitor.stop()
+                    child.reap()
                 if not child.exited:
                     outcome.timed_out = not limit_reason
                     await child.terminate_group(runner.kill_grace)
