@@ -87,6 +87,7 @@ def _list_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 "--limit",
                 "-n",
                 type=click.IntRange(min=0),
+                metavar="N",
                 default=20,
                 show_default=True,
                 help="At most this many runs (0: all).",

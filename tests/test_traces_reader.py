@@ -435,3 +435,74 @@ def test_running_run_named_by_a_child_when_its_marker_has_no_script(tmp_path: Pa
     )
     (summary,) = list_traces(path, now_ns=T0 + 5 * MS).traces
     assert (summary.status, summary.script) == ("running", "jobs/nightly.py")
+
+
+def test_nested_run_appears_in_place(tmp_path: Path) -> None:
+    """A run inside a run (the inner ScriptRunner's parent is the outer execute_script,
+    in another process) is one trace: the inner run nests under execute_script, and the
+    listing names the outer script, even when it stops early."""
+    outer, execute, inner = "1000000000000001", "1000000000000002", "2000000000000001"
+    lines = [
+        line(
+            span(
+                TRACE_A,
+                outer,
+                None,
+                "ScriptRunner",
+                0,
+                None,
+                pending=True,
+                attributes={"code.filepath": "outer.py"},
+            )
+        ),
+        line(
+            span(
+                TRACE_A,
+                inner,
+                execute,
+                "ScriptRunner",
+                100,
+                None,
+                pending=True,
+                attributes={"code.filepath": "inner.py"},
+            )
+        ),
+        line(
+            span(TRACE_A, "2000000000000002", inner, "execute_script", 110, 400),
+            span(
+                TRACE_A,
+                inner,
+                execute,
+                "ScriptRunner",
+                100,
+                450,
+                attributes={"code.filepath": "inner.py"},
+            ),
+        ),
+        line(
+            span(TRACE_A, execute, outer, "execute_script", 50, 500),
+            span(
+                TRACE_A,
+                outer,
+                None,
+                "ScriptRunner",
+                0,
+                600,
+                attributes={"code.filepath": "outer.py"},
+            ),
+        ),
+    ]
+    later = known_trace_lines(TRACE_C, t0=T0 + 10**10)
+    path = write(tmp_path / "t.jsonl", *lines, *later)
+    rows = load_trace(path, TRACE_A).rows()
+    assert [(r.span.name, r.span.span_id, r.depth) for r in rows] == [
+        ("ScriptRunner", outer, 0),
+        ("execute_script", execute, 1),
+        ("ScriptRunner", inner, 2),
+        ("execute_script", "2000000000000002", 3),
+    ]
+    for limit in (1, 2):
+        listing = list_traces(path, limit=limit)
+        assert [t.trace_id for t in listing.traces] == [TRACE_C, TRACE_A][:limit]
+    (summary,) = list_traces(path, limit=2).traces[1:]
+    assert (summary.script, summary.span_count, summary.status) == ("outer.py", 4, "ok")
