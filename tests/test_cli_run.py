@@ -103,5 +103,17 @@ def test_help_is_complete():
     """--help documents every option and the exit codes."""
     proc = aiorunner("run", "--help")
     assert proc.returncode == 0
-    for word in ("--timeout", "--cwd", "--env", "--json", "124", "128+N"):
+    for word in (
+        "--timeout",
+        "--cwd",
+        "--env",
+        "--json",
+        "124",
+        "128+N",
+        "--jobs",
+        "--jobs-file",
+        "--fail-fast",
+        "--retries",
+        "--trace",
+    ):
         assert word in proc.stdout
