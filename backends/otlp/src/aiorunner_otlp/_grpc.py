@@ -10,6 +10,7 @@ after gRPC's own reconnect backoff.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,10 @@ _HINTS = {
     "an OTLP/HTTP endpoint: set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf), or it refuses "
     "the compression (try OTEL_EXPORTER_OTLP_COMPRESSION=none)",
 }
+
+_TLS_FAILURE = re.compile(
+    r"handshake failed|CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER", re.IGNORECASE
+)
 
 _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.primary_user_agent", USER_AGENT),
@@ -170,6 +175,12 @@ class GrpcTransport:
         if code in _HINTS:
             message += f" ({_HINTS[code]})"
         message = self._settings.redact(message)
+        if code is grpc.StatusCode.UNAVAILABLE and _TLS_FAILURE.search(details):
+            # gRPC reports a TLS failure as UNAVAILABLE, but retrying cannot fix it.
+            return ExportResult.permanent(
+                f"{message} (TLS failed: check OTEL_EXPORTER_OTLP_CERTIFICATE, or use "
+                "http:// for a plaintext collector)"
+            )
         if code in RETRYABLE:
             return ExportResult.retryable(message, retry_after=_retry_after(error))
         return ExportResult.permanent(message)
