@@ -318,3 +318,13 @@ def test_zipkin_live_and_down(
     assert code == 1
     assert f"nothing is listening on 127.0.0.1:{port}" in out
     assert "OTEL_EXPORTER_ZIPKIN_ENDPOINT" in out
+
+
+def test_missing_vendor_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vendor preset without its key variable: exit 1 and the variable is named."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "honeycomb")
+    code, out = doctor()
+    assert code == 1
+    assert "✗ honeycomb" in out
+    assert "HONEYCOMB_API_KEY" in out
+    assert "fix: change the setting the message above names" in out
