@@ -202,7 +202,7 @@ def test_zipkin_receiver_accepts_v2_json_and_rejects_malformed(zipkin_receiver):
 def test_start_late_refuses_connections_then_serves():
     """A late receiver refuses connections while its port is reserved, then accepts."""
     receiver = OtlpHttpReceiver()
-    with start_late(receiver, 0.3):
+    with start_late(receiver, 1.5):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", receiver.port), timeout=2).close()
         body = _request().SerializeToString()

@@ -19,7 +19,7 @@ from aiorunner_otlp import (
     create_tempo_backend,
 )
 from blockbuster import blockbuster_ctx
-from receivers import OtlpGrpcReceiver, OtlpHttpReceiver, start_late
+from receivers import OtlpGrpcReceiver, OtlpHttpReceiver
 
 from aiorunner import ConfigError, TracingConfig
 from aiorunner.backend import Backend, ExportStatus
@@ -291,20 +291,31 @@ async def test_cancelled_export_counts_the_abandoned_thread(otlp_http_receiver, 
     thread left running is counted."""
     otlp_http_receiver.hang(30)
     backend = create_http_backend(http_config(otlp_http_receiver))
-    with anyio.move_on_after(0.3) as scope:
-        await backend.export(spans, timeout=10)
-    assert scope.cancelled_caught
+    outcome = []
+    async with anyio.create_task_group() as tg:
+
+        async def export() -> None:
+            outcome.append(await backend.export(spans, timeout=10))
+
+        tg.start_soon(export)
+        with anyio.fail_after(10):
+            while otlp_http_receiver.arrivals == 0:  # the request is in flight, held
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert outcome == []
     assert backend.statistics().abandoned_threads == 1
     assert backend.statistics().failed == 1
 
 
 @pytest.mark.parametrize("receiver_class", [OtlpGrpcReceiver, OtlpHttpReceiver])
 async def test_late_collector_is_reached_once_it_is_up(spans, receiver_class):
-    """A collector that starts late: refused (retryable) first, then the next export after
-    it came up arrives (gRPC does not wait out its reconnect backoff)."""
+    """A collector that comes up late: refused (retryable) while its port is bound but not
+    listening, then the very next export after it started arrives (gRPC does not wait out
+    its reconnect backoff)."""
     receiver = receiver_class()
     protocol = "grpc" if receiver_class is OtlpGrpcReceiver else "http/protobuf"
-    with start_late(receiver, 0.5):
+    receiver.reserve_port()
+    try:
         backend = create_backend(
             config(
                 collector_endpoint=receiver.endpoint, backend_options={"otlp_protocol": protocol}
@@ -312,12 +323,12 @@ async def test_late_collector_is_reached_once_it_is_up(spans, receiver_class):
         )
         first = await backend.export(spans, timeout=5)
         assert first.status is ExportStatus.RETRYABLE
-        with anyio.fail_after(10):
-            while not receiver.running:
-                await anyio.sleep(0.05)
+        receiver.start()
         second = await backend.export(spans, timeout=5)
         assert second.ok, second.error
         assert len(receiver.spans) == 2
+    finally:
+        receiver.stop()
 
 
 @pytest.mark.parametrize("receiver_class", [OtlpGrpcReceiver, OtlpHttpReceiver])

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 import anyio
 import pytest
 from aiorunner_zipkin import ZipkinBackend, create_backend, resolve_settings
-from receivers import ZipkinReceiver, start_late
+from receivers import ZipkinReceiver
 
 from aiorunner import ConfigError, TracingConfig
 from aiorunner.backend import Backend, ExportStatus
@@ -128,18 +128,22 @@ async def test_late_collector_and_cancelled_export(spans):
     """A collector that starts late is reached by the next export; an export cancelled by
     its caller frees it at once and counts the abandoned worker thread."""
     receiver = ZipkinReceiver()
-    with start_late(receiver, 0.3):
+    receiver.reserve_port()  # bound, not listening: refused until start()
+    try:
         backend = create_backend(config(collector_endpoint=receiver.url))
         assert (await backend.export(spans, timeout=5)).status is ExportStatus.RETRYABLE
-        with anyio.fail_after(10):
-            while not receiver.running:
-                await anyio.sleep(0.05)
+        receiver.start()
         assert (await backend.export(spans, timeout=5)).ok
         receiver.hang(30)
-        with anyio.move_on_after(0.3) as scope:
-            await backend.export(spans, timeout=10)
-        assert scope.cancelled_caught
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: backend.export(spans, timeout=10))
+            with anyio.fail_after(10):
+                while receiver.arrivals < 2:  # the third request is in flight, held
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
         assert backend.abandoned_threads == 1
+    finally:
+        receiver.stop()
     assert len(receiver.spans) == 2
 
 
