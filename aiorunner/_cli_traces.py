@@ -20,19 +20,15 @@ from rich.console import Console
 from rich.text import Text
 
 from ._exceptions import AiorunnerError, ConfigError
-from ._traces_reader import (
-    format_duration,
-    list_traces,
-    load_trace,
-    parse_since,
-    resolve_traces_file,
-)
+from ._traces_list import list_traces
+from ._traces_reader import format_duration, format_time, parse_since, resolve_traces_file
+from ._traces_tree import load_trace
 from ._waterfall import MIN_WIDTH, print_trace
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._traces_reader import TraceListing
+    from ._traces_list import TraceListing
 
 __all__ = ["traces_command"]
 
@@ -111,8 +107,6 @@ def _clip_left(text: str, cells: int) -> str:
 
 
 def _print_listing(listing: TraceListing, console: Console) -> None:
-    from ._traces_reader import format_time
-
     rows = [
         (
             format_time(s.start_ns)[:19],

@@ -19,14 +19,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._traces_reader import (
-    ROOT_SPAN_NAME,
-    Trace,
-    format_duration,
-    format_time,
-    load_trace,
-    resolve_traces_file,
-)
+from ._traces_reader import ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
+from ._traces_tree import Trace, load_trace
 
 if TYPE_CHECKING:
     from ._traces_reader import SpanRecord

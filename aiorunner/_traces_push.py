@@ -26,7 +26,8 @@ import anyio.to_thread
 
 from ._config import TracingConfig
 from ._exceptions import ConfigError, TraceNotFoundError
-from ._traces_reader import ReadStats, iter_requests, list_traces, trace_files
+from ._traces_list import list_traces
+from ._traces_reader import ReadStats, iter_requests, trace_files
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Sequence

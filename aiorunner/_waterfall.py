@@ -22,18 +22,12 @@ from rich.console import Console
 from rich.text import Text
 
 from ._exceptions import ConfigError
-from ._traces_reader import (
-    ROOT_SPAN_NAME,
-    Trace,
-    TreeRow,
-    format_duration,
-    format_time,
-    load_trace,
-    resolve_traces_file,
-)
+from ._traces_reader import ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
+from ._traces_tree import load_trace
 
 if TYPE_CHECKING:
     from ._traces_reader import SpanRecord
+    from ._traces_tree import Trace, TreeRow
 
 __all__ = ["MIN_WIDTH", "build_lines", "print_trace", "render_trace", "render_waterfall"]
 

@@ -14,7 +14,7 @@ import pytest
 from traces_fixture import MS, T0, TRACE_A, known_trace_lines, line, span, write
 
 from aiorunner._html import render_html, write_html
-from aiorunner._traces_reader import load_trace
+from aiorunner._traces_tree import load_trace
 
 
 @dataclass

@@ -22,16 +22,16 @@ from traces_fixture import (
     write,
 )
 
-from aiorunner import _traces_reader as traces_reader
+from aiorunner import _traces_list as traces_list
 from aiorunner._exceptions import ConfigError, TraceNotFoundError
+from aiorunner._traces_list import list_traces
 from aiorunner._traces_reader import (
     _lines_backward,
-    list_traces,
-    load_trace,
     parse_since,
     resolve_traces_file,
     trace_files,
 )
+from aiorunner._traces_tree import load_trace
 
 
 def test_known_trace_is_read_whole_and_deduplicated(tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ def test_early_stop_gives_the_same_answer_as_a_full_scan(
     with batches written late, the newest-first listing with --limit equals the answer
     computed from all the data, though it may stop early (checked after every record
     here, to exercise the stop rule as often as possible)."""
-    monkeypatch.setattr(traces_reader, "_CHECK_EVERY", 1)
+    monkeypatch.setattr(traces_list, "_CHECK_EVERY", 1)
     table = [(i, r[0], r[1], r[2]) for i, r in enumerate(runs)]
     events = []
     for (i, start, duration, children), (*_, marker, delay) in zip(table, runs, strict=True):

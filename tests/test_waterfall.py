@@ -13,7 +13,7 @@ from rich.console import Console
 from traces_fixture import MS, T0, TRACE_A, known_trace_lines, line, span, write
 
 from aiorunner._exceptions import ConfigError
-from aiorunner._traces_reader import load_trace
+from aiorunner._traces_tree import load_trace
 from aiorunner._waterfall import print_trace, render_trace, render_waterfall
 
 
