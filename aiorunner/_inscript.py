@@ -294,22 +294,27 @@ class SpanChannel:
 
 
 def open_channel(
-    *,
     session: Any,
     config: TracingConfig,
     span: trace.Span,
     env: dict[str, str],
+    *,
+    python: bool,
+    enabled: bool | None = None,
     instrument: Iterable[str] = (),
 ) -> SpanChannel | None:
     """
-    Set up in-script tracing for one Python child, or return None when it does not
-    apply: tracing off, or the ``execute_script`` span not sampled (the script's spans
-    would not be recorded either).
+    Set up in-script tracing for one child, or return None when it does not apply: not
+    a Python script, turned off (``enabled``, else ``config.in_script_tracing``), tracing
+    off, or the ``execute_script`` span not sampled (the script's spans would not be
+    recorded either).
 
     Adds the bootstrap to ``env``; the caller passes ``channel.child_fd`` in
     ``pass_fds``, calls ``child_started()`` after spawning, runs ``pump()`` in its task
-    group while the script runs, and ``close()`` once it exited.
+    group while the script runs, and ``close()`` once it exited (or failed to start).
     """
+    if not python or not (config.in_script_tracing if enabled is None else enabled):
+        return None
     if session is None or not getattr(session, "enabled", False):
         return None
     context = span.get_span_context()

@@ -5,16 +5,24 @@ The seed's tracer API: ``runner.tracer.trace(name)`` and ``@trace_span``.
 current span of the calling task (so spans made inside a run's task join that run's trace,
 and a ``ScriptRunner.run()`` inside it becomes its child), records an exception and ERROR
 status if the block raises, and ends the span.
+
+The session behind the tracer is made on first use, and making one scans entry points and
+may import plugins (file-system work). ``async with`` and decorated coroutines therefore
+get their session off the event loop; a plain ``with`` in async code blocks the loop the
+first time only.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import anyio.to_thread
 from opentelemetry import trace
+
+from ._propagation import extract_parent, get_propagator
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -27,21 +35,48 @@ __all__ = ["RunnerTracer", "SpanContextManager", "trace_span"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: A tracer, and the propagators that read TRACEPARENT & co. from our environment.
+Target = tuple[trace.Tracer, tuple[str, ...]]
+TracerFactory = Callable[[], Target]
+AsyncTracerFactory = Callable[[], Awaitable[Target]]
+
 
 class SpanContextManager:
-    """A span for a ``with`` or ``async with`` block."""
+    """
+    A span for one ``with`` or ``async with`` block (make a new one per block).
+
+    Yields the span: ``set_attribute``, ``add_event``, ``record_exception`` as the
+    OpenTelemetry API has them. An exception leaving the block is recorded as an event
+    and sets ERROR status, then propagates.
+    """
 
     def __init__(
-        self, tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None
+        self,
+        tracer: TracerFactory,
+        name: str,
+        attributes: Mapping[str, Any] | None,
+        *,
+        atracer: AsyncTracerFactory | None = None,
     ) -> None:
         self._tracer = tracer
+        self._atracer = atracer
         self._name = name
         self._attributes = dict(attributes or {})
         self._cm: Any = None
 
-    def __enter__(self) -> Span:
-        self._cm = self._tracer.start_as_current_span(
+    def _start(self, target: Target) -> Span:
+        if self._cm is not None:
+            raise RuntimeError(
+                f"the span context manager for {self._name!r} is already in use; "
+                "call trace() again for each block"
+            )
+        tracer, propagators = target
+        # No current span: the parent is TRACEPARENT & co. in our environment, as for a
+        # run (a script run by aiorunner that makes spans this way stays in the trace).
+        parent = extract_parent(propagators) if propagators else None
+        self._cm = tracer.start_as_current_span(
             self._name,
+            context=parent,
             attributes=self._attributes,
             record_exception=True,
             set_status_on_exception=True,
@@ -49,16 +84,22 @@ class SpanContextManager:
         span: Span = self._cm.__enter__()
         return span
 
+    def __enter__(self) -> Span:
+        return self._start(self._tracer())
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        result: bool | None = self._cm.__exit__(exc_type, exc, tb)
+        cm, self._cm = self._cm, None
+        result: bool | None = cm.__exit__(exc_type, exc, tb)
         return result
 
     async def __aenter__(self) -> Span:
+        if self._atracer is not None:
+            return self._start(await self._atracer())
         return self.__enter__()
 
     async def __aexit__(
@@ -70,26 +111,74 @@ class SpanContextManager:
         return self.__exit__(exc_type, exc, tb)
 
 
+_NO_TARGET: Target = (trace.NoOpTracer(), ())
+
+
+def _target(session: Session | None) -> Target:
+    if session is None or not session.enabled:
+        return _NO_TARGET
+    return session.tracer(), tuple(session.config.propagators or ())
+
+
+async def _atarget(session: Session | None) -> Target:
+    target = _target(session)
+    if target[1]:
+        # Loading propagators scans entry points (file system): not on the loop.
+        await anyio.to_thread.run_sync(get_propagator, target[1])
+    return target
+
+
 class RunnerTracer:
-    """``runner.tracer``: makes spans in the runner's session (its export pipeline)."""
+    """
+    ``runner.tracer``: makes spans in the runner's session (its export pipeline), so
+    they leave with the runner's configuration. Spans are no-ops when the runner's
+    ``enable_tracing`` is False or its config disables tracing.
 
-    def __init__(self, session: Callable[[], Session]) -> None:
+    Args:
+        session: returns the runner's session (may create it: blocking, first time).
+        asession: the same, for async code (creates it off the event loop).
+        enabled: returns False when the runner does not trace.
+    """
+
+    def __init__(
+        self,
+        session: Callable[[], Session],
+        asession: Callable[[], Awaitable[Session]] | None = None,
+        enabled: Callable[[], bool] | None = None,
+    ) -> None:
         self._session = session
+        self._asession = asession
+        self._enabled = enabled
 
-    def _tracer(self) -> trace.Tracer:
-        session = self._session()
-        return session.tracer() if session.enabled else trace.NoOpTracer()
+    def _on(self) -> bool:
+        return self._enabled is None or self._enabled()
+
+    def _tracer(self) -> Target:
+        return _target(self._session()) if self._on() else _NO_TARGET
+
+    async def _atracer(self) -> Target:
+        if not self._on():
+            return _NO_TARGET
+        if self._asession is None:
+            return self._tracer()
+        return await _atarget(await self._asession())
 
     def trace(self, name: str, attributes: Mapping[str, Any] | None = None) -> SpanContextManager:
-        """A span named ``name`` as the current span for the ``with`` block."""
-        return SpanContextManager(self._tracer(), name, attributes)
+        """A span named ``name`` as the current span for the ``with``/``async with``
+        block, with ``attributes`` set at its start."""
+        return SpanContextManager(self._tracer, name, attributes, atracer=self._atracer)
 
 
-def _default_tracer() -> trace.Tracer:
+def _default_tracer() -> Target:
     from ._session import get_default_session
 
-    session = get_default_session()
-    return session.tracer() if session.enabled else trace.NoOpTracer()
+    return _target(get_default_session())
+
+
+async def _adefault_tracer() -> Target:
+    from ._session import aget_default_session
+
+    return await _atarget(await aget_default_session())
 
 
 @overload
@@ -106,10 +195,16 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
 
     Works on sync and async functions, generators and async generators (the span covers
     the whole iteration). Exceptions are recorded with ERROR status and re-raised. Usable
-    bare (``@trace_span``) or with a name (``@trace_span("load")``).
+    bare (``@trace_span``) or with a name (``@trace_span("load")``). Spans go to the
+    default session (the configuration of the environment) and join the trace current
+    at the call (a run's, or one of ``runner.tracer.trace``).
     """
     if callable(name):
         return trace_span()(name)
+    if name is not None and not isinstance(name, str):
+        from ._exceptions import ConfigError
+
+        raise ConfigError(f"trace_span(name) takes a str or a function, got {name!r}")
 
     def decorate(func: F) -> F:
         span_name = name or func.__qualname__
@@ -118,13 +213,13 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
         attrs.setdefault("code.namespace", func.__module__)
 
         def cm() -> SpanContextManager:
-            return SpanContextManager(_default_tracer(), span_name, attrs)
+            return SpanContextManager(_default_tracer, span_name, attrs, atracer=_adefault_tracer)
 
         if inspect.isasyncgenfunction(func):
 
             @functools.wraps(func)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with cm():
+                async with cm():
                     async for item in func(*args, **kwargs):
                         yield item
 
@@ -133,7 +228,7 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with cm():
+                async with cm():
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
