@@ -121,8 +121,8 @@ def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
         return None, None
     try:
         return dist.metadata["Name"], dist.version
-    except Exception:  # noqa: BLE001 - broken metadata still has a name to show
-        return getattr(dist, "name", None), None
+    except Exception:  # noqa: BLE001 - broken metadata: show what we can
+        return None, None
 
 
 def describe_entry_point(ep: EntryPoint) -> str:
@@ -180,13 +180,14 @@ def load_backend(name: str, config: TracingConfig) -> Any:
         BackendError: the plugin failed to import or to construct.
     """
     ep = find_entry_point(name)
-    where = describe_entry_point(ep)
+    # describe_entry_point() reads the distribution's metadata files: only on errors.
     try:
         target = ep.load()
     except Exception as exc:
         raise BackendError(
-            f"backend {where} failed to import: {type(exc).__name__}: {exc}. "
-            "Reinstall or upgrade that package, or remove it from OTEL_TRACES_EXPORTER."
+            f"backend {describe_entry_point(ep)} failed to import: {type(exc).__name__}: "
+            f"{exc}. Reinstall or upgrade that package, or remove it from "
+            "OTEL_TRACES_EXPORTER."
         ) from exc
     try:
         if ep.group == OTEL_GROUP:
@@ -197,7 +198,7 @@ def load_backend(name: str, config: TracingConfig) -> Any:
         raise ConfigError(f"backend {name!r}: {exc}") from exc
     except Exception as exc:
         raise BackendError(
-            f"backend {where} failed to construct: {type(exc).__name__}: {exc}"
+            f"backend {describe_entry_point(ep)} failed to construct: {type(exc).__name__}: {exc}"
         ) from exc
 
 
