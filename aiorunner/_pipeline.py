@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 from collections import Counter, deque
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
     from ._adapters import BackendAdapter
     from ._result import ExportReport
+    from ._tail_sampling import TailSampler
 
 __all__ = ["ROOT_SPAN_NAME", "ExportPipeline"]
 
@@ -98,6 +100,7 @@ class ExportPipeline(SpanProcessor):
         export_timeout: float = 30.0,
         policy: RetryPolicy = DEFAULT_POLICY,
         max_traces: int = DEFAULT_MAX_TRACES,
+        tail_sampler: TailSampler | None = None,
     ) -> None:
         self.adapters = tuple(adapters)
         self._batch_size = max(1, min(batch_size, max_queue_size))
@@ -119,7 +122,10 @@ class ExportPipeline(SpanProcessor):
             )
             for index, adapter in enumerate(self.adapters)
         ]
-        self._wants_start = any(a.wants_span_start for a in self.adapters)
+        # Between the hand-off queue and the batcher, on the export thread (issue 6).
+        self._tail = tail_sampler
+        # A run announced as running could be sampled out later: no announcements then.
+        self._wants_start = tail_sampler is None and any(a.wants_span_start for a in self.adapters)
         # Shared with producer threads (deque operations are atomic under the GIL).
         self._spans: deque[ReadableSpan] = deque()
         # Full batches a producer moved aside because the hand-off queue was full and the
@@ -271,6 +277,7 @@ class ExportPipeline(SpanProcessor):
                     tg.start_soon(worker.run, name=f"aiorunner export to {worker.name}")
                 await self._close_event.wait()
                 self._drain_all()
+                self._release_tail()
                 with anyio.move_on_after(max(0.0, self._close_deadline - anyio.current_time())):
                     for worker in self._workers:
                         await worker.wait_settled(worker.received)
@@ -379,8 +386,31 @@ class ExportPipeline(SpanProcessor):
                 self._dispatch(batch)
 
     def _dispatch(self, batch: list[ReadableSpan]) -> None:
+        self._taken += len(batch)
+        if self._tail is not None:
+            batch = self._tail.offer(batch)
+            if not batch:
+                return
+        self._send(batch)
+
+    def _release_tail(self, trace_id: int | None = None) -> None:
+        """Have the tail sampler decide held traces now: one someone waits for, or all."""
+        if self._tail is None:
+            return
+        tail = self._tail
+        spans = tail.decide(trace_id) if trace_id is not None else tail.decide_all()
+        if spans:
+            self._send(spans)
+
+    def _send(self, batch: list[ReadableSpan]) -> None:
+        size = self._batch_size
+        if len(batch) > size:
+            # A tail-sampling decision can release a whole run at once: keep batches at
+            # batch_size (a backend's queue bound and the exporters' limits expect it).
+            for start in range(0, len(batch), size):
+                self._send(batch[start : start + size])
+            return
         n = len(batch)
-        self._taken += n
         counts = Counter(_trace_ids(batch))
         if self._workers_stopped:
             self._dropped += n
@@ -394,16 +424,22 @@ class ExportPipeline(SpanProcessor):
     def _count_leftovers(self) -> None:
         self._collect_drops()
         self._take(len(self._ready), len(self._spans))
+        self._release_tail()
 
     async def _flush_on_loop(self, trace_id: int | None, timeout: float) -> tuple[bool, Any]:
         self._drain_all()
+        self._release_tail(trace_id)
         targets = [(worker, worker.received) for worker in self._workers]
         done = False
         with anyio.move_on_after(timeout):
             for worker, target in targets:
                 await worker.wait_settled(target)
             done = True
-        report = self.ledger.report(trace_id) if trace_id is not None else None
+        report = None
+        if trace_id is not None:
+            report = self.ledger.report(trace_id)
+            if self._tail is not None and self._tail.sampled_out(trace_id):
+                report = dataclasses.replace(report, sampled_out=True)
         return done, report
 
     def _forget(self, trace_id: int) -> None:
@@ -490,6 +526,11 @@ class ExportPipeline(SpanProcessor):
     def closed(self) -> bool:
         return self._closed
 
+    def count_dropped(self, trace_id: int, count: int) -> None:
+        """Count ``count`` spans of ``trace_id`` lost before reaching us (a script's
+        in-script tracing could not send them). Never blocks (any thread)."""
+        self._drops.extend([trace_id] * count)
+
     def statistics(self) -> PipelineStatistics:
         backends = tuple(worker.statistics() for worker in self._workers)
         # Approximate while producers set batches aside (they are full but for the last).
@@ -502,6 +543,7 @@ class ExportPipeline(SpanProcessor):
             exported=sum(b.exported for b in backends),
             failed=sum(b.failed for b in backends),
             backends=backends,
+            tail=self._tail.statistics() if self._tail is not None else None,
         )
 
     # ============================================================ SpanProcessor API

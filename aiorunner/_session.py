@@ -25,21 +25,25 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
 from ._adapters import BackendAdapter, adapt, broken
 from ._config import TracingConfig
 from ._exceptions import BackendError, ConfigError
+from ._inscript import ChannelBackend, parent_channel
 from ._pipeline import ExportPipeline
 from ._registry import load_backend
 from ._result import ExportReport
 from ._retry import DEFAULT_POLICY, RetryPolicy
+from ._sampling import TAILBASED, make_sampler
 from ._statistics import PipelineStatistics
+from ._tail_sampling import TailSampler
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
+    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
     from typing_extensions import Self
 
@@ -50,22 +54,21 @@ __all__ = ["Session", "aget_default_session", "get_default_session"]
 logger = logging.getLogger("aiorunner.export")
 
 
-def _sampler(config: TracingConfig) -> sampling.Sampler:
-    rate = float(config.sample_rate or 0.0)
-    name = config.sampler
-    if name == "always_off":
-        return sampling.ALWAYS_OFF
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(rate)
-    if name == "parentbased_always_on":
-        return sampling.ParentBased(sampling.ALWAYS_ON)
-    if name == "parentbased_always_off":
-        return sampling.ParentBased(sampling.ALWAYS_OFF)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(rate))
-    # always_on, and tailbased: every span is recorded; a tail sampler in the pipeline
-    # decides later which traces leave.
-    return sampling.ALWAYS_ON
+def _resource(attributes: dict[str, Any]) -> Resource:
+    """The SDK's default resource plus ours. Not ``Resource.create()``: it runs resource
+    detectors in a thread pool and joins it, a blocking call when a session is made from
+    async code, and the one detector it runs by default reads the OTEL_RESOURCE_ATTRIBUTES
+    and OTEL_SERVICE_NAME that ``TracingConfig`` has already resolved."""
+    from opentelemetry.sdk.version import __version__ as sdk_version
+
+    return Resource(
+        {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": sdk_version,
+            **attributes,
+        }
+    )
 
 
 def _provider(config: TracingConfig) -> TracerProvider:
@@ -75,8 +78,8 @@ def _provider(config: TracingConfig) -> TracerProvider:
     if config.sources.get("service_name") != "default" or "service.name" not in attributes:
         attributes["service.name"] = config.service_name
     provider = TracerProvider(
-        sampler=_sampler(config),
-        resource=Resource.create(attributes),
+        sampler=make_sampler(config),
+        resource=_resource(attributes),
         shutdown_on_exit=False,  # the session drains itself at exit, within a deadline
         span_limits=SpanLimits(
             max_span_attributes=config.max_attributes, max_events=config.max_events
@@ -175,7 +178,20 @@ class Session:
         if not self.enabled:
             return
         policy = _policy(self.config)
-        adapters = _adapt_given(backends) if backends is not None else _load_backends(self.config)
+        parent = parent_channel() if backends is None else None
+        tail = None
+        if parent is not None and self.config.sources.get("exporter_type") != "argument":
+            # A script run by aiorunner: export through the parent runner's pipeline.
+            adapters = [adapt(ChannelBackend(parent))]
+        else:
+            adapters = (
+                _adapt_given(backends) if backends is not None else _load_backends(self.config)
+            )
+            if self.config.sampler == TAILBASED:
+                tail = TailSampler(
+                    rate=float(self.config.sample_rate or 0.0),
+                    threshold=float(self.config.tail_latency_threshold or 0.0),
+                )
         self._adapters = tuple(adapters)
         self._pipeline = ExportPipeline(
             adapters,
@@ -184,6 +200,7 @@ class Session:
             schedule_delay=self.config.schedule_delay or 0.0,
             export_timeout=self._timeout(None),
             policy=policy,
+            tail_sampler=tail,
         )
         self.tracer_provider.add_span_processor(self._pipeline)
 
@@ -231,6 +248,20 @@ class Session:
             if adapter.name == name:
                 return adapter.target
         raise KeyError(f"no backend {name!r} in this session; it has {self.backend_names}")
+
+    def submit_spans(
+        self, spans: Sequence[ReadableSpan], dropped: Mapping[int, int] | None = None
+    ) -> None:
+        """Hand over spans that ended elsewhere (a script's in-script tracing channel) as
+        if they had ended here; ``dropped`` counts, per trace id, spans lost on the way.
+        Never blocks (any thread)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        for span in spans:
+            pipeline.on_end(span)
+        for trace_id, count in (dropped or {}).items():
+            pipeline.count_dropped(trace_id, count)
 
     # ------------------------------------------------------------------ waiting
 

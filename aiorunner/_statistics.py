@@ -9,7 +9,10 @@ off by the batch in flight; after ``flush()`` or ``aclose()`` they are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._tail_sampling import TailSamplingStatistics
 
 __all__ = ["BackendStatistics", "PipelineStatistics"]
 
@@ -55,6 +58,9 @@ class PipelineStatistics:
     #: Span exports that failed for good, summed over backends.
     failed: int = 0
     backends: tuple[BackendStatistics, ...] = ()
+    #: The tail sampler's counters (held, kept, sampled out) when the sampler is
+    #: ``tailbased``; its spans are counted in ``received`` as taken from the queue.
+    tail: TailSamplingStatistics | None = None
 
     def backend(self, name: str) -> BackendStatistics:
         """The statistics of the backend called ``name``.
@@ -68,6 +74,9 @@ class PipelineStatistics:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {key: value for key, value in self.__dict__.items() if key != "backends"}
+        data = {
+            key: value for key, value in self.__dict__.items() if key not in ("backends", "tail")
+        }
         data["backends"] = [b.to_dict() for b in self.backends]
+        data["tail"] = dict(self.tail.__dict__) if self.tail is not None else None
         return data
