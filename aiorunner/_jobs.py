@@ -202,13 +202,15 @@ def plan(jobs: Iterable[JobLike]) -> list[Node]:
         explicit[name] = i
     nodes: list[Node] = []
     taken = set(explicit)
+    next_number: dict[str, int] = {}  # per script: where the search for a free #n resumes
     for i, item in enumerate(items):
         name = item.name if isinstance(item, Job) else None
         if name is None:
             name = base = item.script
-            n = 2
+            n = next_number.get(base, 2)
             while name in taken:
                 name, n = f"{base} #{n}", n + 1
+            next_number[base] = n
             taken.add(name)
         nodes.append(Node(i, name, item))
     by_name = {node.name: node.index for node in nodes}
