@@ -105,7 +105,9 @@ class SpanRecord:
     @property
     def script(self) -> str:
         """What the list shows: the run's script path, else the span name."""
-        value = self.attributes.get("code.filepath")
+        # code.filepath is absolute and set once the script was found; aiorunner.script
+        # (the path as given) is on the root from its first moment, so running runs too.
+        value = self.attributes.get("code.filepath") or self.attributes.get("aiorunner.script")
         return str(value) if value else self.name
 
 
