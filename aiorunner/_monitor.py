@@ -30,7 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._exceptions import ConfigError, UsageError
-from ._monitor_metrics import Event, Sample, SampleLog, build_summary
+from ._monitor_metrics import IO_FIELDS, Event, Sample, SampleLog, build_summary
 from ._monitor_readers import Reader, default_reader
 from ._monitor_sampler import run_scan, serve
 from ._monitor_tree import ProcessTree, read_tree
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["ProcessTreeMonitor", "Sample"]
 
 logger = logging.getLogger("aiorunner.monitor")
+
+_NO_IO: tuple[None, ...] = (None,) * len(IO_FIELDS)
 
 #: Samples a slow ``live()`` consumer may fall behind by before the oldest are dropped.
 _LIVE_BUFFER = 16
@@ -130,6 +132,7 @@ class ProcessTreeMonitor:
         self.live_dropped = 0
         self.done = False
         self._tree = ProcessTree(pid, self.reader.io_keys)
+        self._io_slots = tuple(IO_FIELDS.index(key) for key in self.reader.io_keys)
         self._log = SampleLog(self.interval, keep=keep_samples)
         self._t0 = time.monotonic()
         self._applied_at = -math.inf
@@ -232,7 +235,13 @@ class ProcessTreeMonitor:
 
     @property
     def last_sample(self) -> Sample | None:
+        """The latest sample, or None before the first."""
         return self._log.last
+
+    @property
+    def samples_taken(self) -> int:
+        """How many samples were taken (``samples`` keeps only a thinned subset)."""
+        return self._log.count
 
     # -- the sampler's side (see _monitor_sampler.Member) ---------------------------------
 
@@ -256,22 +265,27 @@ class ProcessTreeMonitor:
         elapsed = read_at - self._t0
         cpu = figures.cpu_user + figures.cpu_system
         percent, window_ok = self._log.percent(elapsed, cpu)
-        values: dict[str, int | None] = {}
+        io: tuple[int | None, ...] = _NO_IO
         if figures.io is not None:
-            values = dict(zip(self.reader.io_keys, figures.io, strict=True))
-        sample = Sample(
-            timestamp=time.time() - (time.monotonic() - read_at),
-            elapsed=elapsed,
-            cpu_user=figures.cpu_user,
-            cpu_system=figures.cpu_system,
-            cpu_percent=percent,
-            rss_bytes=figures.rss,
-            threads=figures.threads,
-            processes=figures.processes,
-            open_fds=figures.fds,
-            ctx_switches_voluntary=figures.ctx[0] if figures.ctx else None,
-            ctx_switches_involuntary=figures.ctx[1] if figures.ctx else None,
-            **values,  # type: ignore[arg-type]
+            if len(figures.io) == len(IO_FIELDS):
+                io = figures.io
+            else:
+                slots: list[int | None] = [None] * len(IO_FIELDS)
+                for slot, value in zip(self._io_slots, figures.io, strict=True):
+                    slots[slot] = value
+                io = tuple(slots)
+        sample = Sample(  # positional: this runs for every process tree every tick
+            time.time() - (time.monotonic() - read_at),
+            elapsed,
+            figures.cpu_user,
+            figures.cpu_system,
+            percent,
+            figures.rss,
+            figures.threads,
+            figures.processes,
+            figures.fds,
+            *io,
+            *(figures.ctx or (None, None)),
         )
         self._log.add(sample, window_ok=window_ok)
         self._publish(sample)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import resource
 
-__all__ = ["EVENT_NAMES", "Event", "Sample", "SampleLog", "build_summary"]
+__all__ = ["EVENT_NAMES", "IO_FIELDS", "Event", "Sample", "SampleLog", "build_summary"]
 
 #: (name, attributes, timestamp in ns since the epoch), ready for ``span.add_event``.
 Event = tuple[str, dict[str, float | int], int]
@@ -62,7 +62,7 @@ class Sample:
         return asdict(self)
 
 
-_IO_FIELDS = (
+IO_FIELDS = (
     "io_read_bytes",
     "io_write_bytes",
     "io_read_count",
@@ -184,7 +184,7 @@ class SampleLog:
 
 
 def _has_io(sample: Sample) -> bool:
-    return sample.open_fds is not None or any(getattr(sample, f) is not None for f in _IO_FIELDS)
+    return sample.open_fds is not None or any(getattr(sample, f) is not None for f in IO_FIELDS)
 
 
 def _sample_events(sample: Sample, has_io: bool) -> list[Event]:
@@ -205,7 +205,7 @@ def _sample_events(sample: Sample, has_io: bool) -> list[Event]:
     ]
     if has_io:
         io: dict[str, float | int] = {}
-        for name in _IO_FIELDS:
+        for name in IO_FIELDS:
             value = getattr(sample, name)
             if value is not None:
                 io["io." + name[3:]] = value  # io_read_bytes -> io.read_bytes

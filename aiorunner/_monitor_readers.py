@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "GONE",
@@ -41,13 +41,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """
     One read of one process. CPU and I/O counters are cumulative since the process
     started and, like the kernel keeps them, include every child the process has already
     waited for (``cutime``/``cstime`` in ``stat``; ``/proc/<pid>/io`` adds a reaped child's
     I/O to its parent). That is what lets the tree count short-lived descendants exactly.
+    (A named tuple: made 100 times a second, it costs a third of a frozen dataclass.)
     """
 
     ppid: int
@@ -207,11 +207,11 @@ class ProcfsReader(Reader):
             text = _read_small(f"{base}/io")
         except OSError:
             return None
-        # rchar, wchar, syscr, syscw, read_bytes, write_bytes, cancelled_write_bytes
-        values = [int(line.rpartition(b" ")[2]) for line in text.splitlines()[:6]]
+        # "rchar: N\nwchar: N\nsyscr: N\nsyscw: N\nread_bytes: N\nwrite_bytes: N\n..."
+        values = text.split()[1:12:2]
         if len(values) != 6:
             return None
-        return tuple(values)
+        return tuple(map(int, values))
 
     def children(self, pid: int, threads: int) -> list[int]:
         task = f"{self._proc}/{pid}/task"

@@ -133,7 +133,10 @@ def _work(
 
 
 def _read_one(
-    reader: Reader, known: list[KnownProcess], scan: Scan | None, key: tuple[str, int] | None
+    reader: Reader,
+    known: list[KnownProcess],
+    scan: Scan | None,
+    key: tuple[str, int] | None,
 ) -> list[Result] | BaseException:
     try:
         return read_tree(reader, known, scan=scan, scan_key=key)

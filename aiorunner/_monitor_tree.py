@@ -36,7 +36,7 @@ import os
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._monitor_readers import GONE, UNREADABLE, Reading
 
@@ -125,8 +125,7 @@ def read_tree(
     return results
 
 
-@dataclass(frozen=True)
-class TreeFigures:
+class TreeFigures(NamedTuple):
     """The tree at one tick: instantaneous sums over live processes, cumulative estimates."""
 
     cpu_user: float
@@ -173,6 +172,11 @@ class ProcessTree:
 
     def known(self) -> list[KnownProcess]:
         """Live processes, parent first (gone nodes are walked through, not listed)."""
+        root = self.root
+        if not root.children and not self._detached:  # the common case: one process
+            if root.gone_tick is not None:
+                return []
+            return [(root.pid, root.identity, root.last.threads if root.last else 1)]
         out: list[KnownProcess] = []
         for node in self._walk():
             if node.gone_tick is None:
@@ -224,8 +228,15 @@ class ProcessTree:
                 self.io_seen = True
             if not result.zombie:
                 fresh.append(result)
-        self._collapse_detached()
+        if self._detached:
+            self._collapse_detached()
         user, system, io = self._split(self.estimate())
+        if len(fresh) == 1:  # the common case: one process
+            (r,) = fresh
+            return TreeFigures(
+                user, system, r.rss, r.threads, 1, r.fds, io if self.io_seen else None, r.ctx,
+                readings,
+            )  # fmt: skip
         return TreeFigures(
             cpu_user=user,
             cpu_system=system,
@@ -277,6 +288,9 @@ class ProcessTree:
 
     def estimate(self) -> list[float]:
         """Cumulative CPU (user, system) and I/O of everything seen, as one vector."""
+        root = self.root
+        if not root.children and not self._detached and not any(self._frozen):
+            return self._own(root)  # the common case: one process
         return [a + b for a, b in zip(self._subtree_estimate(self.root), self._rest(), strict=True)]
 
     def _rest(self) -> list[float]:
@@ -310,7 +324,7 @@ class ProcessTree:
         return user, system, io
 
     def _split(self, vector: list[float]) -> tuple[float, float, tuple[int, ...]]:
-        return vector[0], vector[1], tuple(int(v) for v in vector[2:])
+        return vector[0], vector[1], tuple(map(int, vector[2:]))
 
     def _own(self, node: _Node) -> list[float]:
         width = 2 + len(self.io_keys)
