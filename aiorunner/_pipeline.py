@@ -440,6 +440,14 @@ class ExportPipeline(SpanProcessor):
             report = self.ledger.report(trace_id)
             if self._tail is not None and self._tail.sampled_out(trace_id):
                 report = dataclasses.replace(report, sampled_out=True)
+            if done and report.pending:
+                # Spans of this trace taken after the flush began (other runs sharing the
+                # trace: run_many(trace="batch")) are not what this flush waited for.
+                report = dataclasses.replace(
+                    report,
+                    pending=0,
+                    backends=tuple(dataclasses.replace(b, pending=0) for b in report.backends),
+                )
         return done, report
 
     def _forget(self, trace_id: int) -> None:

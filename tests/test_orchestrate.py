@@ -372,6 +372,8 @@ async def test_batch_trace_is_one_tree(script, traces_file, spans_in):
     assert sorted(s["attrs"]["aiorunner.job"] for s in runs) == ["a", "b", "c"]
     assert all(s["parentSpanId"] == root["spanId"] for s in runs)
     assert {s["spanId"] for s in runs} == {r.span_id for r in results[:3]}
+    # each run's report is about its own spans, not the other runs' still in flight
+    assert all(r.export is not None and r.export.ok for r in results[:3])
 
 
 async def test_per_run_traces_are_separate(script):
