@@ -106,6 +106,8 @@ def auto_instrument(
     process, and in every Python script run afterwards by any runner of this process.
 
     Every name is checked before any library is instrumented, so a typo changes nothing.
+    It blocks (entry point scan, imports): call it at start-up, or from async code through
+    ``await anyio.to_thread.run_sync(auto_instrument, "requests")``.
 
     Args:
         names: suffixes of ``opentelemetry-instrumentation-<name>`` distributions.
