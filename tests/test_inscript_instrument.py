@@ -92,7 +92,7 @@ def _client_span(spans):
 def _check_request(server, spans, trace_id):
     """The header that arrived names the trace and the client span of the trace file."""
     [headers] = server.received
-    version, tid, sid, _flags = headers["traceparent"].split("-")
+    _version, tid, sid, _flags = headers["traceparent"].split("-")
     assert tid == trace_id
     client = _client_span(spans)
     assert client["spanId"] == sid
