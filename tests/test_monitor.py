@@ -34,6 +34,9 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs os.wait4
 
 LINUX = sys.platform == "linux"
 MiB = 1024 * 1024
+#: An interval no run of these tests outlasts, even on a loaded machine: after the
+#: immediate first sample, no tick comes while the script runs.
+SLOW = 60.0
 
 # Shared by the scripts: wait for a file, burn CPU, report own usage.
 PRELUDE = textwrap.dedent(
@@ -196,7 +199,7 @@ async def test_cpu_of_a_grandchild_that_lived_between_samples_is_exact(
         await until(monitor, lambda s: True)  # the immediate sample has been taken
         await touch(tmp_path / "go")
 
-    run = await run_monitored(tmp_path, GRANDCHILD_BURNS, interval=2.0, during=go, reader=reader())
+    run = await run_monitored(tmp_path, GRANDCHILD_BURNS, interval=SLOW, during=go, reader=reader())
     assert run.returncode == 0
     true_cpu = sum(t["cpu"] for t in truth(tmp_path, "t_root", "t_child", "t_grandchild"))
     reported = run.metrics["cpu_user_seconds"] + run.metrics["cpu_system_seconds"]
@@ -214,7 +217,9 @@ async def test_without_rusage_a_process_never_sampled_is_missed(tmp_path: Path) 
         await until(monitor, lambda s: True)
         await touch(tmp_path / "go")
 
-    run = await run_monitored(tmp_path, GRANDCHILD_BURNS, interval=2.0, during=go, use_rusage=False)
+    run = await run_monitored(
+        tmp_path, GRANDCHILD_BURNS, interval=SLOW, during=go, use_rusage=False
+    )
     reported = run.metrics["cpu_user_seconds"] + run.metrics["cpu_system_seconds"]
     assert reported < 0.5
 
@@ -309,7 +314,7 @@ async def test_memory_spike_between_samples_is_caught_by_ru_maxrss(tmp_path: Pat
         await until(monitor, lambda s: True)
         await touch(tmp_path / "go")
 
-    run = await run_monitored(tmp_path, code, interval=2.0, during=go)
+    run = await run_monitored(tmp_path, code, interval=SLOW, during=go)
     (child,) = truth(tmp_path, "t_child")
     true_peak = child["maxrss"] * (1 if sys.platform == "darwin" else 1024)
     peak = run.metrics["memory_rss_peak_bytes"]
@@ -352,7 +357,7 @@ async def test_io_write_of_the_last_moment_is_read_from_the_zombie(
     """The script writes 50 MiB and exits before any tick: ``stop()`` before reaping reads
     its final counters from the zombie, so ``io_write_bytes`` >= 50 MiB."""
     run = await run_monitored(
-        tmp_path, WRITE_50_MB, interval=2.0, stop_before_reap=True, reader=reader()
+        tmp_path, WRITE_50_MB, interval=SLOW, stop_before_reap=True, reader=reader()
     )
     assert (tmp_path / "out.bin").stat().st_size == 50 * MiB
     assert run.metrics["io_write_bytes"] >= 50 * MiB
