@@ -111,25 +111,29 @@ def bench_overhead(workdir: Path, runs: int) -> str:
 # -- 2. throughput ---------------------------------------------------------------------------
 
 
-def bench_throughput(workdir: Path, count: int, concurrency: int) -> str:
-    """Scripts per second: xargs -P vs run_many vs a bare anyio.run_process loop."""
+def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -> str:
+    """Scripts per second: xargs -P vs run_many vs a bare anyio.run_process loop.
+
+    The modes take turns, ``rounds`` times ``count / rounds`` scripts each, so that other
+    load on the machine (other users' tests) falls on every mode alike.
+    """
     import anyio
 
     from aiorunner import run_many
 
     script = workdir / "trivial.py"
     script.write_text(TRIVIAL)
-    rows: list[tuple[str, float, float]] = []
+    per_round = max(1, count // rounds)
+    count = per_round * rounds
+    config = _config(workdir / "throughput.jsonl")
 
-    # xargs -P N running the same interpreter
-    t0 = time.perf_counter()
-    subprocess.run(
-        ["xargs", "-P", str(concurrency), "-n", "1", sys.executable],
-        input=(str(script) + "\n") * count,
-        text=True,
-        check=True,
-    )
-    rows.append((f"xargs -P {concurrency} (baseline)", time.perf_counter() - t0, 0.0))
+    def xargs() -> None:
+        subprocess.run(
+            ["xargs", "-P", str(concurrency), "-n", "1", sys.executable],
+            input=(str(script) + "\n") * per_round,
+            text=True,
+            check=True,
+        )
 
     async def bare_loop() -> None:
         limiter = anyio.CapacityLimiter(concurrency)
@@ -139,33 +143,41 @@ def bench_throughput(workdir: Path, count: int, concurrency: int) -> str:
                 await anyio.run_process([sys.executable, str(script)], check=True)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(count):
+            for _ in range(per_round):
                 tg.start_soon(one)
 
-    c0, t0 = _cpu(), time.perf_counter()
-    asyncio.run(bare_loop())
-    rows.append(("anyio.run_process, no tracing/monitoring", time.perf_counter() - t0, _cpu() - c0))
-
-    config = _config(workdir / "throughput.jsonl")
-
     async def through_aiorunner() -> None:
-        results = await run_many([script] * count, max_concurrency=concurrency, config=config)
+        results = await run_many([script] * per_round, max_concurrency=concurrency, config=config)
         assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
 
-    c0, t0 = _cpu(), time.perf_counter()
-    asyncio.run(through_aiorunner())
-    rows.append(("aiorunner run_many: tracing + monitoring", time.perf_counter() - t0, _cpu() - c0))
+    modes = {
+        f"xargs -P {concurrency} (baseline)": xargs,
+        "anyio.run_process, no tracing/monitoring": lambda: asyncio.run(bare_loop()),
+        "aiorunner run_many: tracing + monitoring": lambda: asyncio.run(through_aiorunner()),
+    }
+    wall = dict.fromkeys(modes, 0.0)
+    cpu = dict.fromkeys(modes, 0.0)
+    for _ in range(rounds):
+        for name, run in modes.items():
+            c0, t0 = _cpu(), time.perf_counter()
+            run()
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += _cpu() - c0
 
-    base = count / rows[0][1]
+    base_name = next(iter(modes))
+    base = count / wall[base_name]
     lines = [
-        f"Throughput: {count} trivial scripts, {concurrency} at a time ({os.cpu_count()} CPUs).",
+        (
+            f"Throughput: {count} trivial scripts, {concurrency} at a time ({os.cpu_count()} CPUs), "
+            f"the modes taking turns in {rounds} rounds."
+        ),
         "",
         "| mode | scripts/s | ratio to xargs | runner CPU ms/script |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for name, seconds, cpu in rows:
-        rate = count / seconds
-        cpu_text = _ms(cpu / count) if cpu else "-"
+    for name in modes:
+        rate = count / wall[name]
+        cpu_text = _ms(cpu[name] / count) if name != base_name else "-"
         lines.append(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {cpu_text} |")
     return "\n".join(lines)
 
@@ -265,7 +277,9 @@ def main() -> str:
     try:
         sections = [
             bench_overhead(workdir, runs=5 if quick else 40),
-            bench_throughput(workdir, count=40 if quick else 500, concurrency=2),
+            bench_throughput(
+                workdir, count=40 if quick else 500, concurrency=2, rounds=2 if quick else 5
+            ),
             bench_scale(workdir, count=100 if quick else 2000, concurrency=16),
         ]
     finally:
