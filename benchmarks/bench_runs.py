@@ -94,7 +94,7 @@ def bench_overhead(workdir: Path, runs: int) -> str:
     asyncio.run(run_all())
     base = statistics.median(wall["subprocess.run (baseline)"])
     lines = [
-        f"Per-run overhead: one trivial script, {runs} runs per mode, one at a time (median).",
+        f"### Per-run overhead: one trivial script, {runs} runs per mode, one at a time (median).",
         "",
         "| mode | wall ms/run | added ms/run | ratio to baseline | runner CPU ms/run |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -168,7 +168,7 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
     base = count / wall[base_name]
     lines = [
         (
-            f"Throughput: {count} trivial scripts, {concurrency} at a time ({os.cpu_count()} CPUs), "
+            f"### Throughput: {count} trivial scripts, {concurrency} at a time ({os.cpu_count()} CPUs), "
             f"the modes taking turns in {rounds} rounds."
         ),
         "",
@@ -242,14 +242,14 @@ def bench_scale(workdir: Path, count: int, concurrency: int) -> str:
         check=False,
     )
     if out.returncode != 0:
-        return f"Scale: the child failed:\n\n```\n{out.stderr[-3000:]}\n```"
+        return f"### Scale: the child failed:\n\n```\n{out.stderr[-3000:]}\n```"
     data = json.loads(out.stdout.strip().splitlines()[-1])
     mib = 1 << 20
     ideal = count / concurrency * 0.2
     return "\n".join(
         [
             (
-                f"Scale: {count} queued jobs of a script sleeping 0.2 s, {concurrency} at a time, "
+                f"### Scale: {count} queued jobs of a script sleeping 0.2 s, {concurrency} at a time, "
                 "tracing + monitoring on, in a fresh process."
             ),
             "",
@@ -284,7 +284,7 @@ def main() -> str:
         ]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return "## Runs (issue 7)\n\n" + "\n\n".join(sections) + "\n"
+    return "\n\n".join(sections) + "\n"
 
 
 if __name__ == "__main__":
