@@ -169,7 +169,14 @@ async def test_http_retry_after_as_a_date(otlp_http_receiver, spans):
 
 @pytest.mark.parametrize(
     ("status", "hint"),
-    [(400, "HTTP 400"), (401, "auth header"), (403, "may not write"), (404, "endpoint path")],
+    [
+        (400, "HTTP 400"),
+        (401, "auth header"),
+        (403, "may not write"),
+        (404, "endpoint path"),
+        (308, "a redirect to"),
+        (500, "HTTP 500"),
+    ],
 )
 async def test_http_client_errors_are_permanent(otlp_http_receiver, spans, status, hint):
     """400, 401, 403 and 404 are permanent, with the server's Status message and a hint."""
@@ -345,6 +352,14 @@ async def test_partial_success_is_reported(spans, receiver_class):
         result = await backend.export(spans, timeout=5)
     assert result.status is ExportStatus.PERMANENT
     assert "rejected 1 of 2 spans: span too old" in result.error
+
+
+async def test_async_with_closes_the_backend(otlp_http_receiver, spans):
+    """``async with`` exports, then shuts the backend down on exit."""
+    async with create_http_backend(http_config(otlp_http_receiver)) as backend:
+        assert (await backend.export(spans, timeout=5)).ok
+    assert (await backend.export(spans, timeout=5)).status is ExportStatus.PERMANENT
+    assert len(otlp_http_receiver.requests) == 1
 
 
 async def test_export_after_shutdown_is_permanent(otlp_grpc_receiver, spans):

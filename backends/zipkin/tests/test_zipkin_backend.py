@@ -148,10 +148,9 @@ async def test_late_collector_and_cancelled_export(spans):
 
 
 async def test_shutdown_refuses_later_exports(zipkin_receiver, spans):
-    """After shutdown nothing more is sent."""
-    backend = create_backend(config(collector_endpoint=zipkin_receiver.url))
-    assert (await backend.export([], timeout=5)).ok
-    await backend.shutdown(timeout=5)
+    """After shutdown (here by ``async with``) nothing more is sent."""
+    async with create_backend(config(collector_endpoint=zipkin_receiver.url)) as backend:
+        assert (await backend.export([], timeout=5)).ok
     assert (await backend.export(spans, timeout=5)).status is ExportStatus.PERMANENT
     assert zipkin_receiver.arrivals == 0
     assert await backend.force_flush(timeout=1)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
+    from typing_extensions import Self
 
 __all__ = ["OtlpBackend", "OtlpStatistics"]
 
@@ -160,6 +161,16 @@ class OtlpBackend:
     async def force_flush(self, *, timeout: float) -> bool:
         """Nothing is buffered here: every export is sent when called."""
         return True
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown` within 5 seconds; what ``async with`` calls on exit."""
+        await self.shutdown(timeout=5.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def shutdown(self, *, timeout: float) -> None:
         """Close connections (bounded by ``timeout``, even when cancelled)."""

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
+    from typing_extensions import Self
 
 __all__ = ["ZipkinBackend"]
 
@@ -181,6 +182,16 @@ class ZipkinBackend:
     async def force_flush(self, *, timeout: float) -> bool:
         """Nothing is buffered here."""
         return True
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown` within 5 seconds; what ``async with`` calls on exit."""
+        await self.shutdown(timeout=5.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def shutdown(self, *, timeout: float) -> None:
         """Close the connection pool; later exports are refused."""
