@@ -162,6 +162,10 @@ def parse_key_values(var: str, raw: str) -> dict[str, str]:
     return result
 
 
+# A DNS name, an IPv4 address, or an IPv6 address (urlparse strips its brackets).
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
+
+
 def validate_endpoint(name: str, value: str) -> str:
     """Check that an endpoint is a URL with a scheme and a host (or a host:port)."""
     candidate = value.strip()
@@ -170,7 +174,8 @@ def validate_endpoint(name: str, value: str) -> str:
         port = parsed.port
     except ValueError:
         port = -1
-    if not parsed.hostname or port == -1 or parsed.scheme not in ("http", "https", "grpc"):
+    host_ok = bool(parsed.hostname) and _HOST.fullmatch(parsed.hostname or "") is not None
+    if not host_ok or port == -1 or parsed.scheme not in ("http", "https", "grpc"):
         raise ConfigError(
             f"{name}={value!r} is not a valid endpoint; use a URL such as "
             "http://localhost:4317 (scheme http or https, a host and an optional port)"
