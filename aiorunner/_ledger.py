@@ -3,18 +3,24 @@ Per-trace accounting: what became of each trace's spans, for ``Session.flush_tra
 
 Only the export thread writes here (no locks). The cost is kept off the per-span path:
 each batch the batcher takes becomes one :class:`BatchRecord` (its span count per trace,
-and one outcome slot per backend); a trace's row lists the records it appears in (one
-append per trace per batch), and a backend settles a whole record at once. Counts are
-summed only when someone asks for a report. A trace of its own per span is common (every
-root span made outside a run) and costs one dictionary insert.
+and one outcome slot per backend); a *watched* trace's row lists the records it appears
+in (one append per batch), and a backend settles a whole record at once. Counts are
+summed only when someone asks for a report.
 
-The ledger keeps the last ``max_traces`` traces it saw and forgets the oldest, so a
+Only watched traces get a row: a run's trace (watched from the start of its
+``ScriptRunner`` span), a trace passed to ``Session.watch_trace``, and a trace someone
+called ``flush_trace`` for. A trace watched late finds its earlier spans in the last
+``recent`` batch records kept for that purpose (spans of it taken longer ago are not in
+its counts). Bookkeeping for every trace would cost a dictionary insert per span when
+each span is a trace of its own, as root spans made outside runs are.
+
+The ledger keeps the last ``max_traces`` traces watched and forgets the oldest, so a
 long-lived session does not grow without bound; ``forget`` drops one explicitly.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from ._result import BackendReport, ExportReport
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_TRACES", "DROPPED", "EXPORTED", "FAILED", "BatchRecord", "TraceLedger"]
 
 DEFAULT_MAX_TRACES = 10_000
+#: Batch records kept for traces watched late (memory: at most this many batches' counts).
+DEFAULT_RECENT = 64
 
 # A backend's outcome for a batch.
 PENDING, EXPORTED, FAILED, DROPPED = 0, 1, 2, 3
@@ -51,9 +59,16 @@ class BatchRecord:
 class TraceLedger:
     """Cumulative per-trace counts for every backend of one pipeline."""
 
-    def __init__(self, names: Sequence[str], *, max_traces: int = DEFAULT_MAX_TRACES) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        *,
+        max_traces: int = DEFAULT_MAX_TRACES,
+        recent: int = DEFAULT_RECENT,
+    ) -> None:
         self.names = tuple(names)
         self.max_traces = max_traces
+        self._recent: deque[BatchRecord] = deque(maxlen=recent)
         # trace id -> [spans dropped before export, BatchRecord, BatchRecord, ...];
         # oldest first by first sight, evicted in that order.
         self._rows: OrderedDict[int, list[Any]] = OrderedDict()
@@ -61,27 +76,34 @@ class TraceLedger:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _row(self, trace_id: int) -> list[Any]:
-        row = self._rows.get(trace_id)
-        if row is None:
-            row = self._rows[trace_id] = [0]
+    def watch(self, trace_id: int) -> None:
+        """Keep counts for ``trace_id`` from now on."""
+        if trace_id not in self._rows:
+            row: list[Any] = [0]
+            row.extend(record for record in self._recent if trace_id in record.counts)
+            self._rows[trace_id] = row
             if len(self._rows) > self.max_traces:
                 self._rows.popitem(last=False)
-        return row
+
+    def watching(self, trace_id: int) -> bool:
+        return trace_id in self._rows
 
     def record(self, counts: Mapping[int, int]) -> BatchRecord:
         """Register a batch the batcher took (``counts``: spans per trace id)."""
         record = BatchRecord(counts, len(self.names))
+        self._recent.append(record)
         rows = self._rows
-        for trace_id in counts:
-            row = rows.get(trace_id)
-            if row is None:
-                row = self._row(trace_id)
-            row.append(record)
+        if rows:
+            for trace_id in counts:
+                row = rows.get(trace_id)
+                if row is not None:
+                    row.append(record)
         return record
 
     def dropped_before_export(self, trace_id: int, count: int = 1) -> None:
-        self._row(trace_id)[0] += count
+        row = self._rows.get(trace_id)
+        if row is not None:
+            row[0] += count
 
     def forget(self, trace_id: int) -> None:
         self._rows.pop(trace_id, None)

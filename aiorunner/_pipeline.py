@@ -133,6 +133,8 @@ class ExportPipeline(SpanProcessor):
         self._ready: deque[list[ReadableSpan]] = deque()
         self._max_ready = max(1, max_queue_size // self._batch_size)
         self._starts: deque[ReadableSpan] = deque()
+        # Trace ids whose per-trace counts someone will want (see _ledger).
+        self._watch: deque[int] = deque()
         self._drops: deque[int] = deque()
         self._wake_pending = False
         self._armed = False
@@ -154,9 +156,13 @@ class ExportPipeline(SpanProcessor):
     # ==================================================== producer side (any thread)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Announce a root ``ScriptRunner`` span as soon as it starts, to backends that
-        define ``on_span_start`` (the jsonl file shows the run as running)."""
-        if not self._wants_start or span.name != ROOT_SPAN_NAME or self._closed:
+        """A ``ScriptRunner`` span starts: keep per-trace counts for its trace (its run
+        will ask, in ``upload_traces``), and, for a root, announce it at once to backends
+        that define ``on_span_start`` (the jsonl file shows the run as running)."""
+        if span.name != ROOT_SPAN_NAME or self._closed:
+            return
+        self._watch.append(span.get_span_context().trace_id)
+        if not self._wants_start:
             return
         parent = span.parent
         if parent is not None and not parent.is_remote:
@@ -354,6 +360,9 @@ class ExportPipeline(SpanProcessor):
     def _collect_drops(self) -> None:
         drops = self._drops
         ledger = self.ledger
+        watch = self._watch
+        while watch:
+            ledger.watch(watch.popleft())
         while drops:
             trace_id = drops.popleft()
             self._dropped += 1
@@ -364,6 +373,9 @@ class ExportPipeline(SpanProcessor):
         read from ``len()`` *before* this call) and every announced start to the workers.
         A start is appended before its span's end, so reading the lengths first makes
         each start travel ahead of its span."""
+        watch = self._watch
+        while watch:
+            self.ledger.watch(watch.popleft())
         starts = self._starts
         while starts:
             span = starts.popleft()
@@ -427,6 +439,8 @@ class ExportPipeline(SpanProcessor):
         self._release_tail()
 
     async def _flush_on_loop(self, trace_id: int | None, timeout: float) -> tuple[bool, Any]:
+        if trace_id is not None:
+            self.ledger.watch(trace_id)
         self._drain_all()
         self._release_tail(trace_id)
         targets = [(worker, worker.received) for worker in self._workers]
@@ -483,6 +497,11 @@ class ExportPipeline(SpanProcessor):
                     raise
                 return result
         return self._finished.done(), None
+
+    def watch_trace(self, trace_id: int) -> None:
+        """Keep per-trace counts for ``trace_id`` from now on (runs' traces are watched
+        from the start of their ScriptRunner span). Never blocks (any thread)."""
+        self._watch.append(trace_id)
 
     def forget_trace(self, trace_id: int) -> None:
         """Drop the counts kept for ``trace_id`` (they are also forgotten LRU-wise)."""

@@ -276,6 +276,10 @@ class Session:
         Safe from any event loop (the work happens on the session's export thread; this
         loop only awaits a future). Concurrent calls share batches.
 
+        Counts are kept for watched traces: a run's (from its ``ScriptRunner`` span's
+        start), one passed to :meth:`watch_trace`, and this one from this call on, which
+        also finds its spans among the last 64 batches.
+
         Args:
             trace_id: the trace id as an int, or as 32 hex digits (``RunResult.trace_id``).
         """
@@ -296,6 +300,14 @@ class Session:
         if self._pipeline is None:
             return True
         return await self._pipeline.flush(self._timeout(timeout))
+
+    def watch_trace(self, trace_id: int) -> None:
+        """Keep per-trace counts for ``trace_id`` from now on, for a later
+        :meth:`flush_trace`. A run's trace is watched from the start of its
+        ``ScriptRunner`` span, and ``flush_trace`` watches its trace from its call on;
+        call this first for a trace of your own whose spans may leave before you flush."""
+        if self._pipeline is not None:
+            self._pipeline.watch_trace(trace_id)
 
     def forget_trace(self, trace_id: int) -> None:
         """Drop the counts kept for a trace (they are also forgotten, oldest first, beyond

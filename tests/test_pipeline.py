@@ -154,7 +154,7 @@ def test_overflow_is_counted_as_dropped(paused_loop) -> None:
         pass
     assert asyncio.run(session.flush())
     paused_loop.pause(session)
-    with tracer.start_as_current_span("root") as root:
+    with tracer.start_as_current_span("ScriptRunner") as root:  # a run: its trace is watched
         for index in range(19):
             with tracer.start_as_current_span(f"child-{index}"):
                 pass

@@ -166,15 +166,18 @@ async def test_flush_trace_accepts_hex_ids_and_rejects_garbage() -> None:
 
 
 async def test_forget_trace_drops_its_counts() -> None:
-    """After forget_trace, a trace's counts are gone (the report is all zeros)."""
+    """forget_trace releases the counts kept for a trace (the ledger no longer holds it)."""
     backend = InMemoryBackend()
     session = await anyio.to_thread.run_sync(lambda: Session(config(), backends=[backend]))
     with session.tracer().start_as_current_span("work") as span:
         pass
     trace_id = span.get_span_context().trace_id
     assert (await session.flush_trace(trace_id)).backends[0].exported == 1
+    ledger = session._pipeline.ledger
+    assert ledger.watching(trace_id)
     session.forget_trace(trace_id)
-    assert (await session.flush_trace(trace_id)).backends[0].exported == 0
+    await session.flush()  # runs after the forget on the export loop
+    assert not ledger.watching(trace_id)
     await session.aclose()
 
 
@@ -182,10 +185,27 @@ def test_ledger_forgets_the_oldest_traces_beyond_its_bound() -> None:
     """Per-trace counts are bounded: past max_traces the oldest trace is forgotten."""
     ledger = TraceLedger(["b"], max_traces=2)
     for trace_id in (1, 2, 3):
+        ledger.watch(trace_id)
         ledger.record({trace_id: 1})
     assert len(ledger) == 2
     assert ledger.report(1).backends[0].pending == 0
     assert ledger.report(3).backends[0].pending == 1
+
+
+def test_ledger_keeps_counts_only_for_watched_traces() -> None:
+    """Counts are kept for watched traces; one watched late still finds its spans in the
+    recent batches, but not in batches older than that window."""
+    ledger = TraceLedger(["b"], recent=2)
+    ledger.record({7: 1, 8: 1})
+    assert len(ledger) == 0
+    ledger.watch(8)
+    assert ledger.report(8).backends[0].pending == 1
+    ledger.record({9: 1})
+    ledger.record({9: 1})
+    ledger.watch(7)  # its batch left the window
+    assert ledger.report(7).backends[0].pending == 0
+    ledger.watch(9)
+    assert ledger.report(9).backends[0].pending == 2
 
 
 def test_provider_force_flush_from_plain_code() -> None:
