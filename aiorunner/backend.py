@@ -89,6 +89,13 @@ class Backend(Protocol):
     Implementations must not block the event loop (use ``anyio.to_thread`` for blocking
     work) and should honour ``timeout`` (seconds); the pipeline enforces it anyway by
     cancelling the call.
+
+    Optional, not part of the protocol: ``async def on_span_start(self, span) -> None``.
+    A backend that defines it is handed each root ``ScriptRunner`` span as soon as it
+    starts (a ``ReadableSpan`` with no end time and the attribute ``aiorunner.pending`` =
+    true), before that span's end is exported, so that a run can be shown as running
+    (the ``jsonl`` backend writes it as a line a later one supersedes). Errors and
+    timeouts there are logged, never raised.
     """
 
     #: The name it was registered under, used in reports and errors.
