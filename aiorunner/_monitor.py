@@ -32,7 +32,7 @@ import anyio.to_thread
 from ._exceptions import ConfigError, UsageError
 from ._monitor_metrics import IO_FIELDS, Event, Sample, SampleLog, build_summary
 from ._monitor_readers import Reader, default_reader
-from ._monitor_sampler import run_scan, serve
+from ._monitor_sampler import serve
 from ._monitor_tree import ProcessTree, read_tree
 
 if TYPE_CHECKING:
@@ -374,10 +374,10 @@ class ProcessTreeMonitor:
 def _read_alone(
     reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
 ) -> list[Result]:
-    # Without children files, the first pass needs a scan to find anything at all.
-    reader.prepare()
-    scan = None if reader.has_children_files else run_scan(reader)[0]
-    return read_tree(reader, known, scan=scan, scan_key=key)
+    # No scan here: the first sample must be immediate and 50 runs starting together must
+    # not scan the system 50 times. Without children files, the shared sampler's first
+    # tick scans and finds the children.
+    return read_tree(reader, known, scan=None, scan_key=key)
 
 
 def _positive(name: str, value: object, hint: str) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
+from aiorunner import UsageError
 from aiorunner._monitor import ProcessTreeMonitor, Sample
 from aiorunner._monitor_readers import ProcfsReader, PsutilReader
 from aiorunner._monitor_sampler import _samplers
@@ -635,3 +636,26 @@ async def test_many_monitors_share_one_sampler_and_survive_the_leader_leaving(
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     assert all(m.error is None for m in monitors)
+
+
+async def test_run_twice_is_a_usage_error_and_stop_is_idempotent(tmp_path: Path) -> None:
+    """A second concurrent run() is refused with UsageError; stop() ends run() with one
+    last sample, and calling it again (or after run ended) does nothing."""
+    path = script(tmp_path, 'wait_for("release")')
+    proc = subprocess.Popen([sys.executable, str(path)], cwd=tmp_path, start_new_session=True)
+    try:
+        monitor = ProcessTreeMonitor(proc.pid, interval=SLOW)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(monitor.run)
+                await until(monitor, lambda s: True)
+                with pytest.raises(UsageError, match="already running"):
+                    await monitor.run()
+                await monitor.stop()  # run() returns: the group can end on its own
+            taken = monitor.samples_taken
+            assert taken == 2  # the immediate one and stop()'s
+            await monitor.stop()
+            assert monitor.samples_taken == taken
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
