@@ -17,14 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from aiorunner._monitor import ProcessTreeMonitor
 from aiorunner._monitor_readers import PsutilReader, Reader, default_reader
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SCRIPTS = 50
 INTERVAL = 0.5
@@ -105,9 +108,12 @@ def main() -> str:
     quick = os.environ.get("BENCH_QUICK") == "1"
     duration = 3.0 if quick else 20.0
     rows = anyio.run(_run, duration)
-    lines = [
+    title = (
         f"### Monitoring cost: {SCRIPTS} sleeping scripts, interval {INTERVAL:g} s, "
-        f"{duration:g} s{' (quick)' if quick else ''}",
+        f"{duration:g} s{' (quick)' if quick else ''}"
+    )
+    lines = [
+        title,
         "",
         "| mode | runner CPU s | wall s | % of one core | samples | CPU µs per sample |",
         "|---|---:|---:|---:|---:|---:|",
