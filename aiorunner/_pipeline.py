@@ -32,7 +32,9 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import threading
+import weakref
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
@@ -109,17 +111,15 @@ class ExportPipeline(SpanProcessor):
         self.export_timeout = export_timeout
         self.ledger = TraceLedger([a.name for a in self.adapters], max_traces=max_traces)
         self._errors = ErrorLog()
+        self._worker_options: dict[str, Any] = {
+            "batch_size": self._batch_size,
+            # One take may bring the hand-off queue and the batches set aside.
+            "max_queue": 2 * max_queue_size,
+            "timeout": export_timeout,
+            "policy": policy,
+        }
         self._workers = [
-            BackendWorker(
-                index,
-                adapter,
-                self._errors,
-                batch_size=self._batch_size,
-                # One take may bring the hand-off queue and the batches set aside.
-                max_queue=2 * max_queue_size,
-                timeout=export_timeout,
-                policy=policy,
-            )
+            BackendWorker(index, adapter, self._errors, **self._worker_options)
             for index, adapter in enumerate(self.adapters)
         ]
         # Between the hand-off queue and the batcher, on the export thread (issue 6).
@@ -152,6 +152,37 @@ class ExportPipeline(SpanProcessor):
         self._thread: threading.Thread | None = None
         self._close_requested = False
         self._finished: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if hasattr(os, "register_at_fork"):
+            method = weakref.WeakMethod(self._after_fork_in_child)
+
+            def reinit() -> None:
+                live = method()
+                if live is not None:
+                    live()
+
+            os.register_at_fork(after_in_child=reinit)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has no export thread: start this pipeline over, empty (the
+        parent still exports what it had queued), so the child's own spans leave."""
+        if self._closed:
+            return
+        self._lock = threading.Lock()
+        self._loop = None
+        self._thread = None
+        self._close_requested = False
+        self._finished = concurrent.futures.Future()
+        self._close_event = asyncio.Event()
+        for queue in (self._spans, self._ready, self._starts, self._watch, self._drops):
+            queue.clear()
+        self._wake_pending = self._armed = self._workers_stopped = False
+        self._timer = None
+        self._taken = self._dropped = 0
+        self.ledger = TraceLedger(self.ledger.names, max_traces=self.ledger.max_traces)
+        self._workers = [
+            BackendWorker(index, adapter, self._errors, **self._worker_options)
+            for index, adapter in enumerate(self.adapters)
+        ]
 
     # ==================================================== producer side (any thread)
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import select
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -391,3 +392,45 @@ async def test_statistics_is_a_frozen_snapshot() -> None:
     assert stats.backend("mem").exported == 2
     assert stats.backend("mem").kind == "async"
     assert stats.to_dict()["backends"][0]["name"] == "mem"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_exports_its_own_spans(tmp_path) -> None:
+    """After os.fork() the export thread exists only in the parent: the child starts a
+    fresh one for its own spans, and the parent goes on exporting as before."""
+    import json
+    import warnings
+
+    traces = tmp_path / "forked.jsonl"
+    session = Session(make_config(traces_file=traces))
+    tracer = session.tracer()
+    with tracer.start_as_current_span("parent-before"):
+        pass
+    assert asyncio.run(session.flush())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        signal.alarm(30)  # a hung child fails the test instead of hanging it
+        code = 4
+        try:
+            with tracer.start_as_current_span("child"):
+                pass
+            code = 0 if asyncio.run(session.flush(timeout=10)) else 3
+            session.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with tracer.start_as_current_span("parent-after"):
+        pass
+    assert asyncio.run(session.flush())
+    session.close()
+    names = [
+        span["name"]
+        for line in traces.read_text().splitlines()
+        for resource in json.loads(line)["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]
+    assert sorted(names) == ["child", "parent-after", "parent-before"]
