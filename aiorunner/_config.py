@@ -239,6 +239,9 @@ class TracingConfig:
         tail_latency_threshold: for ``tailbased``: runs slower than this are always kept.
         traces_file: the embedded ``jsonl`` backend's file.
         monitor_interval: seconds between two samples of the script's process tree.
+        in_script_tracing: spans a Python script makes with the OpenTelemetry API join the
+            run's trace (a bootstrap on its PYTHONPATH, a channel back to the runner).
+        instrument: instrumentation names loaded inside Python scripts at their start.
         backend_options: free-form options a backend may read (``config.option(...)``).
     """
 
