@@ -162,6 +162,17 @@ def test_header_round_trip(headers):
     assert parse_headers("OTEL_EXPORTER_OTLP_HEADERS", raw) == headers
 
 
+def test_endpoint_credentials_are_masked_in_messages(monkeypatch):
+    """user:password in an endpoint URL never shows in a repr or an error message."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://user:{SECRET}@collector:4317")
+    settings = resolve_settings(config())
+    assert SECRET not in repr(settings)
+    assert "[secure]@collector:4317" in repr(settings)
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(config(collector_endpoint=f"http://u:{SECRET}@collector:4318"))
+    assert SECRET not in str(caught.value)
+
+
 def test_settings_repr_masks_header_values(monkeypatch):
     """The settings' repr (and so any log of it) shows header names, not values."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=" + SECRET)

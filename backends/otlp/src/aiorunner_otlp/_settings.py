@@ -73,6 +73,7 @@ TRACES_PATH = "/v1/traces"
 # A header name is an HTTP token; gRPC metadata keys are its lowercase subset.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+_USERINFO = re.compile(r"(?<=//)[^/@]*@")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -162,14 +163,8 @@ def _parse_choice(source: str, raw: str, choices: Collection[str]) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, "[secure]@" + netloc, parts.path, parts.query, ""))
+    """The URL with any ``user:password@`` replaced by ``[secure]@``, for messages."""
+    return _USERINFO.sub("[secure]@", url)
 
 
 @dataclass(frozen=True)
@@ -242,11 +237,11 @@ def _check_url(source: str, url: str, *, allow_bare: bool) -> str:
         _ = parts.port  # raises ValueError for a bad port
     except ValueError:
         raise ConfigError(
-            f"{source}={url!r} has an invalid port; use e.g. http://host:4317"
+            f"{source}={redact_url(url)!r} has an invalid port; use e.g. http://host:4317"
         ) from None
     if not parts.hostname or ("://" in candidate and parts.scheme not in ("http", "https", "grpc")):
         raise ConfigError(
-            f"{source}={url!r} is not a valid endpoint; use a URL such as "
+            f"{source}={redact_url(url)!r} is not a valid endpoint; use a URL such as "
             "http://localhost:4317 (scheme http or https, a host and an optional port)"
         )
     return candidate
@@ -258,7 +253,8 @@ def _http_url(source: str, url: str, *, append_path: bool, always_append: bool =
     parts = urlsplit(checked)
     if parts.scheme == "grpc":
         raise ConfigError(
-            f"{source}={url!r} uses the grpc scheme but the protocol is http/protobuf; "
+            f"{source}={redact_url(url)!r} uses the grpc scheme but the protocol is "
+            "http/protobuf; "
             "use http:// or https://"
         )
     path = parts.path

@@ -10,6 +10,7 @@ explicit ``collector_endpoint`` wins; without a path it gets ``/api/v2/spans``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -43,12 +44,8 @@ class ZipkinSettings:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = f"[secure]@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    """The URL with any ``user:password@`` replaced by ``[secure]@``, for messages."""
+    return re.sub(r"(?<=//)[^/@]*@", "[secure]@", url)
 
 
 def _check(source: str, raw: str, *, add_path: bool) -> str:
@@ -59,7 +56,7 @@ def _check(source: str, raw: str, *, add_path: bool) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{source}={raw!r} has an invalid port") from None
+        raise ConfigError(f"{source}={redact_url(raw)!r} has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{source}={raw!r} is not a valid Zipkin endpoint; use a URL such as {DEFAULT_ENDPOINT}"
