@@ -62,6 +62,9 @@ class Reading(NamedTuple):
     fds: int | None  # None: not readable (other user) or not on this platform
     io: tuple[int, ...] | None  # in the order of the reader's ``io_keys``
     ctx: tuple[int, int] | None  # voluntary, involuntary (psutil reader only)
+    #: What was read, unparsed: when the next read is the same, the reader hands back the
+    #: same ``Reading`` and the tree skips its bookkeeping (an idle process costs less).
+    raw: tuple[bytes, bytes | None, int | None] | None = None
 
 
 class _Marker:
@@ -103,8 +106,9 @@ class Reader:
     def prepare(self) -> None:
         """Probe the platform once (worker thread: it may touch the file system)."""
 
-    def read(self, pid: int, identity: float | None) -> ReadResult:
-        """Read ``pid``; ``identity`` (when known) guards against a reused pid."""
+    def read(self, pid: int, previous: Reading | None) -> ReadResult:
+        """Read ``pid``. ``previous`` (its last reading, if any) guards against a reused
+        pid, and is returned as is when nothing changed since."""
         raise NotImplementedError
 
     def children(self, pid: int, threads: int) -> list[int]:
@@ -155,7 +159,7 @@ class ProcfsReader(Reader):
             self.has_children_files = self._forced
         self._prepared = True
 
-    def read(self, pid: int, identity: float | None) -> ReadResult:
+    def read(self, pid: int, previous: Reading | None) -> ReadResult:
         base = f"{self._proc}/{pid}"
         try:
             stat = _read_small(f"{base}/stat")
@@ -163,11 +167,14 @@ class ProcfsReader(Reader):
             return GONE
         except OSError:
             return UNREADABLE
+        raw = (stat, self._io_raw(base), self._fds(base))
+        if previous is not None and raw == previous.raw:
+            return previous  # a sleeping process: same bytes, same figures
         # comm (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
         try:
             start = float(fields[19])
-            if identity is not None and start != identity:
+            if previous is not None and start != previous.identity:
                 return GONE  # the pid was reused by another process
             tick = self._tick
             state = fields[0]
@@ -189,9 +196,10 @@ class ProcfsReader(Reader):
             children_system=csystem,
             rss=0 if zombie else rss,
             threads=0 if zombie else threads,
-            fds=None if zombie else self._fds(base),
-            io=self._io(base),
+            fds=None if zombie else raw[2],
+            io=self._io(raw[1]),
             ctx=None,
+            raw=raw,
         )
 
     @staticmethod
@@ -202,10 +210,15 @@ class ProcfsReader(Reader):
             return None
 
     @staticmethod
-    def _io(base: str) -> tuple[int, ...] | None:
+    def _io_raw(base: str) -> bytes | None:
         try:
-            text = _read_small(f"{base}/io")
-        except OSError:
+            return _read_small(f"{base}/io")
+        except OSError:  # another user's process, or gone
+            return None
+
+    @staticmethod
+    def _io(text: bytes | None) -> tuple[int, ...] | None:
+        if text is None:
             return None
         # "rchar: N\nwchar: N\nsyscr: N\nsyscw: N\nread_bytes: N\nwrite_bytes: N\n..."
         values = text.split()[1:12:2]
@@ -271,7 +284,8 @@ class PsutilReader(Reader):
 
             self._psutil = psutil
 
-    def read(self, pid: int, identity: float | None) -> ReadResult:
+    def read(self, pid: int, previous: Reading | None) -> ReadResult:
+        identity = previous.identity if previous is not None else None
         psutil = self._psutil
         proc = self._procs.get(pid)
         try:

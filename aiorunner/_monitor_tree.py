@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessTree", "Scan", "TreeFigures", "read_tree"]
 
-#: (pid, identity or None when new, threads at the last reading)
-KnownProcess = tuple[int, "float | None", int]
+#: (pid, its last reading or None)
+KnownProcess = tuple[int, "Reading | None"]
 #: (pid, pid of the parent that listed it when it is new, what was read)
 Result = tuple[int, "int | None", "ReadResult"]
 
@@ -92,12 +92,11 @@ def read_tree(
     that the scan found and the tree does not know yet (orphaned before we saw them) are
     read too.
     """
-    queue: deque[tuple[int, float | None, int | None]] = deque(
-        (pid, identity, None) for pid, identity, _threads in known
+    queue: deque[tuple[int, Reading | None, int | None]] = deque(
+        (pid, last, None) for pid, last in known
     )
-    threads_of = {pid: threads for pid, _identity, threads in known}
     if scan is not None and scan_key is not None:
-        known_pids = set(threads_of)
+        known_pids = {pid for pid, _last in known}
         for pid in scan.members(scan_key):
             if pid not in known_pids:
                 ppid = scan.entries[pid].ppid
@@ -107,11 +106,11 @@ def read_tree(
     visited: set[int] = set()
     results: list[Result] = []
     while queue:
-        pid, identity, parent = queue.popleft()
+        pid, last, parent = queue.popleft()
         if pid in visited:
             continue
         visited.add(pid)
-        result = reader.read(pid, identity)
+        result = reader.read(pid, last)
         results.append((pid, parent, result))
         if not isinstance(result, Reading) or result.zombie:
             continue
@@ -140,13 +139,12 @@ class TreeFigures(NamedTuple):
 
 
 class _Node:
-    __slots__ = ("children", "gone_tick", "identity", "last", "last_tick", "parent", "pid")
+    __slots__ = ("children", "gone_tick", "last", "last_tick", "parent", "pid")
 
     def __init__(self, pid: int, parent: _Node | None) -> None:
         self.pid = pid
         self.parent = parent
         self.children: list[_Node] = []
-        self.identity: float | None = None
         self.last: Reading | None = None
         self.last_tick: int | None = None
         self.gone_tick: int | None = None
@@ -167,6 +165,7 @@ class ProcessTree:
         self._detached: list[_Node] = []
         self._frozen = [0.0] * (2 + len(io_keys))
         self._tick = 0
+        self._figures: TreeFigures | None = None
 
     # -- what the worker thread needs -------------------------------------------------
 
@@ -176,13 +175,8 @@ class ProcessTree:
         if not root.children and not self._detached:  # the common case: one process
             if root.gone_tick is not None:
                 return []
-            return [(root.pid, root.identity, root.last.threads if root.last else 1)]
-        out: list[KnownProcess] = []
-        for node in self._walk():
-            if node.gone_tick is None:
-                threads = node.last.threads if node.last is not None else 1
-                out.append((node.pid, node.identity, threads))
-        return out
+            return [(root.pid, root.last)]
+        return [(node.pid, node.last) for node in self._walk() if node.gone_tick is None]
 
     @property
     def alive(self) -> bool:
@@ -204,8 +198,18 @@ class ProcessTree:
         tick = self._tick
         fresh: list[Reading] = []
         readings = 0
+        # Nothing changed when every live process handed back its previous reading
+        # object (the reader does that for identical bytes): the figures are the same.
+        unchanged = len(results) == len(self._live)
         for pid, hint, result in results:
             node = self._live.get(pid)
+            if node is not None and result is node.last:
+                node.last_tick = tick
+                readings += 1
+                if not result.zombie:
+                    fresh.append(result)
+                continue
+            unchanged = False
             if result is GONE:
                 if node is not None:
                     node.gone_tick = tick
@@ -217,7 +221,6 @@ class ProcessTree:
                 continue
             if node is self.root and self.scan_key is None:
                 self.scan_key = _scan_key(pid)
-            node.identity = result.identity
             parent = node.parent
             if parent is not None and result.ppid != parent.pid:
                 self._reparent(node, self._live.get(result.ppid))
@@ -228,16 +231,19 @@ class ProcessTree:
                 self.io_seen = True
             if not result.zombie:
                 fresh.append(result)
+        if unchanged and self._figures is not None:
+            return self._figures
         if self._detached:
             self._collapse_detached()
         user, system, io = self._split(self.estimate())
         if len(fresh) == 1:  # the common case: one process
             (r,) = fresh
-            return TreeFigures(
+            self._figures = TreeFigures(
                 user, system, r.rss, r.threads, 1, r.fds, io if self.io_seen else None, r.ctx,
                 readings,
             )  # fmt: skip
-        return TreeFigures(
+            return self._figures
+        self._figures = TreeFigures(
             cpu_user=user,
             cpu_system=system,
             rss=sum(r.rss for r in fresh),
@@ -248,6 +254,7 @@ class ProcessTree:
             ctx=_sum_ctx([r.ctx for r in fresh]),
             readings=readings,
         )
+        return self._figures
 
     def _adopt(self, pid: int, hint: int | None, result: ReadResult) -> _Node:
         parent = self._live.get(hint) if hint is not None else None
