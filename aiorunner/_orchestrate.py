@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -429,7 +430,7 @@ async def run_many(
     fail_fast: bool = False,
     retries: int = 0,
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-    timeout: float | None = None,  # noqa: ASYNC109 - per attempt, handed to each runner
+    timeout: float | None = None,
     session: Session | None = None,
     config: TracingConfig | None = None,
     trace: TraceMode = "per-run",
@@ -502,7 +503,7 @@ class AsCompleted:
 
     def __aiter__(self) -> AsyncGenerator[RunResult, None]:
         if self._iterator is None:
-            self._iterator = self._results()
+            self._iterator = _iterate(self._batch)
         return self._iterator
 
     async def __anext__(self) -> RunResult:
@@ -524,37 +525,62 @@ class AsCompleted:
         if self._iterator is not None:
             await self._iterator.aclose()
 
-    async def _results(self) -> AsyncGenerator[RunResult, None]:
-        send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
-        batch = self._batch
 
-        def emit(result: RunResult) -> None:
-            # The consumer may have stopped listening (closed the iterator) meanwhile.
-            try:
-                send.send_nowait(result)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+async def _iterate(batch: _Batch) -> AsyncGenerator[RunResult, None]:
+    """Run ``batch``, yielding results as they come.
 
-        async def drive() -> None:
-            async with send:
-                await batch.run(emit)
+    A module function, not a method: the generator must not reference its AsCompleted
+    (a reference cycle would leave an unclosed iterator to the cycle collector, which
+    finalises the streams it holds before the generator can close them).
+    """
+    send, receive = anyio.create_memory_object_stream[RunResult](math.inf)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drive)
-            try:
-                async with receive:
-                    async for result in receive:
-                        yield result
-            except GeneratorExit:
-                # aclose(): the consumer is done. Not re-raised inside the task group
-                # (it would come out wrapped in an exception group); the group still
-                # waits below until every stopped run has cleaned up.
-                pass
-            finally:
-                # Stops the batch's own scope (inside drive), not the group's: if this
-                # runs in another task (an unclosed iterator finalised later), cancelling
-                # the group's scope would cancel the consumer's task instead.
-                batch.stop("cancelled: the as_completed() iterator was closed")
+    def emit(result: RunResult) -> None:
+        # The consumer may have stopped listening (closed the iterator) meanwhile.
+        try:
+            send.send_nowait(result)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def drive() -> None:
+        async with send:
+            await batch.run(emit)
+
+    # The group is entered and exited by hand, not with `async with`, for one case:
+    # an iterator left with `break` and never closed is finalised later by the
+    # garbage collector in *another* task, where exiting the group would raise
+    # "exit cancel scope in a different task". Then the batch is stopped and the
+    # group is left to end on its own (drive returns once its runs cleaned up).
+    tg = anyio.create_task_group()
+    await tg.__aenter__()
+    host = anyio.get_current_task().id
+    error: BaseException | None = None
+    try:
+        tg.start_soon(drive)
+        async with receive:
+            async for result in receive:
+                yield result
+    except GeneratorExit:
+        pass  # closed: by aclose() / `async with`, or by the garbage collector
+    except BaseException as exc:  # noqa: BLE001 - handed to the group's exit below
+        error = exc
+    finally:
+        # Stops the batch's own scope (inside drive), never the group's: cancelling
+        # the group's scope from another task would cancel the consumer's task.
+        batch.stop("cancelled: the as_completed() iterator was closed")
+    if anyio.get_current_task().id != host:
+        warnings.warn(
+            "an as_completed() iterator was left without being closed, so the jobs "
+            "still running were only stopped when it was garbage collected; use "
+            "`async with as_completed(...) as results:` to stop them where you leave",
+            ResourceWarning,
+            stacklevel=1,
+        )
+        return
+    if error is None:
+        await tg.__aexit__(None, None, None)
+    elif not await tg.__aexit__(type(error), error, error.__traceback__):
+        raise error
 
 
 def as_completed(

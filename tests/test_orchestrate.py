@@ -25,11 +25,11 @@ from aiorunner import (
 )
 from conftest import pid_alive
 
-#: Waits for the file named by argv[1] (at most 30 s), then prints its own name.
+#: Waits for the files named by its arguments (at most 30 s), then prints its own name.
 WAIT_FOR = """
 import os, sys, time
 deadline = time.monotonic() + 30
-while not os.path.exists(sys.argv[1]):
+while not all(os.path.exists(path) for path in sys.argv[1:]):
     if time.monotonic() > deadline:
         sys.exit("marker never appeared")
     time.sleep(0.01)
@@ -95,18 +95,32 @@ def pids_in(path: Path) -> list[int]:
 
 
 async def test_results_in_input_order_as_completed_in_finish_order(script, tmp_path):
-    """run_many returns results in input order; as_completed yields them as they finish
-    (the first job waits for a file the second one creates, so it finishes last)."""
+    """run_many returns results in input order; as_completed yields them as they finish.
+    The first job waits for a file created once the second job's result was delivered,
+    so it always finishes last."""
     marker = tmp_path / "second.done"
     first = Job(script("first.py", WAIT_FOR), [str(marker)], name="first")
-    second = Job(script("second.py", TOUCH), [str(marker)], name="second")
-    results = await run_many([first, second], max_concurrency=2)
+    second = Job(script("second.py", "print('second')"), name="second")
+    finished: list[str] = []
+
+    def on_event(event: JobEvent) -> None:
+        if event.kind == "finished":
+            finished.append(event.name)
+            if event.name == "second":
+                marker.touch()
+
+    results = await run_many([first, second], max_concurrency=2, on_event=on_event)
+    assert finished == ["second", "first"]
     assert [r.name for r in results] == ["first", "second"]
     assert all(r.success for r in results), [r.error for r in results]
     assert results[0].stdout == "first.py\n"
 
     marker.unlink()
-    seen = [r.name async for r in as_completed([first, second], max_concurrency=2)]
+    seen = []
+    async for result in as_completed([first, second], max_concurrency=2):
+        seen.append(result.name)
+        if result.name == "second":
+            marker.touch()
     assert seen == ["second", "first"]
 
 
@@ -283,11 +297,11 @@ async def test_fail_fast_cancels_the_rest_and_kills_their_process_groups(script,
         "failer.py",
         WAIT_FOR.replace("print(os.path.basename(__file__))", "sys.exit(5)"),
     )
-    # failer waits until the second sleeper wrote its pids, so both are running
+    # failer waits until both sleepers wrote their pids, so both are running
     jobs = [
         Job(sleeper, [str(pidfiles[0])], name="s1"),
         Job(sleeper, [str(pidfiles[1])], name="s2"),
-        Job(failer, [str(pidfiles[1])], name="failer"),
+        Job(failer, [str(p) for p in pidfiles], name="failer"),
         Job(sleeper, [str(tmp_path / "never.pid")], name="queued"),
     ]
     results = await run_many(jobs, max_concurrency=3, fail_fast=True)
@@ -341,6 +355,29 @@ async def test_closing_as_completed_early_stops_the_rest(script, tmp_path):
             break
     for pid in pids_in(pidfile):
         assert not pid_alive(pid)
+
+
+async def test_unclosed_as_completed_still_stops_the_rest(script, tmp_path):
+    """An as_completed() left with `break` and never closed: once garbage collected, the
+    jobs still running are stopped (their processes gone) and a ResourceWarning says to
+    use `async with`."""
+    import gc
+
+    sleeper = script("sleeper.py", SLEEPER)
+    quick = script("quick.py", WAIT_FOR)
+    pidfile = tmp_path / "s.pid"
+    with pytest.warns(ResourceWarning, match="left without being closed"):  # noqa: PT031
+        async for result in as_completed(
+            [Job(sleeper, [str(pidfile)]), Job(quick, [str(pidfile)], name="quick")],
+            max_concurrency=2,
+        ):
+            assert result.name == "quick"
+            break
+        gc.collect()
+        pids = pids_in(pidfile)
+        with anyio.fail_after(30):
+            while any(pid_alive(pid) for pid in pids):
+                await anyio.sleep(0.05)
 
 
 async def test_batch_trace_is_one_tree(script, traces_file, spans_in):
@@ -423,7 +460,8 @@ async def test_live_samples_reach_on_event(script, tmp_path):
     def on_event(event: JobEvent) -> None:
         if event.kind == "sample":
             samples.append(event)
-            marker.touch()  # the job ends once a sample was seen
+            if event.sample is not None and event.sample.rss_bytes > 0:
+                marker.touch()  # the job ends once a reading of it was seen
 
     executor = LocalExecutor(runner_options={"monitor_interval": 0.05})
     [result] = await run_many(
@@ -431,7 +469,7 @@ async def test_live_samples_reach_on_event(script, tmp_path):
     )
     assert result.success
     assert samples and samples[0].name == "slow"
-    assert samples[0].sample is not None and samples[0].sample.rss_bytes > 0
+    assert any(e.sample is not None and e.sample.rss_bytes > 0 for e in samples)
 
 
 @pytest.mark.parametrize(
