@@ -192,14 +192,14 @@ class ExportPipeline(SpanProcessor):
         that define ``on_span_start`` (the jsonl file shows the run as running)."""
         if span.name != ROOT_SPAN_NAME or self._closed:
             return
-        self._watch.append(span.get_span_context().trace_id)
+        context = span.get_span_context()
+        if not context.trace_flags.sampled:
+            return
+        self._watch.append(context.trace_id)
         if not self._wants_start:
             return
         parent = span.parent
         if parent is not None and not parent.is_remote:
-            return
-        context = span.get_span_context()
-        if not context.trace_flags.sampled:
             return
         attributes = dict(span.attributes or {})
         attributes[PENDING_ATTRIBUTE] = True
@@ -295,6 +295,8 @@ class ExportPipeline(SpanProcessor):
         except BaseException:  # the export thread must not die silently
             logger.exception("the aiorunner export thread stopped on an unexpected error")
         finally:
+            # From now on spans are refused (and counted): nothing would take them.
+            self._closed = True
             self._workers_stopped = True
             self._count_leftovers()
             try:
