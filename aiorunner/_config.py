@@ -166,6 +166,9 @@ def parse_key_values(var: str, raw: str) -> dict[str, str]:
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
+_JAEGER_LEGACY_PORTS = (5775, 6831, 6832, 14250, 14268)
+
+
 def validate_endpoint(name: str, value: str) -> str:
     """Check that an endpoint is a URL with a scheme and a host (or a host:port)."""
     candidate = value.strip()
@@ -175,6 +178,14 @@ def validate_endpoint(name: str, value: str) -> str:
     except ValueError:
         port = -1
     host_ok = bool(parsed.hostname) and _HOST.fullmatch(parsed.hostname or "") is not None
+    if parsed.scheme == "udp" or (
+        parsed.scheme not in ("http", "https", "grpc") and port in _JAEGER_LEGACY_PORTS
+    ):
+        raise ConfigError(
+            f"{name}={value!r} is a legacy Jaeger agent endpoint (UDP/Thrift), which "
+            "aiorunner does not speak; Jaeger accepts OTLP natively: use "
+            "http://localhost:4317 (OTLP/gRPC) or http://localhost:4318 (OTLP/HTTP)"
+        )
     if not host_ok or port == -1 or parsed.scheme not in ("http", "https", "grpc"):
         raise ConfigError(
             f"{name}={value!r} is not a valid endpoint; use a URL such as "

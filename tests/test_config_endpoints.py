@@ -1,0 +1,21 @@
+"""Endpoint validation in the core config: a legacy Jaeger UDP agent endpoint gets the
+directions to OTLP instead of a generic message."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiorunner import ConfigError, TracingConfig
+
+
+@pytest.mark.parametrize("endpoint", ["udp://localhost:6831", "udp://jaeger-agent:6832"])
+def test_legacy_jaeger_agent_endpoint_explained(endpoint):
+    """udp:// or a bare agent port names 4317/4318 as the fix."""
+    with pytest.raises(ConfigError, match=r"legacy Jaeger agent.*4317.*4318"):
+        TracingConfig(exporter_type="jaeger", collector_endpoint=endpoint).resolve()
+
+
+def test_http_endpoint_accepted():
+    """A normal OTLP endpoint passes and is kept as given."""
+    config = TracingConfig(collector_endpoint="http://collector:4317").resolve()
+    assert config.collector_endpoint == "http://collector:4317"
