@@ -221,25 +221,28 @@ class SpanChannel:
         self._theirs.close()
 
     async def pump(self) -> None:
-        """Read and submit spans until cancelled (run it in the run's task group)."""
+        """Read and submit spans until every writer has closed its end, or until
+        cancelled (run it in the run's task group)."""
         while not self._closed:
             await anyio.wait_readable(self._ours)
-            self.drain()
+            if self.drain():
+                return
 
-    def drain(self) -> None:
-        """Read everything queued now, without waiting."""
+    def drain(self) -> bool:
+        """Read everything queued now, without waiting; True once no writer is left
+        (end of file: the script and every process it shared the socket with exited)."""
         if self._closed:
-            return
+            return True
         while True:
             try:
                 chunk = self._ours.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:
                 logger.warning("in-script span channel failed: %s", exc)
-                return
+                return True
             if not chunk:
-                return  # every writer closed (SOCK_SEQPACKET end of file)
+                return True  # SOCK_SEQPACKET end of file (a datagram is never empty here)
             self._on_chunk(chunk)
 
     def _on_chunk(self, chunk: bytes) -> None:
