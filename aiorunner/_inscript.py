@@ -64,7 +64,7 @@ __all__ = [
 
 logger = logging.getLogger("aiorunner.inscript")
 
-#: Settings of the bootstrap (``fd=..;parent=..;attrs=..;events=..;instrument=..``).
+#: Settings of the bootstrap (``fd=..;ino=..;parent=..;attrs=..;events=..;instrument=..``).
 INSCRIPT_VAR = "AIORUNNER_INSCRIPT"
 #: The user's PYTHONPATH ("+value", or "-" when unset), restored inside the child.
 PYTHONPATH_VAR = "AIORUNNER_INSCRIPT_PYTHONPATH"
@@ -204,7 +204,11 @@ class SpanChannel:
         instrument: Sequence[str] = (),
     ) -> None:
         """Add the bootstrap to a Python child's environment ``env`` (in place)."""
-        settings = [f"fd={self.child_fd}", f"parent={traceparent}"]
+        settings = [
+            f"fd={self.child_fd}",
+            f"ino={os.fstat(self.child_fd).st_ino}",
+            f"parent={traceparent}",
+        ]
         if max_attributes is not None:
             settings.append(f"attrs={max_attributes}")
         if max_events is not None:

@@ -275,3 +275,40 @@ async def test_bootstrap_second_half_loads_only_when_needed(make_script):
     modules, site = result.stdout.splitlines()
     assert modules == "[]"
     assert site.endswith(os.path.join("aiorunner", "_bootstrap", "sitecustomize.py"))
+
+
+async def test_fd_reused_by_the_script_is_never_written(make_script, spans_of):
+    """A script that closes the channel's fd and opens a file that gets the same number
+    (what daemons do) never finds span data in that file; the script runs on."""
+    script = make_script(
+        """
+        import os, sys
+        from opentelemetry import trace
+        tracer = trace.get_tracer("d")
+        with tracer.start_as_current_span("before"):
+            pass
+        fd = sys.modules["_aiorunner_inscript"].channel().fd
+        data = os.open("data.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        os.dup2(data, fd)  # the channel's number now means the file
+        with tracer.start_as_current_span("after"):
+            pass
+        os.close(fd)
+        print(repr(open("data.txt").read()))
+        """
+    )
+    result = await ScriptRunner(script, cwd=script.parent).run()
+    assert result.success, result.error + result.stderr
+    assert result.stdout.strip() == "''"
+    names = {s["name"] for s in spans_of(result.trace_id)}
+    assert "before" in names and "after" not in names
+
+
+async def test_inherited_sdk_disabled_does_not_silence_a_traced_run(
+    make_script, spans_of, monkeypatch
+):
+    """OTEL_SDK_DISABLED=true in the environment but enabled=True in code: the run is
+    traced, and so are the script's spans (the SDK in the child would read the variable)."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    runner = ScriptRunner(make_script(SPANS_SCRIPT), config=TracingConfig(enabled=True))
+    result = await runner.run()
+    assert {"ScriptRunner", "load"} <= {s["name"] for s in spans_of(result.trace_id)}

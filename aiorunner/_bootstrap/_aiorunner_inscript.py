@@ -61,6 +61,9 @@ class Channel:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        # The script may close our fd and open a file that gets its number (daemons close
+        # every fd): each write first checks it is still the same socket.
+        self._inode = os.fstat(fd).st_ino
         self.broken = False
         #: Spans this process could not send (encoding failed or the runner is gone).
         self.dropped = 0
@@ -116,6 +119,8 @@ class Channel:
         pid = os.getpid()
         view = memoryview(payload)
         try:
+            if os.fstat(self.fd).st_ino != self._inode:
+                raise OSError("the span channel's fd now refers to something else")
             with self._lock:
                 while True:
                     chunk = view[:MAX_CHUNK]
@@ -338,6 +343,10 @@ def _make_provider(settings: dict[str, str]) -> Any:
             max_events=_limit(settings, "events"),
         ),
     )
+    if getattr(provider, "_disabled", False):
+        # OTEL_SDK_DISABLED inherited: the runner traces this run (it would not have
+        # started the bootstrap otherwise), so the script's spans are wanted.
+        provider._disabled = False
     provider.add_span_processor(_ChannelProcessor(_State.channel))
     return provider
 

@@ -166,6 +166,9 @@ def _main() -> None:
         settings = _parse(raw)
         try:
             fd = int(settings.get("fd", ""))
+            # The very socket the runner made, not whatever else has that number here.
+            if os.fstat(fd).st_ino != int(settings.get("ino", "")):
+                raise ValueError("not our socket")
             # Ours alone: a grandchild started with os.exec*/close_fds=False must not
             # inherit it (aiorunner hands each run its own channel).
             os.set_inheritable(fd, False)
