@@ -16,6 +16,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._executor import Attempt, Executor, LocalExecutor
+from ._instrument import auto_instrument
 from ._jobs import Job, JobsFile, load_jobs_file
 from ._orchestrate import AsCompleted, JobEvent, as_completed, run_many
 from ._result import BackendReport, ExportReport, RunResult
@@ -49,6 +50,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "as_completed",
+    "auto_instrument",
     "load_jobs_file",
     "run_many",
     "trace_span",

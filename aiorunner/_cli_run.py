@@ -33,6 +33,7 @@ import click
 
 from ._config import TracingConfig
 from ._exceptions import AiorunnerError
+from ._instrument import check_installed
 from ._runner import ScriptRunner
 
 if TYPE_CHECKING:
@@ -209,6 +210,18 @@ def _many_scripts(
     "--no-validate-dependencies", is_flag=True, help="Do not check imports before running."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Do not pass the script's output through.")
+@click.option(
+    "--instrument",
+    "instrument",
+    multiple=True,
+    metavar="NAME",
+    help="Load opentelemetry-instrumentation-NAME inside Python scripts (repeatable).",
+)
+@click.option(
+    "--no-in-script-tracing",
+    is_flag=True,
+    help="Do not trace inside Python scripts (their OpenTelemetry spans are not collected).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -231,6 +244,8 @@ def run_command(
     no_monitor: bool,
     no_validate_dependencies: bool,
     quiet: bool,
+    instrument: tuple[str, ...],
+    no_in_script_tracing: bool,
 ) -> None:
     """Run SCRIPT with ARGS as a traced subprocess, or many scripts at once.
 
@@ -259,8 +274,14 @@ def run_command(
         overrides["exporter_type"] = exporter
     if service_name:
         overrides["service_name"] = service_name
+    if instrument:
+        overrides["instrument"] = [n.strip() for v in instrument for n in v.split(",") if n.strip()]
+    if no_in_script_tracing:
+        overrides["in_script_tracing"] = False
     try:
         config = TracingConfig.from_env(**overrides)
+        if instrument and interpreter is None:
+            check_installed(config.instrument or ())
     except AiorunnerError as exc:
         raise click.UsageError(str(exc)) from None
 
