@@ -18,6 +18,7 @@ from ._exceptions import (
 from ._executor import Attempt, Executor, LocalExecutor
 from ._instrument import auto_instrument
 from ._jobs import Job, JobsFile, load_jobs_file
+from ._monitor import ProcessTreeMonitor, Sample
 from ._orchestrate import AsCompleted, JobEvent, as_completed, run_many
 from ._result import BackendReport, ExportReport, RunResult
 from ._runner import ScriptRunner
@@ -40,8 +41,10 @@ __all__ = [
     "JobEvent",
     "JobsFile",
     "LocalExecutor",
+    "ProcessTreeMonitor",
     "RunResult",
     "RunnerTracer",
+    "Sample",
     "ScriptRunner",
     "Session",
     "SpanContextManager",

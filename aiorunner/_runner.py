@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
@@ -46,12 +47,12 @@ from ._redact import redact_args
 from ._result import ExportReport, RunResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
-    from ._monitor import Sample
+    from ._monitor import ProcessTreeMonitor, Sample
     from ._session import Session
     from ._tracer import RunnerTracer
 
@@ -118,6 +119,11 @@ class ScriptRunner:
         max_output_bytes: size of the kept stdout/stderr tails (default 1 MiB each).
         kill_grace: seconds between SIGTERM and SIGKILL.
         context / carrier: the parent trace context (an OTel Context, or W3C headers).
+        in_script_tracing: spans a Python script makes with the OpenTelemetry API become
+            children of ``execute_script`` and leave through this runner's pipeline
+            (default: ``config.in_script_tracing``, on).
+        instrument: instrumentation names loaded inside a Python script at its start
+            (``["requests"]``: opentelemetry-instrumentation-requests).
     """
 
     def __init__(
@@ -194,6 +200,8 @@ class ScriptRunner:
         self._config = config
         self._session = session
         self._tracer: RunnerTracer | None = None
+        self._monitor: ProcessTreeMonitor | None = None
+        self._monitor_event: asyncio.Event | None = None
 
     # -- configuration ----------------------------------------------------------------
 
@@ -228,8 +236,50 @@ class ScriptRunner:
         if self._tracer is None:
             from ._tracer import RunnerTracer
 
-            self._tracer = RunnerTracer(lambda: self.session)
+            self._tracer = RunnerTracer(
+                lambda: self.session, self._asession, lambda: self.enable_tracing
+            )
         return self._tracer
+
+    async def _asession(self) -> Session:
+        """:attr:`session` for async code: a default session is made off the loop."""
+        if self._session is None:
+            from ._session import aget_default_session
+
+            self._session = await aget_default_session(self.config)
+        return self._session
+
+    # -- live readings ------------------------------------------------------------------
+
+    def _monitor_started(self, monitor: ProcessTreeMonitor) -> None:
+        self._monitor = monitor
+        if self._monitor_event is None:
+            self._monitor_event = asyncio.Event()
+        self._monitor_event.set()
+
+    async def live(self) -> AsyncIterator[Sample]:
+        """
+        Yield live :class:`Sample` readings of the next (or current) run of this runner,
+        until its monitoring ends. Iterate it beside ``run()``::
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner.run)
+                async for sample in runner.live():
+                    print(sample.rss_bytes)
+
+        Costs nothing unless iterated; ``monitor=False`` runs yield nothing.
+        """
+        if not self.monitor:
+            return
+        if self._monitor is None or self._monitor.done:
+            self._monitor = None
+            if self._monitor_event is None or self._monitor_event.is_set():
+                self._monitor_event = asyncio.Event()
+            await self._monitor_event.wait()
+            if self._monitor is None:  # the run ended before its script started
+                return
+        async for sample in self._monitor.live():
+            yield sample
 
     # -- running ------------------------------------------------------------------------
 
@@ -287,9 +337,16 @@ class ScriptRunner:
         outcome = _Outcome()
         run = _Run(self, config, tracer, root, root_ctx, outcome, t0)
         run.session = session
+        # The run's root is the current span while it runs: spans made by callbacks of
+        # the run (on_output, on_sample, @trace_span code they call) join its trace.
+        token = otel_context.attach(root_ctx)
         try:
             await run.execute()
+            if self._monitor_event is not None and not self._monitor_event.is_set():
+                self._monitor_event.set()  # no script was started: live() ends
         except BaseException as exc:
+            if self._monitor_event is not None:
+                self._monitor_event.set()
             if isinstance(exc, Exception):
                 raise
             outcome.cancelled = True
@@ -297,6 +354,8 @@ class ScriptRunner:
             with anyio.CancelScope(shield=True):
                 await run.finish(session)
             raise
+        finally:
+            otel_context.detach(token)
         duration = time.perf_counter() - t0
         await run.finish(session)
         sc = root.get_span_context()
@@ -516,6 +575,15 @@ class _Run:
         on_output = runner.on_output
         if runner.passthrough:
             on_output = _passthrough(on_output)
+        channel = open_channel(
+            self.session,
+            self.config,
+            span,
+            self.child_env,
+            python=info.is_python,
+            enabled=runner.in_script_tracing,
+            instrument=runner.instrument,
+        )
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -523,13 +591,18 @@ class _Run:
                 env=self.child_env,
                 tail_limit=runner.max_output_bytes,
                 on_output=on_output,
+                pass_fds=(channel.child_fd,) if channel is not None else (),
             )
         except OSError as exc:
+            if channel is not None:
+                channel.close()
             self.fail(span, f"cannot start {argv[0]}: {exc.strerror or exc}", exc)
             span.end()
             raise _Failure from None
         outcome.pid = child.pid
         span.set_attribute("process.pid", child.pid)
+        if channel is not None:
+            channel.child_started()
         t_start = time.perf_counter()
         monitor = self._make_monitor(child.pid)
         limit_reason: list[str] = []
@@ -549,6 +622,8 @@ class _Run:
                             wait_scope.cancel()
 
                     tg.start_soon(watch)
+                if channel is not None:
+                    tg.start_soon(channel.pump)
                 with wait_scope:
                     await child.wait_exit_ready()
                 if child.exit_ready:
@@ -574,6 +649,8 @@ class _Run:
             raise
         finally:
             child.close()
+            if channel is not None:
+                channel.close()  # reads what the script wrote before it ended
         self._record_exit(child, span, monitor, t_start)
         code = child.returncode
         assert code is not None
@@ -654,13 +731,15 @@ class _Run:
             return None
         from ._monitor import ProcessTreeMonitor
 
-        return ProcessTreeMonitor(
+        monitor = ProcessTreeMonitor(
             pid,
             interval=float(runner.monitor_interval or self.config.monitor_interval or 0.5),
             on_sample=runner.on_sample,
             max_memory_bytes=runner.max_memory_bytes,
             max_cpu_seconds=runner.max_cpu_seconds,
         )
+        runner._monitor_started(monitor)
+        return monitor
 
     # -- collect_metrics + upload_traces ------------------------------------------------
 
@@ -687,6 +766,11 @@ class _Run:
             upload.end()
             root.end()
             outcome.export = ExportReport(disabled=True)
+            return
+        if not root.get_span_context().trace_flags.sampled:
+            upload.end()
+            root.end()
+            outcome.export = ExportReport(sampled_out=True)
             return
         trace_id = root.get_span_context().trace_id
         timeout = float(self.config.export_timeout or 0.0)

@@ -183,3 +183,78 @@ async def test_set_tracing_config_file(make_script, tmp_path, spans_of, spans_in
     assert len(spans) == 7
     assert spans[0]["resource"]["service.name"] == "etl"
     assert spans_of(result.trace_id) == []
+
+
+async def test_monitoring_reaches_result_and_trace(make_script, spans_of, tmp_path):
+    """The monitor's figures land in RunResult.metrics, as aiorunner.* attributes on
+    collect_metrics, and as cpu/memory/io events on execute_script (capped by
+    max_events); the script's own last writes are counted (read from its zombie)."""
+    out = tmp_path / "out.bin"
+    script = make_script(
+        f"""
+        import time
+        block = bytearray(64 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(0.3)
+        with open({str(out)!r}, "wb") as f:
+            for _ in range(50):
+                f.write(b"x" * (1 << 20))
+        """
+    )
+    runner = ScriptRunner(script, monitor_interval=0.05)
+    runner.set_tracing_config(TracingConfig(max_events=6))
+    result = await runner.run()
+    assert result.success, result.error
+    m = result.metrics
+    for key in (
+        "execution_time_seconds",
+        "cpu_user_seconds",
+        "cpu_system_seconds",
+        "cpu_percent_avg",
+        "cpu_percent_max",
+        "memory_rss_peak_bytes",
+        "memory_rss_avg_bytes",
+        "threads_max",
+        "processes_max",
+        "samples",
+    ):
+        assert key in m, key
+    assert m["memory_rss_peak_bytes"] >= 64 << 20
+    if sys.platform == "linux":
+        assert m["io_write_bytes"] >= 50 << 20
+    spans = {s["name"]: s for s in spans_of(result.trace_id)}
+    collect = spans["collect_metrics"]["attrs"]
+    assert collect["aiorunner.memory_rss_peak_bytes"] == m["memory_rss_peak_bytes"]
+    assert collect["aiorunner.samples"] == m["samples"]
+    events = [e["name"] for e in spans["execute_script"].get("events", [])]
+    assert {"cpu_monitoring", "memory_monitoring", "io_monitoring"} <= set(events)
+    assert len(events) <= 6
+
+
+async def test_live_samples_beside_run(make_script):
+    """runner.live() yields the run's samples while it runs, and ends with it."""
+    import anyio
+
+    runner = ScriptRunner(make_script("import time; time.sleep(0.6)"), monitor_interval=0.05)
+    samples = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        async for sample in runner.live():
+            samples.append(sample)
+    assert len(samples) >= 3
+    assert max(s.rss_bytes for s in samples) > 1 << 20  # the last one may be the zombie
+
+
+async def test_live_ends_when_script_never_starts(tmp_path):
+    """live() returns when the run fails before a process exists."""
+    import anyio
+
+    runner = ScriptRunner(tmp_path / "missing.py")
+    seen = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            async for sample in runner.live():
+                seen.append(sample)
+    assert seen == []
