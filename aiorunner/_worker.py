@@ -4,8 +4,8 @@ One backend's queue and export task on the export loop: the unit of isolation.
 Every backend gets its own :class:`BackendWorker`, so a backend that hangs until the export
 timeout, fails, or raises delays nobody else: the batcher hands each batch to every worker
 without waiting, and each worker exports at its own pace. A worker's queue is bounded (in
-spans, by ``max_queue_size``); when a stuck backend lets it fill up, further batches are
-dropped *for that backend only*, and counted.
+spans, by twice ``max_queue_size``) while its backend is busy with an export; when a stuck
+backend lets it fill up, further batches are dropped *for that backend only*, and counted.
 
 Batches waiting in the queue are merged up to ``batch_size`` before an export, which is what
 makes flushes coalesce: while one export is in flight, the spans of every run that asked
@@ -125,6 +125,9 @@ class BackendWorker:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._inflight: _Batch | None = None
+        # True while the task works through its queue (an export or a start in flight);
+        # False while it waits for work, even if it was just woken and has not run yet.
+        self._busy = False
         #: Items handed to this worker (a span, or a span start, counts 1), and how many of
         #: them are done with; flushes wait for ``settled`` to catch up with ``received``.
         self.received = 0
@@ -140,10 +143,13 @@ class BackendWorker:
     # ---------------------------------------------------------------- fed by the batcher
 
     def put_batch(self, spans: Sequence[ReadableSpan], record: BatchRecord) -> None:
-        """Queue a batch (never blocks; drops it, counted, when this queue is full)."""
+        """Queue a batch (never blocks). While the backend is busy with an earlier export,
+        its queue is bounded: a batch that does not fit is dropped for this backend only,
+        and counted. An idle worker takes everything: it will run before the batcher
+        does again."""
         size = len(spans)
         self.received += size
-        if self._queued_spans + size > self._max_queue:
+        if self._busy and self._queued_spans + size > self._max_queue:
             error = (
                 f"queue full ({self._max_queue} spans waiting, OTEL_BSP_MAX_QUEUE_SIZE): "
                 "the backend is slower than the spans arrive"
@@ -178,9 +184,11 @@ class BackendWorker:
         try:
             while True:
                 if not self._queue:
+                    self._busy = False
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                self._busy = True
                 item = self._queue.popleft()
                 if isinstance(item, _Start):
                     await self._span_start(item.span)

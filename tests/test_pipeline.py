@@ -189,6 +189,33 @@ async def test_a_hanging_backend_does_not_delay_the_others() -> None:
     await session.aclose(timeout=0.2)
 
 
+async def test_a_stuck_backends_queue_overflows_for_it_alone() -> None:
+    """While one backend is stuck in an export, its own queue is bounded: what does not
+    fit is dropped and counted for it alone, and the other backend still gets every span."""
+    stuck = InMemoryBackend("stuck")
+    stuck.hang(count=100)
+    good = InMemoryBackend("good")
+    session = Session(
+        make_config(max_queue_size=4, batch_size=2, export_timeout=60.0), backends=[stuck, good]
+    )
+    tracer = session.tracer()
+    for index in range(30):
+        with tracer.start_as_current_span(f"s{index}"):
+            pass
+        await session.flush(timeout=0)  # hand the span to the workers now
+        if index == 0:
+            await wait_until(lambda: stuck.export_calls == 1)
+    await wait_until(lambda: len(good.get_finished_spans()) == 30)
+    stats = session.statistics()
+    assert stats.backend("good").dropped == 0
+    assert stats.backend("stuck").dropped > 0
+    assert stats.backend("stuck").exported == 0
+    await session.aclose(timeout=0.2)
+    stuck_stats = session.statistics().backend("stuck")
+    assert stuck_stats.failed + stuck_stats.dropped == 30
+    assert stats.dropped == 0  # nothing was lost before reaching the backends
+
+
 async def test_a_hung_export_is_cut_at_the_export_timeout() -> None:
     """An export that never returns is cancelled at the export timeout and counted as
     failed, with a message that says so; flush_trace returns well before its own limit."""
