@@ -184,7 +184,7 @@ class SpanChannel:
         self._closed = False
         #: Spans received and handed to the pipeline.
         self.received = 0
-        #: Spans the child reported it could not send, plus payloads we could not read.
+        #: Spans the child reported it could not send (counted as dropped for their trace).
         self.dropped = 0
         #: Payloads that were not valid (a bug, or a script writing to our fd).
         self.malformed = 0
