@@ -111,3 +111,30 @@ async def test_hung_sync_exporter_is_abandoned_at_the_deadline() -> None:
     assert "timed out" in (by_name["hangingexporter"].last_error or "")
     assert by_name["memory"].exported == 2
     assert stats.backend("hangingexporter").abandoned_threads == 1
+
+
+async def test_exports_run_with_instrumentation_suppressed() -> None:
+    """While exporting, OpenTelemetry's suppress-instrumentation flag is set, in the async
+    backend's task and in the sync exporter's worker thread alike."""
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
+
+    from aiorunner.backend import ExportResult
+
+    seen: dict[str, object] = {}
+
+    class AsyncProbe:
+        name = "async-probe"
+
+        async def export(self, spans, *, timeout):
+            seen["async"] = get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+            return ExportResult.success()
+
+    class SyncProbe(SpanExporter):
+        def export(self, spans):
+            seen["sync"] = get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+            return SpanExportResult.SUCCESS
+
+    async with Session(config(), backends=[AsyncProbe(), SyncProbe()]) as session:
+        assert (await session.flush_trace(make_trace(session))).ok
+    assert seen == {"async": True, "sync": True}
+    assert get_value(_SUPPRESS_INSTRUMENTATION_KEY) is None  # not leaked to the caller
