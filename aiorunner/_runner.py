@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,7 @@ PIPE_GRACE = 0.5
 TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
 
 _loaded_propagators: set[Any] = set()
+_AST_LOCK = threading.Lock()
 _interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
 
 
@@ -885,7 +887,10 @@ def _check_dependencies(
 ) -> _deps.DependencyReport | SyntaxError | None:
     """Blocking (worker thread): parse the script and check its imports."""
     try:
-        tree = ast.parse(info.source, filename=info.path)
+        # CPython 3.11 can fail ast.parse in concurrent threads with "AST constructor
+        # recursion depth mismatch" (gh-106905): one parse at a time.
+        with _AST_LOCK:
+            tree = ast.parse(info.source, filename=info.path)
     except SyntaxError as exc:
         if own:
             return exc
