@@ -9,6 +9,7 @@ so they stay evenly spaced; the latest sample is always kept beside them.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -23,6 +24,9 @@ __all__ = ["EVENT_NAMES", "IO_FIELDS", "Event", "Sample", "SampleLog", "build_su
 Event = tuple[str, dict[str, float | int], int]
 
 EVENT_NAMES = ("cpu_monitoring", "memory_monitoring", "io_monitoring")
+
+
+_MAX_PERCENT = 100.0 * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,11 @@ class SampleLog:
         window = elapsed - start_elapsed
         if window <= 0:
             return 0.0, False
-        return max(0.0, (cpu - start_cpu) / window * 100.0), window >= self.interval / 2
+        # The first window starts at the monitor's start, but the tree's CPU counters
+        # started at fork: a short first window can read as thousands of percent. No
+        # tree can use more than every core, so that is the bound.
+        value = min(max(0.0, (cpu - start_cpu) / window * 100.0), _MAX_PERCENT)
+        return value, window >= self.interval / 2
 
     def add(self, sample: Sample, *, window_ok: bool) -> None:
         self._history.append((sample.elapsed, sample.cpu_seconds))

@@ -24,6 +24,7 @@ import asyncio
 import math
 import os
 import re
+import resource
 import sys
 import threading
 import time
@@ -428,6 +429,7 @@ class _Run:
         self.script_path = runner.script
         self.cwd_path = runner.cwd or "."
         self.cwd_ok = True
+        self.inherited_maxrss = 0
 
     def span(self, name: str, **kwargs: Any) -> Span:
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
@@ -586,6 +588,8 @@ class _Run:
             enabled=runner.in_script_tracing,
             instrument=runner.instrument,
         )
+        # Linux carries the pre-exec memory (our own) into the child's ru_maxrss.
+        self.inherited_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -697,7 +701,12 @@ class _Run:
         span.set_attribute("aiorunner.stderr.bytes", child.stderr.total)
         metrics: dict[str, float | int] = {"execution_time_seconds": self.execution_time}
         if monitor is not None:
-            metrics = dict(monitor.summary(rusage=child.rusage, wall_seconds=self.execution_time))
+            metrics = dict(
+                monitor.summary(
+                    rusage=_own_maxrss(child.rusage, self.inherited_maxrss),
+                    wall_seconds=self.execution_time,
+                )
+            )
             for name, attrs, ts in monitor.events(self.config.max_events):
                 span.add_event(name, attrs, timestamp=ts)
         elif child.rusage is not None:
@@ -795,6 +804,23 @@ class _Run:
                 trace_id,
                 report.describe(),
             )
+
+
+def _own_maxrss(
+    rusage: resource.struct_rusage | None, inherited: int
+) -> resource.struct_rusage | None:
+    """``rusage`` with ``ru_maxrss`` zeroed when it may be the runner's own memory.
+
+    At exec, Linux folds the high-water RSS of the old address space (the fork's copy of
+    the runner, or the runner itself under vfork) into the child's ``ru_maxrss``. A
+    figure not above the runner's own peak at spawn may be that inheritance, so the
+    sampled peak is used instead; a real spike above it is kept.
+    """
+    if rusage is None or rusage.ru_maxrss > inherited:
+        return rusage
+    values = list(rusage)
+    values[2] = 0  # ru_maxrss
+    return resource.struct_rusage(values)
 
 
 def _passthrough(inner: OutputCallback | None) -> OutputCallback:

@@ -258,3 +258,29 @@ async def test_live_ends_when_script_never_starts(tmp_path):
             async for sample in runner.live():
                 seen.append(sample)
     assert seen == []
+
+
+def test_peak_memory_is_the_scripts_not_the_runners(make_script):
+    """A trivial script's peak RSS is its own, not the runner's memory that Linux folds
+    into the child's ru_maxrss at exec. The runner holds 200 MB of ballast, in a process
+    of its own so this test's high-water mark does not leak into other tests."""
+    import subprocess
+    import textwrap
+
+    script = make_script("pass\n")
+    code = textwrap.dedent(
+        f"""
+        import json
+        ballast = bytearray(200 << 20)
+        for i in range(0, len(ballast), 4096):
+            ballast[i] = 1
+        from aiorunner import ScriptRunner
+        r = ScriptRunner({str(script)!r}, monitor_interval=0.05).run_script()
+        print(json.dumps(r.metrics))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 < metrics["memory_rss_peak_bytes"] < 100 << 20, metrics
