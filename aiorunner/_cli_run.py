@@ -127,7 +127,7 @@ def _many_scripts(
 @click.command(
     "run",
     cls=_RunCommand,
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    context_settings={"allow_interspersed_args": False},
 )
 @click.argument("script", required=False, type=click.Path(dir_okay=True, path_type=str))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

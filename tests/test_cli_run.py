@@ -75,6 +75,7 @@ def test_json_output(make_script):
         ["run"],
         ["run", "--env", "NOEQUALS", "x.py"],
         ["run", "--timeout", "-1", "x.py"],
+        ["run", "--timout", "1", "x.py"],
         ["nosuchcommand"],
     ],
 )
