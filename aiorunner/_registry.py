@@ -142,9 +142,10 @@ def _unknown(name: str) -> UnknownBackendError:
         )
     else:
         message = f"unknown backend {name!r}; installed: {listing}"
-        close = difflib.get_close_matches(name, [*installed, *WELL_KNOWN], n=3)
+        candidates = list(dict.fromkeys([*installed, *WELL_KNOWN]))
+        close = difflib.get_close_matches(name, candidates, n=3)
         if close:
-            message += f". Did you mean {' or '.join(repr(c) for c in close)}?"
+            message += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
         known = sorted(set(WELL_KNOWN) - set(installed))
         message += (
             f". Other well-known names, once their package is installed: {', '.join(known)}"

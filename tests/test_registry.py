@@ -105,7 +105,8 @@ def test_unknown_name_lists_installed_backends_and_suggests() -> None:
     assert "unknown backend 'zipkn'" in message
     for name in ("console", "jsonl", "memory", "none"):
         assert name in message
-    assert "Did you mean 'zipkin'" in message
+    assert "(did you mean 'zipkin' or 'zipkin_json'?)" in message
+    assert message.count("'zipkin'") == 1
     assert "OTEL_TRACES_EXPORTER" in message
     assert caught.value.name == "zipkn"
     assert "jsonl" in caught.value.known
