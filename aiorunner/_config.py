@@ -350,6 +350,7 @@ class TracingConfig:
         if explicit["enabled"] is None and disabled and _parse_bool(OTEL_SDK_DISABLED, disabled):
             values["enabled"] = False
             sources["enabled"] = f"env {OTEL_SDK_DISABLED}"
+        _check_types(values)
         if isinstance(values["exporter_type"], str):
             values["exporter_type"] = _parse_list("exporter_type", values["exporter_type"])
         values["exporter_type"] = tuple(values["exporter_type"])
@@ -440,6 +441,24 @@ def _check_environment(env: Mapping[str, str]) -> None:
         raw = env.get(var)
         if raw and raw.strip().lower() not in choices:
             raise ConfigError(f"{var}={raw!r} is not supported; accepted: {', '.join(choices)}")
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    """Fields whose wrong type would otherwise surface as a TypeError deep inside."""
+    exporters = values["exporter_type"]
+    if not isinstance(exporters, str) and not (
+        isinstance(exporters, (list, tuple)) and all(isinstance(e, str) for e in exporters)
+    ):
+        raise ConfigError(
+            f"exporter_type={exporters!r} must be a backend name or a list of names, "
+            "e.g. 'otlp' or ['otlp', 'console']"
+        )
+    for name in ("service_name", "traces_file"):
+        if not isinstance(values[name], (str, os.PathLike)):
+            raise ConfigError(f"{name}={values[name]!r} must be a string")
+    for name in ("enabled", "in_script_tracing"):
+        if not isinstance(values[name], bool):
+            raise ConfigError(f"{name}={values[name]!r} must be True or False")
 
 
 def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:

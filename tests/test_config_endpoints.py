@@ -19,3 +19,18 @@ def test_http_endpoint_accepted():
     """A normal OTLP endpoint passes and is kept as given."""
     config = TracingConfig(collector_endpoint="http://collector:4317").resolve()
     assert config.collector_endpoint == "http://collector:4317"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"exporter_type": 5}, "exporter_type=5 must be a backend name or a list"),
+        ({"exporter_type": ["otlp", 3]}, "exporter_type"),
+        ({"service_name": 3}, "service_name=3 must be a string"),
+        ({"enabled": "yes"}, "enabled='yes' must be True or False"),
+    ],
+)
+def test_wrong_types_are_config_errors(kwargs, match):
+    """A wrong type is a ConfigError naming the field, not a TypeError from inside."""
+    with pytest.raises(ConfigError, match=match):
+        TracingConfig(**kwargs).resolve()
