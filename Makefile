@@ -9,7 +9,7 @@ BACKENDS := $(sort $(wildcard backends/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 DEV_TOOLS := pytest pytest-asyncio pytest-timeout blockbuster hypothesis ruff mypy \
 	grpcio opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http \
-	types-aiofiles types-psutil \
+	types-psutil \
 	opentelemetry-propagator-b3 opentelemetry-instrumentation-requests requests
 
 .PHONY: demo test lint format bench venv clean
