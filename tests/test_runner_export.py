@@ -101,8 +101,10 @@ async def test_collector_up_three_seconds_late_loses_nothing(make_script, otlp_g
     [
         (
             {"max_memory_bytes": 50_000_000},
-            "import time\nx = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
-            "time.sleep(30)\n",
+            (
+                "import time\nx = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+                "time.sleep(30)\n"
+            ),
             "exceeded max_memory_bytes",
         ),
         (
