@@ -347,6 +347,10 @@ def run_command(
         result = runner.run_script()
     except AiorunnerError as exc:
         raise click.UsageError(str(exc)) from None
+    if result.export is not None and not result.export.ok and not result.export.disabled:
+        # The collector already failed this run's export for a whole export timeout:
+        # do not wait that long again at exit for the last spans (counted as lost).
+        runner.session.close(timeout=1.0)
     if as_json:
         click.echo(result.to_json(indent=2))
     if not result.success and result.error:
