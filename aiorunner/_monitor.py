@@ -26,9 +26,8 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
+from . import _offload
 from ._exceptions import ConfigError, UsageError
 from ._monitor_metrics import IO_FIELDS, Event, Sample, SampleLog, build_summary
 from ._monitor_readers import Reader, default_reader
@@ -51,20 +50,6 @@ _NO_IO: tuple[None, ...] = (None,) * len(IO_FIELDS)
 
 #: Samples a slow ``live()`` consumer may fall behind by before the oldest are dropped.
 _LIVE_BUFFER = 16
-
-# A worker-thread limiter for first samples and stop(): many runs may start at once.
-_first_sample_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
-    "aiorunner_monitor_first_sample"
-)
-
-
-def _limiter() -> anyio.CapacityLimiter:
-    try:
-        return _first_sample_limiter.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(4)
-        _first_sample_limiter.set(limiter)
-        return limiter
 
 
 class ProcessTreeMonitor:
@@ -140,6 +125,7 @@ class ProcessTreeMonitor:
         self._running = False
         self._subscribers: list[MemoryObjectSendStream[Sample]] = []
         self._callback_failed = False
+        self._primed = False
 
     # -- the contract ------------------------------------------------------------------
 
@@ -154,13 +140,23 @@ class ProcessTreeMonitor:
             raise UsageError("ProcessTreeMonitor.run() is already running; call it once")
         self._running = True
         try:
-            if not self.done:
+            if not self.done and not self._primed:
                 await self._sample_now()
             if not self.done:
                 await serve(self, self.interval)
         finally:
             self.done = True
             self._close_live()
+
+    def prime(self, results: list[Result] | BaseException, read_at: float) -> None:
+        """
+        Take the first sample from a reading made elsewhere (:func:`first_reading`, which
+        the runner calls in the worker thread that spawned the script), so :meth:`run`
+        starts with the shared tick loop instead of a thread hop of its own.
+        """
+        self._primed = True
+        self._t0 = min(self._t0, read_at)
+        self.accept(results, read_at)
 
     async def stop(self) -> None:
         """
@@ -310,8 +306,9 @@ class ProcessTreeMonitor:
         read_at = time.monotonic()
         known, key = self.job()
         try:
-            results = await anyio.to_thread.run_sync(
-                _read_alone, self.reader, known, key, limiter=_limiter()
+            # Abandoned on cancel: a reading nobody waits for is harmless.
+            results = await _offload.run_sync(
+                _read_alone, self.reader, known, key, abandon_on_cancel=True
             )
         except Exception as exc:  # noqa: BLE001 - reported through accept(), logged there
             self.accept(exc, read_at)
@@ -369,6 +366,18 @@ class ProcessTreeMonitor:
         for stream in self._subscribers:
             stream.close()
         self._subscribers = []
+
+
+def first_reading(reader: Reader, pid: int) -> tuple[list[Result] | BaseException, float]:
+    """
+    The first reading of a tree whose script was just started, for :meth:`prime`
+    (blocking: call it in a worker thread). Never raises: an error is returned.
+    """
+    read_at = time.monotonic()
+    try:
+        return _read_alone(reader, [(pid, None)], None), read_at
+    except Exception as exc:  # noqa: BLE001 - reported through accept(), logged there
+        return exc, read_at
 
 
 def _read_alone(

@@ -22,11 +22,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
+from . import _offload
 from ._tail import TailBuffer
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class ChildProcess:
         self._pipes_open = 0
         self._pipes_closed = asyncio.Event()
         self._pidfd: int | None = None
+        #: What ``spawn(then=...)`` returned.
+        self.then_result: Any = None
         for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             assert pipe is not None
             fd = pipe.fileno()
@@ -91,6 +94,7 @@ class ChildProcess:
         tail_limit: int,
         on_output: OutputCallback | None = None,
         pass_fds: Sequence[int] = (),
+        then: Callable[[int], Any] | None = None,
     ) -> ChildProcess:
         """
         Start ``argv`` in a new session (so it leads its own process group).
@@ -99,28 +103,36 @@ class ChildProcess:
         serving other runs meanwhile; the thread is never abandoned, so a cancellation
         arriving during the spawn still gets the process back to kill it.
 
+        Args:
+            then: called with the new pid in the same worker-thread call, right after the
+                fork (the monitor's first reading: one thread hop instead of two); what
+                it returns is :attr:`then_result`. It must not raise.
+
         Raises:
             OSError: the executable is missing or not executable, or ``cwd`` is bad.
         """
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
+        def start() -> tuple[subprocess.Popen[bytes], Any]:
+            popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
-                env=dict(env),
+                env=env,
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=tuple(pass_fds),
             )
+            return popen, then(popen.pid) if then is not None else None
 
         # Shielded: a cancellation is delivered at the caller's next checkpoint, once
-        # the caller holds the process and can kill it.
+        # the caller holds the process and can kill it (so the call is never abandoned).
         with anyio.CancelScope(shield=True):
-            popen = await anyio.to_thread.run_sync(start)
-        return cls(popen, tail_limit=tail_limit, on_output=on_output)
+            popen, extra = await _offload.run_sync(start, abandon_on_cancel=True)
+        child = cls(popen, tail_limit=tail_limit, on_output=on_output)
+        child.then_result = extra
+        return child
 
     # -- output -----------------------------------------------------------------------
 

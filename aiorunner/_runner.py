@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,7 +38,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
-from . import _deps
+from . import _deps, _offload
 from ._config import TracingConfig
 from ._exceptions import ConfigError, UsageError
 from ._inscript import open_channel
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from ._monitor import ProcessTreeMonitor, Sample
+    from ._monitor_readers import Reader
     from ._session import Session
     from ._tracer import RunnerTracer
 
@@ -484,7 +486,10 @@ class _Run:
                 report = _check_dependencies(info, interpreter, own, inventory, runner.env)
             return info, t_meta, t_meta_end, report, time.time_ns()
 
-        info, t_meta, t_meta_end, report, t_deps_end = await anyio.to_thread.run_sync(work)
+        # Abandoned on cancel: reading a file nobody waits for is harmless.
+        info, t_meta, t_meta_end, report, t_deps_end = await _offload.run_sync(
+            work, abandon_on_cancel=True
+        )
         self.root.set_attribute("code.filepath", self.script_path)
         meta_span = self.span("extract_metadata", start_time=t_meta)
         if isinstance(info, ScriptProblem):
@@ -590,6 +595,13 @@ class _Run:
         )
         # Linux carries the pre-exec memory (our own) into the child's ru_maxrss.
         self.inherited_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        reader = then = None
+        if runner.monitor:
+            from ._monitor import first_reading
+            from ._monitor_readers import default_reader
+
+            reader = default_reader()
+            then = partial(first_reading, reader)
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -598,6 +610,8 @@ class _Run:
                 tail_limit=runner.max_output_bytes,
                 on_output=on_output,
                 pass_fds=(channel.child_fd,) if channel is not None else (),
+                # The monitor's first reading, in the spawn's own worker-thread call.
+                then=then,
             )
         except OSError as exc:
             if channel is not None:
@@ -610,7 +624,9 @@ class _Run:
         if channel is not None:
             channel.child_started()
         t_start = time.perf_counter()
-        monitor = self._make_monitor(child.pid)
+        monitor = self._make_monitor(child.pid, reader)
+        if monitor is not None:
+            monitor.prime(*child.then_result)
         limit_reason: list[str] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -736,14 +752,15 @@ class _Run:
                 message += f": {last[0].strip()[:500]}"
         self.fail(span, message)
 
-    def _make_monitor(self, pid: int) -> Any:
+    def _make_monitor(self, pid: int, reader: Reader | None) -> Any:
         runner = self.runner
-        if not runner.monitor:
+        if reader is None:
             return None
         from ._monitor import ProcessTreeMonitor
 
         monitor = ProcessTreeMonitor(
             pid,
+            reader=reader,
             interval=float(runner.monitor_interval or self.config.monitor_interval or 0.5),
             on_sample=runner.on_sample,
             max_memory_bytes=runner.max_memory_bytes,
