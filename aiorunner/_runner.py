@@ -46,7 +46,7 @@ from ._instrument import check_names
 from ._metadata import ScriptInfo, ScriptProblem, read_script
 from ._process import ChildProcess, OutputCallback
 from ._propagation import extract_parent, get_propagator, inject_env
-from ._redact import redact_args
+from ._redact import Scrubber, redact_args, secret_values
 from ._result import ExportReport, RunResult
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
 _loaded_propagators: set[Any] = set()
 _AST_LOCK = threading.Lock()
 _interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
+#: Top-level imports of scripts that parsed, by the sha256 of their source.
+_imports_cache: dict[str, tuple[str, ...]] = {}
+_IMPORTS_CACHE_SIZE = 512
 
 
 @dataclass
@@ -432,15 +435,25 @@ class _Run:
         self.cwd_path = runner.cwd or "."
         self.cwd_ok = True
         self.inherited_maxrss = 0
+        self._scrubber: Scrubber | None = None
 
     def span(self, name: str, **kwargs: Any) -> Span:
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the secret values this run knows of. Scripts echo their
+        arguments and environment (argparse errors, tracebacks): what leaves on a span
+        is scrubbed. Built on first use, so successful runs pay nothing."""
+        if self._scrubber is None:
+            env = self.child_env or {**os.environ, **self.runner.env}
+            self._scrubber = Scrubber(secret_values(self.runner.args, env))
+        return self._scrubber(text)
 
     def fail(self, span: Span, message: str, exc: BaseException | None = None) -> None:
         self.outcome.error = self.outcome.error or message
         if exc is not None:
             span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, message))
+        span.set_status(Status(StatusCode.ERROR, self.scrub(message)))
 
     async def execute(self) -> None:
         try:
@@ -537,7 +550,7 @@ class _Run:
     def setup_environment(self) -> None:
         runner = self.runner
         span = self.span("setup_environment")
-        env = dict(os.environ)
+        env = _environ_copy()
         env.update(runner.env)
         self.child_env = env
         span.set_attribute("aiorunner.cwd", self.cwd_path)
@@ -695,7 +708,7 @@ class _Run:
         if outcome.error is not None:
             tail = child.stderr.last_lines(STDERR_EVENT_BYTES)
             if tail:
-                span.add_event("script.stderr", {"stderr.tail": tail})
+                span.add_event("script.stderr", {"stderr.tail": self.scrub(tail)})
         span.end()
 
     def _record_exit(self, child: ChildProcess, span: Span, monitor: Any, t_start: float) -> None:
@@ -742,8 +755,8 @@ class _Run:
                 "exception",
                 {
                     "exception.type": exc_type,
-                    "exception.message": exc_message,
-                    "exception.stacktrace": text,
+                    "exception.message": self.scrub(exc_message),
+                    "exception.stacktrace": self.scrub(text),
                 },
             )
         else:
@@ -786,7 +799,9 @@ class _Run:
         if outcome.timed_out:
             root.set_attribute("aiorunner.timed_out", True)
         if outcome.error is not None:
-            root.set_status(Status(StatusCode.ERROR, outcome.error.splitlines()[0][:1000]))
+            root.set_status(
+                Status(StatusCode.ERROR, self.scrub(outcome.error.splitlines()[0][:1000]))
+            )
         else:
             root.set_status(Status(StatusCode.OK))
         upload = self.span("upload_traces")
@@ -821,6 +836,28 @@ class _Run:
                 trace_id,
                 report.describe(),
             )
+
+
+_environ_snapshot: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _environ_copy() -> dict[str, str]:
+    """A copy of ``os.environ`` as a plain dict.
+
+    ``dict(os.environ)`` decodes every variable (~40 µs a run); CPython keeps the
+    environment as bytes in ``os.environ._data``, so the decoded copy is reused while
+    that is unchanged (comparing two dicts of bytes is a few hundred nanoseconds).
+    """
+    global _environ_snapshot
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return dict(os.environ)
+    snapshot = _environ_snapshot
+    if snapshot is None or snapshot[0] != data:
+        raw = dict(data)  # decoded from this very copy: another thread may change it
+        decoded = {os.fsdecode(key): os.fsdecode(value) for key, value in raw.items()}
+        snapshot = _environ_snapshot = (raw, decoded)
+    return dict(snapshot[1])
 
 
 def _own_maxrss(
@@ -929,18 +966,26 @@ def _check_dependencies(
     env: Mapping[str, str],
 ) -> _deps.DependencyReport | SyntaxError | None:
     """Blocking (worker thread): parse the script and check its imports."""
-    try:
-        # CPython 3.11 can fail ast.parse in concurrent threads with "AST constructor
-        # recursion depth mismatch" (gh-106905): one parse at a time.
-        with _AST_LOCK:
-            tree = ast.parse(info.source, filename=info.path)
-    except SyntaxError as exc:
-        if own:
-            return exc
-        return None  # another interpreter may know newer syntax: let it decide
-    except ValueError:  # null bytes
-        return None
-    imports = _deps.top_level_imports(tree)
+    imports = _imports_cache.get(info.sha256)
+    if imports is None:
+        try:
+            # CPython 3.11 can fail ast.parse in concurrent threads with "AST constructor
+            # recursion depth mismatch" (gh-106905): one parse at a time.
+            with _AST_LOCK:
+                tree = ast.parse(info.source, filename=info.path)
+        except SyntaxError as exc:
+            if own:
+                return exc
+            return None  # another interpreter may know newer syntax: let it decide
+        except ValueError:  # null bytes
+            return None
+        imports = _deps.top_level_imports(tree)
+        # The imports are a function of the source alone: a script run again (the same
+        # sha256) is not parsed again. Bounded; the oldest entry goes first.
+        with _AST_LOCK:  # worker threads: evict and insert as one step
+            if len(_imports_cache) >= _IMPORTS_CACHE_SIZE:
+                del _imports_cache[next(iter(_imports_cache))]
+            _imports_cache[info.sha256] = imports
     script_dir = os.path.dirname(os.path.abspath(info.path))
     if own:
         return _deps.check_with_own_interpreter(

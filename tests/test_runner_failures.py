@@ -383,3 +383,31 @@ def test_programmer_errors_raise_config_error(kwargs, match):
     script = kwargs.pop("script")
     with pytest.raises(ConfigError, match=match):
         ScriptRunner(script, **kwargs)
+
+
+async def test_secrets_echoed_by_a_failing_script_never_reach_the_trace(
+    make_script, traces_file, monkeypatch
+):
+    """A script that echoes its secret arguments and environment while failing (argparse
+    error, traceback): the values appear in no span (status messages, stderr tail,
+    exception event), checked on the raw bytes of the trace file."""
+    monkeypatch.setenv("SERVICE_API_TOKEN", "envtok-98765")
+    script = make_script(
+        """
+        import argparse, os, sys
+        print("token is", os.environ["SERVICE_API_TOKEN"], file=sys.stderr)
+        print("db", os.environ["DB_PASSWORD"], file=sys.stderr)
+        p = argparse.ArgumentParser()
+        p.add_argument("--day")
+        p.parse_args()
+        """
+    )
+    args = ["--password", "hunter2-xyz", "https://bob:s3cr3t-pw@db.example/x", "api_key=KEY12345"]
+    result = await ScriptRunner(script, args, env={"DB_PASSWORD": "dbpw-4242"}).run()
+    assert not result.success and result.exit_code == 2
+    assert "hunter2-xyz" in result.stderr  # the script did echo it
+    raw = traces_file.read_bytes()
+    assert b"unrecognized arguments" in raw  # the failure is on the trace...
+    for secret in (b"hunter2-xyz", b"s3cr3t-pw", b"KEY12345", b"envtok-98765", b"dbpw-4242"):
+        assert secret not in raw, secret  # ...but not the secrets
+    assert b"[secure]" in raw
