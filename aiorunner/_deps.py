@@ -202,7 +202,8 @@ def check_with_own_interpreter(
     """Check against the interpreter running aiorunner (blocking but cheap: ``find_spec``
     reads a few directory listings, cached by the import system)."""
     imports = tuple(imports)
-    local = _local_names(script_dir, _pythonpath(env))
+    # No imports (a trivial script): nothing to look up, no directory to list.
+    local = _local_names(script_dir, _pythonpath(env)) if imports else set()
     extra = _pythonpath(env)
     missing = []
     for name in imports:
@@ -304,7 +305,7 @@ def check_with_inventory(
     requires_python: str | None = None,
 ) -> DependencyReport:
     imports = tuple(imports)
-    local = _local_names(script_dir, _pythonpath(env))
+    local = _local_names(script_dir, _pythonpath(env)) if imports else set()
     missing = [n for n in imports if n not in local and n not in inventory.modules]
     return DependencyReport(
         imports=imports,
