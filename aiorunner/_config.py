@@ -166,7 +166,8 @@ def parse_key_values(var: str, raw: str) -> dict[str, str]:
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
-_JAEGER_LEGACY_PORTS = (5775, 6831, 6832, 14250, 14268)
+# UDP-only ports of the Jaeger agent: nothing OTLP ever listens there.
+_JAEGER_AGENT_PORTS = (5775, 6831, 6832)
 
 
 def validate_endpoint(name: str, value: str) -> str:
@@ -178,13 +179,12 @@ def validate_endpoint(name: str, value: str) -> str:
     except ValueError:
         port = -1
     host_ok = bool(parsed.hostname) and _HOST.fullmatch(parsed.hostname or "") is not None
-    if parsed.scheme == "udp" or (
-        parsed.scheme not in ("http", "https", "grpc") and port in _JAEGER_LEGACY_PORTS
-    ):
+    if parsed.scheme == "udp" or port in _JAEGER_AGENT_PORTS:
         raise ConfigError(
-            f"{name}={value!r} is a legacy Jaeger agent endpoint (UDP/Thrift), which "
-            "aiorunner does not speak; Jaeger accepts OTLP natively: use "
-            "http://localhost:4317 (OTLP/gRPC) or http://localhost:4318 (OTLP/HTTP)"
+            f"{name}={value!r} is a legacy Jaeger agent endpoint ({port or 'udp'}): "
+            "UDP/Thrift, which aiorunner does not speak; Jaeger accepts OTLP "
+            f"natively: set {name} to http://localhost:4317 (OTLP/gRPC) or "
+            "http://localhost:4318 (OTLP/HTTP) on your Jaeger host"
         )
     if not host_ok or port == -1 or parsed.scheme not in ("http", "https", "grpc"):
         raise ConfigError(

@@ -99,11 +99,13 @@ def test_explicit_beats_env_beats_default():
 
 
 def test_seed_fields_all_accepted():
-    """The seed's programmatic example: every field, export_timeout_ms in milliseconds."""
+    """The seed's programmatic example: every field, export_timeout_ms in milliseconds.
+    (Its endpoint, the Jaeger agent's UDP port 6831, is refused: see
+    test_seed_jaeger_agent_port_refused_with_directions; here Jaeger's OTLP port.)"""
     config = TracingConfig(
         enabled=True,
         exporter_type="jaeger",
-        collector_endpoint="http://localhost:6831",
+        collector_endpoint="http://localhost:4317",
         service_name="my-app",
         sample_rate=1.0,
         max_attributes=128,
@@ -112,7 +114,7 @@ def test_seed_fields_all_accepted():
         export_timeout_ms=30000,
     ).resolve({})
     assert config.exporter_type == ("jaeger",)
-    assert config.collector_endpoint == "http://localhost:6831"
+    assert config.collector_endpoint == "http://localhost:4317"
     assert config.export_timeout == 30.0
     assert config.sampler == "parentbased_traceidratio"  # sample_rate given: ratio sampling
 

@@ -34,3 +34,23 @@ def test_wrong_types_are_config_errors(kwargs, match):
     """A wrong type is a ConfigError naming the field, not a TypeError from inside."""
     with pytest.raises(ConfigError, match=match):
         TracingConfig(**kwargs).resolve()
+
+
+def test_seed_jaeger_agent_port_refused_with_directions():
+    """The seed's TracingConfig(exporter_type='jaeger', collector_endpoint=
+    'http://localhost:6831') fails at set_tracing_config, naming the field and the
+    OTLP ports to use instead."""
+    from aiorunner import ScriptRunner
+
+    config = TracingConfig(
+        enabled=True,
+        exporter_type="jaeger",
+        collector_endpoint="http://localhost:6831",
+        service_name="my-app",
+    )
+    with pytest.raises(ConfigError) as caught:
+        ScriptRunner("script.py").set_tracing_config(config)
+    message = str(caught.value)
+    assert "collector_endpoint='http://localhost:6831'" in message
+    assert "http://localhost:4317" in message
+    assert "4318" in message
