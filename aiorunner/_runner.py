@@ -307,10 +307,16 @@ class ScriptRunner:
             "block the loop; use `result = await runner.run()` instead"
         )
 
-    async def run(self) -> RunResult:
+    async def run(
+        self, *, context: Context | None = None, carrier: Mapping[str, str] | None = None
+    ) -> RunResult:
         """
         Run the script once and return what happened. Never raises for a script-level
         failure (see ``RunResult.error``).
+
+        Args:
+            context / carrier: the parent trace context of this run (an OTel Context, or
+                W3C headers), overriding the runner's own ``context=``/``carrier=``.
 
         Raises:
             ConfigError: invalid configuration.
@@ -333,7 +339,11 @@ class ScriptRunner:
             # Loading propagators scans entry points (file system): not on the loop.
             await anyio.to_thread.run_sync(get_propagator, propagators)
             _loaded_propagators.add(propagators)
-        parent = extract_parent(propagators, context=self.context, carrier=self.carrier)
+        parent = extract_parent(
+            propagators,
+            context=context if context is not None else self.context,
+            carrier=carrier if carrier is not None else self.carrier,
+        )
         started_at = time.time()
         t0 = time.perf_counter()
         root_attrs: dict[str, Any] = {"aiorunner.script": self.script}

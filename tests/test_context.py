@@ -261,3 +261,21 @@ async def test_child_without_pythonpath_sees_none(make_script, monkeypatch):
     )
     result = await ScriptRunner(script).run()
     assert result.stdout.splitlines() == ["None", "[]"]
+
+
+async def test_run_takes_context_and_carrier_per_call(make_script, spans_of):
+    """run(carrier=...) / run(context=...) set the parent of that one run, over the
+    runner's own."""
+    runner = ScriptRunner(
+        make_script("pass"), carrier={"traceparent": "00-" + "3" * 32 + "-" + "4" * 16 + "-01"}
+    )
+    first = await runner.run(carrier={"traceparent": TRACEPARENT})
+    assert first.trace_id == TRACE_ID
+    assert _by_name(spans_of(TRACE_ID))["ScriptRunner"]["parentSpanId"] == SPAN_ID
+    parent = SpanContext(
+        int("5" * 32, 16), int("6" * 16, 16), is_remote=True, trace_flags=TraceFlags(1)
+    )
+    second = await runner.run(context=trace.set_span_in_context(NonRecordingSpan(parent)))
+    assert second.trace_id == "5" * 32
+    third = await runner.run()
+    assert third.trace_id == "3" * 32
