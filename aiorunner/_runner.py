@@ -48,6 +48,7 @@ from ._process import ChildProcess, OutputCallback
 from ._propagation import extract_parent, get_propagator, inject_env
 from ._redact import Scrubber, redact_args, secret_values
 from ._result import ExportReport, RunResult
+from ._tracer import current_session
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -358,6 +359,7 @@ class ScriptRunner:
         # The run's root is the current span while it runs: spans made by callbacks of
         # the run (on_output, on_sample, @trace_span code they call) join its trace.
         token = otel_context.attach(root_ctx)
+        session_token = current_session.set(session) if session is not None else None
         try:
             await run.execute()
             if self._monitor_event is not None and not self._monitor_event.is_set():
@@ -373,6 +375,8 @@ class ScriptRunner:
                 await run.finish(session)
             raise
         finally:
+            if session_token is not None:
+                current_session.reset(session_token)
             otel_context.detach(token)
         duration = time.perf_counter() - t0
         await run.finish(session)

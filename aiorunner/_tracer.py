@@ -14,6 +14,7 @@ first time only.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio.to_thread
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from ._propagation import extract_parent, get_propagator
 
@@ -37,6 +39,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: A tracer, and the propagators that read TRACEPARENT & co. from our environment.
 Target = tuple[trace.Tracer, tuple[str, ...]]
+
+#: The session of the runner whose span or run is current in this context: ``@trace_span``
+#: spans made inside ``runner.tracer.trace()`` or a run go where the runner's go.
+current_session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "aiorunner_current_session", default=None
+)
 TracerFactory = Callable[[], Target]
 AsyncTracerFactory = Callable[[], Awaitable[Target]]
 
@@ -63,6 +71,7 @@ class SpanContextManager:
         self._name = name
         self._attributes = dict(attributes or {})
         self._cm: Any = None
+        self._session_token: contextvars.Token[Session | None] | None = None
 
     def _start(self, target: Target) -> Span:
         if self._cm is not None:
@@ -95,7 +104,15 @@ class SpanContextManager:
     ) -> bool | None:
         cm, self._cm = self._cm, None
         result: bool | None = cm.__exit__(exc_type, exc, tb)
+        token, self._session_token = self._session_token, None
+        if token is not None:
+            current_session.reset(token)
         return result
+
+    def bind_session(self, session: Session | None) -> None:
+        """Make ``session`` the current session for the block (see current_session)."""
+        if session is not None:
+            self._session_token = current_session.set(session)
 
     async def __aenter__(self) -> Span:
         if self._atracer is not None:
@@ -153,32 +170,61 @@ class RunnerTracer:
     def _on(self) -> bool:
         return self._enabled is None or self._enabled()
 
-    def _tracer(self) -> Target:
-        return _target(self._session()) if self._on() else _NO_TARGET
-
-    async def _atracer(self) -> Target:
-        if not self._on():
-            return _NO_TARGET
-        if self._asession is None:
-            return self._tracer()
-        return await _atarget(await self._asession())
-
     def trace(self, name: str, attributes: Mapping[str, Any] | None = None) -> SpanContextManager:
         """A span named ``name`` as the current span for the ``with``/``async with``
         block, with ``attributes`` set at its start."""
-        return SpanContextManager(self._tracer, name, attributes, atracer=self._atracer)
+
+        def tracer() -> Target:
+            if not self._on():
+                return _NO_TARGET
+            session = self._session()
+            cm.bind_session(session)
+            return _target(session)
+
+        async def atracer() -> Target:
+            if not self._on():
+                return _NO_TARGET
+            if self._asession is None:
+                return tracer()
+            session = await self._asession()
+            cm.bind_session(session)
+            return await _atarget(session)
+
+        cm = SpanContextManager(tracer, name, attributes, atracer=atracer)
+        return cm
 
 
 def _default_tracer() -> Target:
-    from ._session import get_default_session
+    session = current_session.get()
+    if session is None:
+        from ._session import get_default_session
 
-    return _target(get_default_session())
+        session = get_default_session()
+    return _target(session)
 
 
 async def _adefault_tracer() -> Target:
-    from ._session import aget_default_session
+    session = current_session.get()
+    if session is None:
+        from ._session import aget_default_session
 
-    return await _atarget(await aget_default_session())
+        session = await aget_default_session()
+    return await _atarget(session)
+
+
+def _start_detached(
+    tracer: trace.Tracer, propagators: tuple[str, ...], name: str, attributes: dict[str, Any]
+) -> Span:
+    """A span child of the current one (or of TRACEPARENT & co.), not made current."""
+    parent = None
+    if propagators and not trace.get_current_span().get_span_context().is_valid:
+        parent = extract_parent(propagators)
+    return tracer.start_span(name, context=parent, attributes=attributes)
+
+
+def _record_failure(span: Span, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 @overload
@@ -219,9 +265,41 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
 
             @functools.wraps(func)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with cm():
-                    async for item in func(*args, **kwargs):
-                        yield item
+                tracer, propagators = await _adefault_tracer()
+                span = _start_detached(tracer, propagators, span_name, attrs)
+                agen = func(*args, **kwargs)
+                to_send: Any = None
+                to_throw: BaseException | None = None
+                try:
+                    while True:
+                        with trace.use_span(
+                            span,
+                            end_on_exit=False,
+                            record_exception=False,
+                            set_status_on_exception=False,
+                        ):
+                            try:
+                                if to_throw is not None:
+                                    exc, to_throw = to_throw, None
+                                    item = await agen.athrow(exc)
+                                else:
+                                    item = await agen.asend(to_send)
+                            except StopAsyncIteration:
+                                return
+                        try:
+                            to_send = yield item
+                        except GeneratorExit:
+                            await agen.aclose()
+                            raise
+                        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer, forwarded
+                            to_throw = exc
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    _record_failure(span, exc)
+                    raise
+                finally:
+                    span.end()
 
             return agen_wrapper  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
@@ -236,8 +314,43 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with cm():
-                    return (yield from func(*args, **kwargs))
+                # The span is current only while the generator runs, never while it is
+                # suspended at a yield (it would leak into the consumer's code).
+                tracer, propagators = _default_tracer()
+                span = _start_detached(tracer, propagators, span_name, attrs)
+                gen = func(*args, **kwargs)
+                to_send: Any = None
+                to_throw: BaseException | None = None
+                try:
+                    while True:
+                        with trace.use_span(
+                            span,
+                            end_on_exit=False,
+                            record_exception=False,
+                            set_status_on_exception=False,
+                        ):
+                            try:
+                                if to_throw is not None:
+                                    exc, to_throw = to_throw, None
+                                    item = gen.throw(exc)
+                                else:
+                                    item = gen.send(to_send)
+                            except StopIteration as stop:
+                                return stop.value
+                        try:
+                            to_send = yield item
+                        except GeneratorExit:
+                            gen.close()
+                            raise
+                        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer, forwarded
+                            to_throw = exc
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:
+                    _record_failure(span, exc)
+                    raise
+                finally:
+                    span.end()
 
             return gen_wrapper  # type: ignore[return-value]
 

@@ -190,3 +190,60 @@ def test_trace_span_rejects_a_non_string_name():
     """@trace_span(42) is a mistake: ConfigError."""
     with pytest.raises(ConfigError, match="takes a str or a function"):
         trace_span(42)
+
+
+async def test_trace_span_generator_is_not_current_while_suspended(spans_of):
+    """A decorated generator's span is current only while the generator runs: a span
+    made by the consumer between items is not its child, and after an early break
+    nothing is left current; the generator's span ends when it is closed."""
+    from opentelemetry import trace as otel_trace
+
+    from aiorunner import ScriptRunner, trace_span
+
+    runner = ScriptRunner("unused.py")
+
+    @trace_span("produce")
+    def produce():
+        for i in range(5):
+            with runner.tracer.trace(f"inside-{i}"):
+                pass
+            yield i
+
+    async with runner.tracer.trace("outer") as outer:
+        for i in produce():
+            with runner.tracer.trace(f"consumer-{i}"):
+                pass
+            if i == 1:
+                break
+        assert otel_trace.get_current_span() is outer
+    assert not otel_trace.get_current_span().get_span_context().is_valid
+    await runner.session.flush()
+    trace_id = format(outer.get_span_context().trace_id, "032x")
+    spans = {s["name"]: s for s in spans_of(trace_id)}
+    produce_id = spans["produce"]["spanId"]
+    outer_id = spans["outer"]["spanId"]
+    assert spans["produce"]["parentSpanId"] == outer_id
+    assert spans["inside-0"]["parentSpanId"] == produce_id
+    assert spans["consumer-0"]["parentSpanId"] == outer_id
+    assert spans["consumer-1"]["parentSpanId"] == outer_id
+    assert "inside-2" not in spans
+
+
+async def test_trace_span_inside_runner_span_goes_to_the_runners_session(tmp_path, spans_in):
+    """@trace_span calls inside runner.tracer.trace() leave through the runner's own
+    session (its configuration), so one trace is not split across backends."""
+    from aiorunner import ScriptRunner, TracingConfig, trace_span
+
+    target = tmp_path / "runner-only.jsonl"
+    runner = ScriptRunner("unused.py")
+    runner.set_tracing_config(TracingConfig(traces_file=target))
+
+    @trace_span("decorated")
+    async def work():
+        return 1
+
+    async with runner.tracer.trace("outer"):
+        await work()
+    await runner.session.flush()
+    names = {s["name"] for s in spans_in(target)}
+    assert names == {"outer", "decorated"}
