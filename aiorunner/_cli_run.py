@@ -347,6 +347,13 @@ def run_command(
         result = runner.run_script()
     except AiorunnerError as exc:
         raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        # The run killed the script's process group and flushed what it could (bounded);
+        # do not wait a whole export timeout again at exit.
+        click.echo(click.style("interrupted: the script was stopped", fg="yellow"), err=True)
+        if runner.enable_tracing and runner.config.enabled:
+            runner.session.close(timeout=2.0)
+        raise SystemExit(130) from None
     if result.export is not None and not result.export.ok and not result.export.disabled:
         # The collector already failed this run's export for a whole export timeout:
         # do not wait that long again at exit for the last spans (counted as lost).

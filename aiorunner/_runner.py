@@ -70,6 +70,8 @@ DEFAULT_KILL_GRACE = 5.0
 # After the script exits, how long its output pipes may stay open (held by a descendant)
 # before the leftovers of its process group are terminated.
 PIPE_GRACE = 0.5
+# A cancelled run (Ctrl-C, fail_fast, a caller's timeout) still flushes its spans, within this.
+CANCELLED_FLUSH_TIMEOUT = 5.0
 TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
 
 _loaded_propagators: set[Any] = set()
@@ -372,7 +374,7 @@ class ScriptRunner:
             outcome.cancelled = True
             outcome.error = outcome.error or "run was cancelled"
             with anyio.CancelScope(shield=True):
-                await run.finish(session)
+                await run.finish(session, cancelled=True)
             raise
         finally:
             if session_token is not None:
@@ -798,7 +800,7 @@ class _Run:
 
     # -- collect_metrics + upload_traces ------------------------------------------------
 
-    async def finish(self, session: Session | None) -> None:
+    async def finish(self, session: Session | None, *, cancelled: bool = False) -> None:
         outcome = self.outcome
         if not outcome.metrics:
             outcome.metrics = {"execution_time_seconds": self.execution_time}
@@ -831,6 +833,9 @@ class _Run:
             return
         trace_id = root.get_span_context().trace_id
         timeout = float(self.config.export_timeout or 0.0)
+        if cancelled:
+            # Whoever cancelled wants out: flush, but not for a whole export timeout.
+            timeout = min(timeout, CANCELLED_FLUSH_TIMEOUT)
         deadline = time.monotonic() + timeout
         first = await session.flush_trace(trace_id, timeout=timeout)
         upload.set_attribute("aiorunner.export.ok", first.ok)

@@ -118,3 +118,42 @@ def test_help_is_complete():
         "--trace",
     ):
         assert word in proc.stdout
+
+
+def test_ctrl_c_stops_the_script_and_flushes(make_script, tmp_path, spans_in, alive):
+    """SIGINT to `aiorunner run`: the script's process group is stopped, the run's spans
+    are still written (root ERROR, 'cancelled'), and the exit code is 130."""
+    import signal
+    import time
+
+    marker = tmp_path / "pid"
+    script = make_script(
+        f"""
+        import os, time
+        open({str(marker)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+        """
+    )
+    traces = tmp_path / "sigint.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiorunner", "run", str(script)],
+        env={**os.environ, "AIORUNNER_TRACES_FILE": str(traces)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for _ in range(300):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not alive(pid)
+    roots = [s for s in spans_in(traces) if s["name"] == "ScriptRunner"]
+    assert len(roots) == 1
+    assert roots[0]["status"]["code"] == 2
+    assert "cancelled" in roots[0]["status"]["message"]
