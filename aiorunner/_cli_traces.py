@@ -325,7 +325,8 @@ def push_command(
     if not report.spans:
         click.echo(f"Nothing to push from {path}" + (" in that period." if since else "."))
         return
-    click.echo(f"Pushed {report.spans} spans of {report.traces} traces from {path}")
+    verb = "Pushed" if report.ok else "Tried to push"
+    click.echo(f"{verb} {report.spans} spans of {report.traces} traces from {path}")
     for backend in report.statistics.backends:
         line = f"  {backend.name}: {backend.exported} exported"
         if backend.failed or backend.dropped:

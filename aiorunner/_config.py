@@ -381,9 +381,9 @@ class TracingConfig:
             raise ConfigError(f"{rate_name}={values['sample_rate']!r} must be between 0 and 1")
         values["sample_rate"] = float(rate)
         for name in ("max_attributes", "max_events"):
-            values[name] = int(_check_number(name, values[name], minimum=0))
+            values[name] = int(_check_number(name, values[name], minimum=0, integer=True))
         for name in ("batch_size", "max_queue_size"):
-            values[name] = int(_check_number(name, values[name], minimum=1))
+            values[name] = int(_check_number(name, values[name], minimum=1, integer=True))
         for name in ("schedule_delay", "export_timeout"):
             values[name] = float(_check_number(name, values[name], minimum=0))
         for name in ("monitor_interval", "tail_latency_threshold"):
@@ -454,16 +454,20 @@ def _check_types(values: dict[str, Any]) -> None:
             "e.g. 'otlp' or ['otlp', 'console']"
         )
     for name in ("service_name", "traces_file"):
-        if not isinstance(values[name], (str, os.PathLike)):
-            raise ConfigError(f"{name}={values[name]!r} must be a string")
+        if not isinstance(values[name], (str, os.PathLike)) or not os.fspath(values[name]):
+            raise ConfigError(f"{name}={values[name]!r} must be a non-empty string")
     for name in ("enabled", "in_script_tracing"):
         if not isinstance(values[name], bool):
             raise ConfigError(f"{name}={values[name]!r} must be True or False")
 
 
-def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
+def _check_number(
+    name: str, value: Any, *, minimum: float, strict: bool = False, integer: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name}={value!r} must be a number")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer")
     if value < minimum or (strict and value == minimum):
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ConfigError(f"{name}={value!r} must be {bound}")

@@ -26,7 +26,9 @@ def test_http_endpoint_accepted():
     [
         ({"exporter_type": 5}, "exporter_type=5 must be a backend name or a list"),
         ({"exporter_type": ["otlp", 3]}, "exporter_type"),
-        ({"service_name": 3}, "service_name=3 must be a string"),
+        ({"service_name": 3}, "service_name=3 must be a non-empty string"),
+        ({"service_name": ""}, "service_name='' must be a non-empty string"),
+        ({"max_events": 1.5}, "max_events=1.5 must be an integer"),
         ({"enabled": "yes"}, "enabled='yes' must be True or False"),
     ],
 )
