@@ -91,9 +91,17 @@ def load_instrumentor(name: str) -> Any:
 
 
 def check_installed(names: Iterable[str]) -> None:
-    """Raise ConfigError naming the pip package of the first name not installed here."""
-    for name in names:
-        _entry_point(name)
+    """Raise ConfigError naming the pip package of every name not installed here."""
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    installed = {ep.name for ep in entry_points(group=_GROUP)}
+    missing = [name for name in names if name not in installed]
+    if missing:
+        raise ConfigError(
+            f"OpenTelemetry instrumentation{'s' if len(missing) > 1 else ''} not installed: "
+            f"{', '.join(missing)}; pip install {' '.join(_pip_name(n) for n in missing)}"
+            + (f" (installed: {', '.join(sorted(installed))})" if installed else "")
+        )
 
 
 def auto_instrument(
@@ -120,6 +128,7 @@ def auto_instrument(
             version it does not support.
     """
     checked = check_names(names, field="auto_instrument()")
+    check_installed(checked)
     instrumentors = [(name, load_instrumentor(name)) for name in checked]
     if tracer_provider is None:
         if session is None:

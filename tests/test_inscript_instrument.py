@@ -207,3 +207,18 @@ def test_cli_instrument_and_no_in_script_tracing(make_script, spans_of, http_ser
     assert not [s for s in spans_of(trace_id) if s.get("kind") == 3]
     [headers] = http_server.received
     assert "traceparent" not in headers
+
+
+def test_auto_instrument_names_every_missing_package():
+    """All the missing instrumentations are named at once, each with its pip package,
+    and nothing is instrumented."""
+    from aiorunner import auto_instrument
+
+    with pytest.raises(ConfigError) as caught:
+        auto_instrument("requests", "nosuchlib_a", "nosuchlib_b")
+    message = str(caught.value)
+    assert "nosuchlib_a, nosuchlib_b" in message
+    assert (
+        "pip install opentelemetry-instrumentation-nosuchlib-a "
+        "opentelemetry-instrumentation-nosuchlib-b"
+    ) in message
