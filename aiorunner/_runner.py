@@ -450,7 +450,6 @@ class _Run:
         self.script_path = runner.script
         self.cwd_path = runner.cwd or "."
         self.cwd_ok = True
-        self.inherited_maxrss = 0
         self._scrubber: Scrubber | None = None
 
     def span(self, name: str, **kwargs: Any) -> Span:
@@ -622,8 +621,6 @@ class _Run:
             enabled=runner.in_script_tracing,
             instrument=runner.instrument,
         )
-        # Linux carries the pre-exec memory (our own) into the child's ru_maxrss.
-        self.inherited_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         reader = then = None
         if runner.monitor:
             from ._monitor import first_reading
@@ -748,7 +745,11 @@ class _Run:
         if monitor is not None:
             metrics = dict(
                 monitor.summary(
-                    rusage=_own_maxrss(child.rusage, self.inherited_maxrss),
+                    # Our own peak, read after the child's exit, bounds what Linux may
+                    # have folded into its ru_maxrss at exec (our RSS at fork).
+                    rusage=_own_maxrss(
+                        child.rusage, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    ),
                     wall_seconds=self.execution_time,
                 )
             )
