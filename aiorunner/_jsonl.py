@@ -83,6 +83,9 @@ class JsonlBackend:
     """
 
     name = "jsonl"
+    #: Announcing a start is writing its pending copy, which may as well share the line
+    #: of the next batch: the export worker then holds it briefly (one write per run saved).
+    starts_travel_with_batches = True
 
     def __init__(
         self,

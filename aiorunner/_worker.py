@@ -10,6 +10,12 @@ backend lets it fill up, further batches are dropped *for that backend only*, an
 Batches waiting in the queue are merged up to ``batch_size`` before an export, which is what
 makes flushes coalesce: while one export is in flight, the spans of every run that asked
 for a flush meanwhile gather into the next one.
+
+A root span's start (``on_span_start``) is announced on its own, except to a backend that
+marks itself ``starts_travel_with_batches`` (the jsonl file, where announcing a start is
+writing its pending copy): there the start waits up to :data:`START_HOLD` seconds for the
+next batch and goes out in the same export, one write instead of two per run. A flush (or
+the session closing) never waits for that: a waiter releases the start at once.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["BackendWorker", "ErrorLog"]
 
 logger = logging.getLogger("aiorunner.export")
+
+#: Seconds a start may wait to travel with the next batch (see the module docstring).
+START_HOLD = 0.5
 
 # Header-like "key: value" / "key=value" pairs whose value must never reach a log.
 _SECRET_PAIR = re.compile(
@@ -125,6 +134,7 @@ class BackendWorker:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._inflight: _Batch | None = None
+        self._merge_starts = bool(getattr(adapter.target, "starts_travel_with_batches", False))
         # True while the task works through its queue (an export or a start in flight);
         # False while it waits for work, even if it was just woken and has not run yet.
         self._busy = False
@@ -191,6 +201,8 @@ class BackendWorker:
                 self._busy = True
                 item = self._queue.popleft()
                 if isinstance(item, _Start):
+                    if self._merge_starts and await self._hold(item):
+                        continue
                     await self._span_start(item.span)
                     self._settled(1)
                     continue
@@ -201,6 +213,27 @@ class BackendWorker:
                 self._inflight = None
         finally:
             self._abandon()
+
+    async def _hold(self, start: _Start) -> bool:
+        """Keep ``start`` until a batch comes (then export both at once and return True),
+        a flush waits, or :data:`START_HOLD` passes (then return False: send it alone)."""
+        assert self._wakeup is not None
+        with anyio.move_on_after(START_HOLD):
+            while not self._queue and not self._waiters:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        if not self._queue or not isinstance(self._queue[0], _Batch):
+            return False
+        batch = self._merge(self._queue.popleft())  # type: ignore[arg-type]
+        self._queued_spans -= len(batch.spans)
+        span_id = start.span.context.span_id  # type: ignore[union-attr]
+        # Its end is in this very batch: the pending copy would say nothing new.
+        ended = any(s.context is not None and s.context.span_id == span_id for s in batch.spans)
+        self._inflight = batch
+        await self._export(batch, None if ended else start.span)
+        self._inflight = None
+        self._settled(1)  # the start
+        return True
 
     def _merge(self, first: _Batch) -> _Batch:
         queue = self._queue
@@ -217,13 +250,15 @@ class BackendWorker:
             records.extend(head.records)
         return _Batch(spans, records)
 
-    async def _export(self, batch: _Batch) -> None:
+    async def _export(self, batch: _Batch, start: ReadableSpan | None = None) -> None:
         adapter = self.adapter
         spans = batch.spans
+        # A held start travels first in the same export (it is not counted as a span).
+        sent = spans if start is None else [start, *spans]
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
-            return await adapter.export(spans, timeout=time_left)
+            return await adapter.export(sent, timeout=time_left)
 
         outcome = await export_with_retry(
             attempt,
@@ -309,6 +344,7 @@ class BackendWorker:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (target, next(self._tiebreak), future))
+        self._wake()  # a start being held goes now
         await future
 
     def statistics(self) -> BackendStatistics:
