@@ -39,6 +39,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from . import _deps, _offload
+from ._bootstrap import precompile
 from ._config import TracingConfig
 from ._exceptions import ConfigError, UsageError
 from ._inscript import open_channel
@@ -512,7 +513,10 @@ class _Run:
             report: _deps.DependencyReport | SyntaxError | None = None
             if isinstance(info, ScriptInfo) and info.is_python and runner.validate_dependencies:
                 report = _check_dependencies(info, interpreter, own, inventory, runner.env)
-            return info, t_meta, t_meta_end, report, time.time_ns()
+            t_deps_end = time.time_ns()
+            if own and isinstance(info, ScriptInfo) and info.is_python:
+                precompile()  # the in-script bootstrap's .pyc: once per process
+            return info, t_meta, t_meta_end, report, t_deps_end
 
         # Abandoned on cancel: reading a file nobody waits for is harmless.
         info, t_meta, t_meta_end, report, t_deps_end = await _offload.run_sync(

@@ -21,7 +21,47 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BOOTSTRAP_DIR"]
+__all__ = ["BOOTSTRAP_DIR", "precompile"]
 
 #: The directory to put first on the child's PYTHONPATH.
 BOOTSTRAP_DIR = os.path.dirname(os.path.abspath(__file__))
+
+_MODULES = ("sitecustomize.py", "_aiorunner_inscript.py")
+_precompiled = False
+
+
+def precompile() -> None:
+    """
+    Write the ``.pyc`` files of the bootstrap for this interpreter, once per process,
+    when they are missing or older than their source (blocking: call it in a worker
+    thread; never raises).
+
+    Why: every Python child imports ``sitecustomize`` at start. From source (a checkout
+    run with ``PYTHONDONTWRITEBYTECODE``, which also stops the child from caching it) that
+    costs each child 1-2 ms of CPU more than from a ``.pyc``; on 2 cores running trivial
+    scripts that is ~10 % of throughput. An interpreter reads an existing ``.pyc`` even
+    with ``PYTHONDONTWRITEBYTECODE``. A read-only installation keeps the old behaviour
+    (pip compiles the files at install time anyway).
+    """
+    global _precompiled
+    if _precompiled:
+        return
+    _precompiled = True
+    import importlib.util
+    import py_compile
+
+    for name in _MODULES:
+        source = os.path.join(BOOTSTRAP_DIR, name)
+        try:
+            cached = importlib.util.cache_from_source(source)
+        except (NotImplementedError, ValueError):
+            return  # this interpreter keeps no bytecode cache
+        try:
+            if os.stat(cached).st_mtime >= os.stat(source).st_mtime:
+                continue
+        except OSError:
+            pass  # missing: compile it
+        try:
+            py_compile.compile(source, cfile=cached, doraise=True)
+        except (OSError, py_compile.PyCompileError, NotImplementedError, ValueError):
+            pass  # not writable: the child compiles it at start, as without this
