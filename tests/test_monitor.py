@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -318,6 +319,12 @@ async def test_memory_spike_between_samples_is_caught_by_ru_maxrss(tmp_path: Pat
     run = await run_monitored(tmp_path, code, interval=SLOW, during=go)
     (child,) = truth(tmp_path, "t_child")
     true_peak = child["maxrss"] * (1 if sys.platform == "darwin" else 1024)
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if sys.platform == "linux" and own_peak >= true_peak * 0.9:
+        # Linux folds the spawning process's memory into the child's ru_maxrss at exec:
+        # this test process grew as big as the spike, so the figure cannot tell them
+        # apart. tests/test_runner.py checks the same spike from a small process.
+        pytest.skip(f"this test process peaked at {own_peak >> 20} MiB, near the spike")
     peak = run.metrics["memory_rss_peak_bytes"]
     assert true_peak >= 200 * MiB
     assert abs(peak - true_peak) <= 0.10 * true_peak, (peak, true_peak)

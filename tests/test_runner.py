@@ -284,3 +284,39 @@ def test_peak_memory_is_the_scripts_not_the_runners(make_script):
     )
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 < metrics["memory_rss_peak_bytes"] < 100 << 20, metrics
+
+
+def test_memory_spike_between_samples_through_the_runner(make_script):
+    """A script allocates and touches 200 MB for 0.2 s between two samples (interval
+    2 s): the runner's peak is within 10 % of the script's own VmHWM. Run from a small
+    process so the runner's own memory (folded into ru_maxrss at exec) stays below it."""
+    import subprocess
+    import textwrap
+
+    script = make_script(
+        """
+        import re, time
+        data = bytearray(200 << 20)
+        for i in range(0, len(data), 4096):
+            data[i] = 1
+        time.sleep(0.2)
+        status = open("/proc/self/status").read()
+        print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+        """
+    )
+    code = textwrap.dedent(
+        f"""
+        import json
+        from aiorunner import ScriptRunner
+        r = ScriptRunner({str(script)!r}, monitor_interval=2.0).run_script()
+        print(json.dumps({{"peak": r.metrics["memory_rss_peak_bytes"], "out": r.stdout,
+                           "samples": r.metrics["samples"]}}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    true_peak = int(data["out"].split()[0]) * 1024
+    assert true_peak >= 200 << 20
+    assert abs(data["peak"] - true_peak) <= 0.10 * true_peak, (data, true_peak)
