@@ -26,6 +26,7 @@ one pipeline for the whole tree of runs, and no double export.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -182,6 +183,7 @@ class SpanChannel:
         self._ours.setblocking(False)
         self._partial: dict[int, bytearray] = {}
         self._closed = False
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
         #: Spans received and handed to the pipeline.
         self.received = 0
         #: Spans the child reported it could not send (counted as dropped for their trace).
@@ -223,6 +225,21 @@ class SpanChannel:
     def child_started(self) -> None:
         """Close our copy of the child's end once the child holds it."""
         self._theirs.close()
+
+    def start_reading(self) -> None:
+        """Read and submit spans from event-loop callbacks as they arrive, until every
+        writer has closed its end or :meth:`close` (no task: a run of a script that never
+        touches OpenTelemetry pays one reader registration)."""
+        loop = asyncio.get_running_loop()
+        fd = self._ours.fileno()
+
+        def on_readable() -> None:
+            if self.drain():
+                loop.remove_reader(fd)
+                self._reader_loop = None
+
+        loop.add_reader(fd, on_readable)
+        self._reader_loop = loop
 
     async def pump(self) -> None:
         """Read and submit spans until every writer has closed its end, or until
@@ -291,6 +308,9 @@ class SpanChannel:
         """Read what is left, then close both ends (idempotent)."""
         if self._closed:
             return
+        if self._reader_loop is not None:
+            self._reader_loop.remove_reader(self._ours.fileno())
+            self._reader_loop = None
         self.drain()
         self._closed = True
         self._ours.close()

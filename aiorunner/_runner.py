@@ -523,20 +523,29 @@ class _Run:
             work, abandon_on_cancel=True
         )
         self.root.set_attribute("code.filepath", self.script_path)
-        meta_span = self.span("extract_metadata", start_time=t_meta)
+        # Attributes given at start: one call into the SDK per span rather than several.
+        meta_span = self.span(
+            "extract_metadata",
+            start_time=t_meta,
+            attributes=info.span_attributes() if isinstance(info, ScriptInfo) else None,
+        )
         if isinstance(info, ScriptProblem):
             self.fail(meta_span, str(info), info)
             meta_span.end(end_time=t_meta_end)
             raise _Failure
         self.outcome.info = info
-        meta_span.set_attributes(info.span_attributes())
         if info.pep723_error:
             meta_span.add_event("pep723_invalid", {"error": info.pep723_error})
         meta_span.end(end_time=t_meta_end)
 
-        deps_span = self.span("validate_dependencies", start_time=t_meta_end)
-        deps_span.set_attribute("aiorunner.dependencies.enabled", runner.validate_dependencies)
-        deps_span.set_attribute("aiorunner.interpreter", interpreter)
+        deps_span = self.span(
+            "validate_dependencies",
+            start_time=t_meta_end,
+            attributes={
+                "aiorunner.dependencies.enabled": runner.validate_dependencies,
+                "aiorunner.interpreter": interpreter,
+            },
+        )
         try:
             if isinstance(inventory, str):  # the probe itself failed
                 self.fail(deps_span, inventory)
@@ -568,13 +577,17 @@ class _Run:
 
     def setup_environment(self) -> None:
         runner = self.runner
-        span = self.span("setup_environment")
+        # Names only: environment values are never exported (they hold secrets).
+        span = self.span(
+            "setup_environment",
+            attributes={
+                "aiorunner.cwd": self.cwd_path,
+                "aiorunner.env.overridden": sorted(runner.env),
+            },
+        )
         env = _environ_copy()
         env.update(runner.env)
         self.child_env = env
-        span.set_attribute("aiorunner.cwd", self.cwd_path)
-        # Names only: environment values are never exported (they hold secrets).
-        span.set_attribute("aiorunner.env.overridden", sorted(runner.env))
         if not self.cwd_ok:
             self.fail(
                 span, f"working directory does not exist: {runner.cwd}; create it or fix cwd="
@@ -603,8 +616,9 @@ class _Run:
         inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)
         argv = self._argv(info, self.child_env.get("TRACEPARENT"))
         outcome.command = tuple(argv)
-        span.set_attribute("process.executable.path", argv[0])
-        span.set_attribute("process.command_args", redact_args(argv))
+        span.set_attributes(
+            {"process.executable.path": argv[0], "process.command_args": redact_args(argv)}
+        )
         if not info.is_python and not info.executable:
             self.fail(
                 span,
@@ -675,7 +689,7 @@ class _Run:
 
                     tg.start_soon(watch)
                 if channel is not None:
-                    tg.start_soon(channel.pump)
+                    channel.start_reading()
                 with wait_scope:
                     await child.wait_exit_ready()
                 if child.exit_ready:
@@ -732,19 +746,21 @@ class _Run:
         outcome = self.outcome
         self.execution_time = time.perf_counter() - t_start
         code = child.returncode
+        attributes: dict[str, int] = {}
         if code is not None:
             if code < 0:
                 outcome.signal = -code
-                span.set_attribute("aiorunner.signal", -code)
+                attributes["aiorunner.signal"] = -code
             else:
                 outcome.exit_code = code
-                span.set_attribute("process.exit.code", code)
+                attributes["process.exit.code"] = code
         outcome.stdout = child.stdout.getvalue()
         outcome.stderr = child.stderr.getvalue()
         outcome.stdout_truncated = child.stdout.truncated
         outcome.stderr_truncated = child.stderr.truncated
-        span.set_attribute("aiorunner.stdout.bytes", child.stdout.total)
-        span.set_attribute("aiorunner.stderr.bytes", child.stderr.total)
+        attributes["aiorunner.stdout.bytes"] = child.stdout.total
+        attributes["aiorunner.stderr.bytes"] = child.stderr.total
+        span.set_attributes(attributes)
         metrics: dict[str, float | int] = {"execution_time_seconds": self.execution_time}
         if monitor is not None:
             metrics = dict(
@@ -809,16 +825,21 @@ class _Run:
         outcome = self.outcome
         if not outcome.metrics:
             outcome.metrics = {"execution_time_seconds": self.execution_time}
-        span = self.span("collect_metrics")
-        span.set_attributes({f"aiorunner.{k}": v for k, v in outcome.metrics.items()})
+        span = self.span(
+            "collect_metrics",
+            attributes={f"aiorunner.{k}": v for k, v in outcome.metrics.items()},
+        )
         span.end()
         root = self.root
+        attributes: dict[str, str | int | bool] = {}
         if outcome.info is not None:
-            root.set_attribute("aiorunner.script.sha256", outcome.info.sha256)
+            attributes["aiorunner.script.sha256"] = outcome.info.sha256
         if outcome.exit_code is not None:
-            root.set_attribute("process.exit.code", outcome.exit_code)
+            attributes["process.exit.code"] = outcome.exit_code
         if outcome.timed_out:
-            root.set_attribute("aiorunner.timed_out", True)
+            attributes["aiorunner.timed_out"] = True
+        if attributes:
+            root.set_attributes(attributes)
         if outcome.error is not None:
             root.set_status(
                 Status(StatusCode.ERROR, self.scrub(outcome.error.splitlines()[0][:1000]))
@@ -843,8 +864,9 @@ class _Run:
             timeout = min(timeout, CANCELLED_FLUSH_TIMEOUT)
         deadline = time.monotonic() + timeout
         first = await session.flush_trace(trace_id, timeout=timeout)
-        upload.set_attribute("aiorunner.export.ok", first.ok)
-        upload.set_attribute("aiorunner.export.spans", first.exported)
+        upload.set_attributes(
+            {"aiorunner.export.ok": first.ok, "aiorunner.export.spans": first.exported}
+        )
         if not first.ok:
             upload.set_status(Status(StatusCode.ERROR, first.describe()))
         upload.end()
