@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
@@ -84,6 +85,25 @@ _YIELDS_BEFORE_DROP = 16
 # Releases the GIL and the CPU for a moment (not a sleep: returns at once when nothing else
 # wants to run). Where the OS has no sched_yield, a zero select does the GIL part.
 _yield = getattr(os, "sched_yield", None) or (lambda: select.select([], [], [], 0))
+
+
+def _hand_back(
+    caller: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], task: asyncio.Task[Any]
+) -> None:
+    """On the export loop: pass a finished task's outcome to a waiter on ``caller``."""
+
+    def settle() -> None:
+        if waiter.done():
+            return
+        if task.cancelled():
+            waiter.cancel()
+        elif task.exception() is not None:
+            waiter.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            waiter.set_result(task.result())
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+        caller.call_soon_threadsafe(settle)
 
 
 def _trace_ids(batch: list[Any]) -> list[int]:
@@ -556,17 +576,31 @@ class ExportPipeline(SpanProcessor):
         if loop is None:
             return True, None  # no span ever ended: nothing to wait for
         if not self._finished.done():
+            # Not run_coroutine_threadsafe + wrap_future: a task there, and one wake-up back
+            # here when it is done, without a concurrent.futures.Future in between (two
+            # flushes a run; on a busy machine every cross-thread step costs).
+            caller = asyncio.get_running_loop()
+            waiter: asyncio.Future[tuple[bool, Any]] = caller.create_future()
+            tasks: list[asyncio.Task[Any]] = []
+
+            def start() -> None:  # on the export loop
+                if waiter.done():
+                    return  # the caller gave up already
+                task = loop.create_task(func(*args))
+                tasks.append(task)
+                task.add_done_callback(lambda done: _hand_back(caller, waiter, done))
+
             try:
-                future = asyncio.run_coroutine_threadsafe(func(*args), loop)
+                loop.call_soon_threadsafe(start)
             except RuntimeError:
                 pass  # the export loop closed meanwhile; its counts are final
             else:
                 try:
-                    result: tuple[bool, Any] = await asyncio.wrap_future(future)
+                    return await waiter
                 except BaseException:
-                    future.cancel()
+                    with contextlib.suppress(RuntimeError):  # the export loop closed
+                        loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
                     raise
-                return result
         return self._finished.done(), None
 
     def watch_trace(self, trace_id: int) -> None:
