@@ -321,6 +321,8 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # Encoded resources and scopes, by identity (the object is kept, so its id is not reused):
 # the spans of one TracerProvider share them, and they never change.
 _encoded: dict[int, tuple[Any, str]] = {}
+# The trace id last encoded and its '{"traceId":"<hex>"' (one tuple: threads share it).
+_last_trace: tuple[int, str] = (-1, "")
 # '{"key":"<key>","value":' by attribute key: the same few dozen keys come back every run.
 _key_prefixes: dict[str, str] = {}
 _ENCODED_MAX = 256
@@ -404,10 +406,12 @@ def _scope_text(scope: InstrumentationScope | None) -> str:
 def _span_text(span: ReadableSpan) -> str:
     context = span.context
     assert context is not None, "an ended SDK span always has a context"
-    parts = [
-        '"traceId":"' + format(context.trace_id, "032x") + '"',
-        '"spanId":"' + format(context.span_id, "016x") + '"',
-    ]
+    global _last_trace
+    trace_id = context.trace_id
+    last = _last_trace  # the spans of a request mostly share their trace
+    if last[0] != trace_id:
+        last = _last_trace = (trace_id, '{"traceId":"' + format(trace_id, "032x") + '"')
+    parts = [last[1], '"spanId":"' + format(context.span_id, "016x") + '"']
     trace_state = context.trace_state
     if trace_state:
         parts.append('"traceState":' + _text(",".join(f"{k}={v}" for k, v in trace_state.items())))
@@ -430,22 +434,27 @@ def _span_text(span: ReadableSpan) -> str:
         parts.append('"attributes":' + attributes)
     if dropped := span.dropped_attributes:
         parts.append('"droppedAttributesCount":' + str(int(dropped)))
-    if span.events:
-        parts.append('"events":[' + ",".join(_event_text(e) for e in span.events) + "]")
+    events = span.events  # the SDK builds a new tuple at each access
+    if events:
+        parts.append('"events":[' + ",".join([_event_text(e) for e in events]) + "]")
     if dropped := span.dropped_events:
         parts.append('"droppedEventsCount":' + str(int(dropped)))
-    if span.links:
-        parts.append('"links":[' + ",".join(_link_text(link) for link in span.links) + "]")
+    links = span.links
+    if links:
+        parts.append('"links":[' + ",".join([_link_text(link) for link in links]) + "]")
     if dropped := span.dropped_links:
         parts.append('"droppedLinksCount":' + str(int(dropped)))
-    status = []
-    if span.status is not None:
-        if span.status.description:
-            status.append('"message":' + _text(span.status.description))
-        if span.status.status_code.value:
-            status.append('"code":' + str(span.status.status_code.value))
-    parts.append('"status":{' + ",".join(status) + "}")
-    return "{" + ",".join(parts) + "}"
+    span_status = span.status
+    if span_status is None:
+        parts.append('"status":{}')
+    else:
+        status = []
+        if span_status.description:
+            status.append('"message":' + _text(span_status.description))
+        if code := span_status.status_code.value:
+            status.append('"code":' + str(code))
+        parts.append('"status":{' + ",".join(status) + "}")
+    return ",".join(parts) + "}"
 
 
 def _event_text(event: Event) -> str:

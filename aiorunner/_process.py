@@ -222,6 +222,8 @@ class ChildProcess:
     async def wait_output(self, grace: float | None) -> bool:
         """Wait for both pipes to reach EOF; False when ``grace`` seconds passed first (a
         descendant still holds them open)."""
+        if self._pipes_closed.is_set():
+            return True  # the common case: no timeout scope to set up
         with anyio.move_on_after(grace):
             await self._pipes_closed.wait()
             return True
