@@ -15,13 +15,16 @@ keeps 3 by default) under an ``flock``, and writers that still hold the old file
 the rename and reopen.
 
 The file work runs in a worker thread (``_offload``, a lighter ``anyio.to_thread``: a run
-writes two or three lines) rather than through aiofiles: aiofiles uses the loop's default
+writes two lines) rather than through aiofiles: aiofiles uses the loop's default
 executor, which refuses new work once the interpreter has begun to exit, and the last
 spans of a process are written exactly then.
 
-A root span that starts is also written at once (``on_span_start``) with
-``endTimeUnixNano`` "0" and ``aiorunner.pending`` = true, so a run shows as running from
-its first moment; readers let a later line with the same ``spanId`` supersede it.
+A root span that starts is also written (``on_span_start``) with ``endTimeUnixNano`` "0"
+and ``aiorunner.pending`` = true, so a run shows as running; readers let a later line with
+the same ``spanId`` supersede it. The export worker lets that marker share the line of the
+run's first spans (``starts_travel_with_batches``): it is written with them, or half a
+second after the start (``_worker.START_HOLD``), or at the next flush, whichever comes
+first; one write per run saved.
 """
 
 from __future__ import annotations
