@@ -85,6 +85,9 @@ _YIELDS_BEFORE_DROP = 16
 # Releases the GIL and the CPU for a moment (not a sleep: returns at once when nothing else
 # wants to run). Where the OS has no sched_yield, a zero select does the GIL part.
 _yield = getattr(os, "sched_yield", None) or (lambda: select.select([], [], [], 0))
+# True on a thread running an event loop: on_end there never yields (it would stall the
+# loop); a span that finds the queue and the batches set aside full is dropped (counted).
+_on_event_loop = asyncio._get_running_loop
 
 
 def _hand_back(
@@ -267,10 +270,11 @@ class ExportPipeline(SpanProcessor):
         waiting = len(spans)
         if waiting < self._max_queue or self._assist():
             spans.append(span)
-            if waiting >= self._pressure and self._wake_pending:
+            if waiting >= self._pressure and self._wake_pending and not _on_event_loop():
                 # A wake-up was asked for and two batches wait: the export thread is late,
                 # most likely waiting for the GIL. Hand it over now, not at the next forced
                 # switch (which, with several busy threads, may go to another of them).
+                # Never from an event loop's thread: that would stall the loop.
                 _yield()
         else:
             # Full, and the batches set aside too: busy threads keep the export thread
@@ -278,7 +282,7 @@ class ExportPipeline(SpanProcessor):
             # Before dropping, give the GIL (and the CPU) away a few times: each yield
             # returns at once when nobody else wants to run, and this path is only taken
             # when the alternative is losing the span.
-            for _ in range(_YIELDS_BEFORE_DROP):
+            for _ in range(0 if _on_event_loop() else _YIELDS_BEFORE_DROP):
                 _yield()
                 if len(spans) < self._max_queue or self._assist():
                     spans.append(span)
