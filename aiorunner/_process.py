@@ -60,6 +60,8 @@ class ChildProcess:
         self.stdout = TailBuffer(tail_limit)
         self.stderr = TailBuffer(tail_limit)
         self.returncode: int | None = None
+        #: Our own peak RSS when this child was spawned (see :func:`own_peak_rss`).
+        self.spawner_peak = 0
         self.rusage: resource.struct_rusage | None = None
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
@@ -112,7 +114,11 @@ class ChildProcess:
             OSError: the executable is missing or not executable, or ``cwd`` is bad.
         """
 
+        spawner_peak = 0
+
         def start() -> tuple[subprocess.Popen[bytes], Any]:
+            nonlocal spawner_peak
+            spawner_peak = own_peak_rss()
             popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -132,6 +138,7 @@ class ChildProcess:
             popen, extra = await _offload.run_sync(start, abandon_on_cancel=True)
         child = cls(popen, tail_limit=tail_limit, on_output=on_output)
         child.then_result = extra
+        child.spawner_peak = spawner_peak
         return child
 
     # -- output -----------------------------------------------------------------------
@@ -294,6 +301,31 @@ class ChildProcess:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+_MAXRSS_MARGIN = 8 << 10  # KiB: what the spawning thread may allocate before the fork
+
+
+def own_peak_rss() -> int:
+    """
+    This process's own peak RSS since its exec, in ``ru_maxrss`` units (blocking read:
+    call it off the loop).
+
+    Why not ``getrusage(RUSAGE_SELF).ru_maxrss``: at exec, Linux folds the old address
+    space's high-water mark into the new process's ``ru_maxrss``, so ours may be our
+    parent's (a big test runner, say). ``VmHWM`` is our own address space's. A child we
+    spawn inherits at most this (plus what the spawning thread allocates meanwhile).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) + _MAXRSS_MARGIN  # kB, as ru_maxrss
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _group_states(pgid: int) -> list[str]:

@@ -765,11 +765,9 @@ class _Run:
         if monitor is not None:
             metrics = dict(
                 monitor.summary(
-                    # Our own peak, read after the child's exit, bounds what Linux may
-                    # have folded into its ru_maxrss at exec (our RSS at fork).
-                    rusage=_own_maxrss(
-                        child.rusage, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    ),
+                    # Our own peak at the spawn bounds what Linux may have folded
+                    # into the child's ru_maxrss at exec (our address space).
+                    rusage=_own_maxrss(child.rusage, child.spawner_peak),
                     wall_seconds=self.execution_time,
                 )
             )
