@@ -251,10 +251,12 @@ def build_summary(
         # two samples is not missed. KiB on Linux and the BSDs, bytes on macOS.
         scale = 1 if sys.platform == "darwin" else 1024
         peak = max(peak or 0, rusage.ru_maxrss * scale)
-    if peak is not None:
+    # 0 means no reading caught the script resident (it ended before the first one
+    # after its start, and ru_maxrss was set aside as possibly ours): unknown, so absent.
+    if peak:
         out["memory_rss_peak_bytes"] = int(peak)
     rss_avg = log.rss_avg
-    if rss_avg is not None:
+    if rss_avg:
         out["memory_rss_avg_bytes"] = int(rss_avg)
     out.update(io)
     if log.count:

@@ -283,7 +283,8 @@ def test_peak_memory_is_the_scripts_not_the_runners(make_script):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0 < metrics["memory_rss_peak_bytes"] < 100 << 20, metrics
+    # Absent when no reading caught the (very short) script resident: unknown, not 0.
+    assert 0 < metrics.get("memory_rss_peak_bytes", 1) < 100 << 20, metrics
 
 
 def test_memory_spike_between_samples_through_the_runner(make_script):
