@@ -63,6 +63,9 @@ def redact(text: str) -> str:
     return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}[secure]", text)
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 class ErrorLog:
     """Logs each distinct error of each backend once, so a dead collector makes one
     warning rather than one per batch."""
@@ -74,7 +77,9 @@ class ErrorLog:
     def warn(
         self, backend: str, message: str, *, spans: int, exc: BaseException | None = None
     ) -> None:
-        key = (backend, message)
+        # The same error with other counts ("gave up after 9 attempts" / "10 attempts")
+        # is the same error: digits do not make it distinct.
+        key = (backend, _DIGITS.sub("#", message))
         if key in self._seen:
             return
         if len(self._seen) >= self._limit:
