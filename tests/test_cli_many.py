@@ -331,3 +331,25 @@ def test_live_display_on_a_terminal(tmp_path):
     assert "quick | quick" in text
     assert "2 succeeded of 2" in text
     assert "\x1b[" in screen.decode(errors="replace")  # drawn with control sequences
+
+
+def test_trailing_jobs_with_a_missing_script_says_why_it_is_one_script(tmp_path):
+    """`aiorunner run a.py missing.py -j 2`: a.py runs alone with those arguments (the
+    documented rule), and a note names the missing file and how to ask for many."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "a.py"
+    script.write_text("import sys; print(sys.argv[1:])\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorunner", "run", str(script), "missing.py", "-j", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AIORUNNER_TRACES_FILE": str(tmp_path / "t.jsonl")},
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "['missing.py', '-j', '2']" in proc.stdout
+    assert "missing.py is not a file" in proc.stderr
+    assert "-j N before" in proc.stderr
