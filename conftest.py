@@ -52,31 +52,19 @@ def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def otlp_grpc_receiver() -> Iterator[receivers.OtlpGrpcReceiver]:
     """A running OTLP/gRPC receiver on 127.0.0.1 (``.endpoint``), stopped after the test."""
-    receiver = receivers.OtlpGrpcReceiver()
-    receiver.start()
-    try:
+    with receivers.OtlpGrpcReceiver() as receiver:  # started here, stopped on exit
         yield receiver
-    finally:
-        receiver.stop()
 
 
 @pytest.fixture
 def otlp_http_receiver() -> Iterator[receivers.OtlpHttpReceiver]:
     """A running OTLP/HTTP receiver on 127.0.0.1 (``.endpoint`` base, ``.url`` traces URL)."""
-    receiver = receivers.OtlpHttpReceiver()
-    receiver.start()
-    try:
+    with receivers.OtlpHttpReceiver() as receiver:  # started here, stopped on exit
         yield receiver
-    finally:
-        receiver.stop()
 
 
 @pytest.fixture
 def zipkin_receiver() -> Iterator[receivers.ZipkinReceiver]:
     """A running Zipkin v2 receiver on 127.0.0.1 (``.url`` is the /api/v2/spans URL)."""
-    receiver = receivers.ZipkinReceiver()
-    receiver.start()
-    try:
+    with receivers.ZipkinReceiver() as receiver:  # started here, stopped on exit
         yield receiver
-    finally:
-        receiver.stop()
