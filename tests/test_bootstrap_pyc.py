@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import py_compile
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,28 @@ async def test_run_writes_the_bootstrap_bytecode(
     assert result.success, result.error
     assert all(valid_pyc(source) for source in sources)
     assert '"name":"inside"' in traces.read_text()
+
+
+def test_a_stale_pyc_that_looks_newer_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copied tree gives source and .pyc new mtimes (the .pyc may look newer than its
+    source) while the header still records the old source mtime, so the interpreter
+    ignores it: precompile() must rewrite it, not trust the file dates."""
+    copy = tmp_path / "_bootstrap"
+    copy.mkdir()
+    sources = []
+    for name in bootstrap._MODULES:
+        source = copy / name
+        source.write_bytes(Path(bootstrap.BOOTSTRAP_DIR, name).read_bytes())
+        os.utime(source, (1_000_000_000, 1_000_000_000))
+        py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+        os.utime(source, (1_500_000_000, 1_500_000_000))  # the copy: a new source mtime...
+        cached = importlib.util.cache_from_source(str(source))
+        os.utime(cached, (1_600_000_000, 1_600_000_000))  # ...and a newer-looking .pyc
+        assert not valid_pyc(str(source))
+        sources.append(str(source))
+    monkeypatch.setattr(bootstrap, "BOOTSTRAP_DIR", str(copy))
+    monkeypatch.setattr(bootstrap, "_precompiled", False)
+    bootstrap.precompile()
+    assert all(valid_pyc(source) for source in sources)

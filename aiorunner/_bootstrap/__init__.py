@@ -33,8 +33,7 @@ _precompiled = False
 def precompile() -> None:
     """
     Write the ``.pyc`` files of the bootstrap for this interpreter, once per process,
-    when they are missing or older than their source (blocking: call it in a worker
-    thread; never raises).
+    when they are missing or stale (blocking: call it in a worker thread; never raises).
 
     Why: every Python child imports ``sitecustomize`` at start. From source (a checkout
     run with ``PYTHONDONTWRITEBYTECODE``, which also stops the child from caching it) that
@@ -56,12 +55,32 @@ def precompile() -> None:
             cached = importlib.util.cache_from_source(source)
         except (NotImplementedError, ValueError):
             return  # this interpreter keeps no bytecode cache
-        try:
-            if os.stat(cached).st_mtime >= os.stat(source).st_mtime:
-                continue
-        except OSError:
-            pass  # missing: compile it
+        if _up_to_date(source, cached):
+            continue
         try:
             py_compile.compile(source, cfile=cached, doraise=True)
         except (OSError, py_compile.PyCompileError, NotImplementedError, ValueError):
             pass  # not writable: the child compiles it at start, as without this
+
+
+def _up_to_date(source: str, cached: str) -> bool:
+    """True when the interpreter would load ``cached`` for ``source``: the header holds
+    this interpreter's magic number and the source's own mtime and size. Comparing the two
+    files' mtimes is not enough: a copied tree (``cp -r``, an image layer) gives both new
+    mtimes, the ``.pyc`` looks newer, and every child compiled the bootstrap again (~5 ms
+    of CPU each, measured)."""
+    import importlib.util
+
+    try:
+        with open(cached, "rb") as f:
+            header = f.read(16)
+        st = os.stat(source)
+    except OSError:
+        return False
+    return (
+        len(header) == 16
+        and header[:4] == importlib.util.MAGIC_NUMBER
+        and int.from_bytes(header[4:8], "little") == 0  # timestamp-based, not hash-based
+        and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF
+    )
