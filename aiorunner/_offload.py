@@ -52,9 +52,12 @@ _Job = tuple[
 
 _jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
 _lock = threading.Lock()
-# Released once per thread waiting for a job: a submitter takes one, or starts a thread.
-_idle = threading.Semaphore(0)
+# Under _lock: threads alive, and threads waiting for a job. A submitter starts a thread
+# when the queued jobs outnumber the waiting threads (a count, not semaphore tokens: a
+# token left behind by a thread that took a job it was not woken for outlived every
+# thread once, and the next job waited forever).
 _threads = 0
+_waiting = 0
 
 
 def _deliver(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -67,18 +70,23 @@ def _deliver(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 def _worker() -> None:
-    global _threads
+    global _threads, _waiting
     while True:
-        _idle.release()
+        with _lock:
+            _waiting += 1
         try:
             job = _jobs.get(timeout=IDLE_SECONDS)
         except queue.Empty:
             with _lock:
-                # Leave only if no submitter counted on this thread meanwhile.
-                if _idle.acquire(blocking=False):
+                _waiting -= 1
+                if _jobs.empty():  # checked under the lock a submitter takes
                     _threads -= 1
                     return
-            job = _jobs.get()
+            continue
+        with _lock:
+            _waiting -= 1
+            # A submitter may have counted on this thread before it took this job.
+            _start_if_needed()
         loop, future, context, func, args = job
         try:
             result: tuple[bool, Any] = (True, context.run(func, *args))
@@ -92,23 +100,26 @@ def _worker() -> None:
         del result, future, loop
 
 
-def _submit(job: _Job) -> None:
+def _start_if_needed() -> None:
+    """Under _lock: start a thread when queued jobs outnumber the threads waiting."""
     global _threads
-    if not _idle.acquire(blocking=False):
-        with _lock:
-            if _threads < MAX_THREADS:
-                _threads += 1
-                threading.Thread(target=_worker, name="aiorunner-worker", daemon=True).start()
-    _jobs.put(job)
+    if _jobs.qsize() > _waiting and _threads < MAX_THREADS:
+        _threads += 1
+        threading.Thread(target=_worker, name="aiorunner-worker", daemon=True).start()
+
+
+def _submit(job: _Job) -> None:
+    with _lock:
+        _jobs.put(job)
+        _start_if_needed()
 
 
 def _after_fork_in_child() -> None:
     """A forked child has none of the parent's threads: start from nothing."""
-    global _jobs, _lock, _idle, _threads
+    global _jobs, _lock, _threads, _waiting
     _jobs = queue.SimpleQueue()
     _lock = threading.Lock()
-    _idle = threading.Semaphore(0)
-    _threads = 0
+    _threads = _waiting = 0
 
 
 if hasattr(os, "register_at_fork"):
