@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import resource
 import time
 from typing import TYPE_CHECKING
 
@@ -33,9 +34,9 @@ from ._monitor_metrics import IO_FIELDS, Event, Sample, SampleLog, build_summary
 from ._monitor_readers import Reader, default_reader
 from ._monitor_sampler import serve
 from ._monitor_tree import ProcessTree, read_tree
+from ._process import own_peak_rss
 
 if TYPE_CHECKING:
-    import resource
     from collections.abc import AsyncIterator, Callable
 
     from anyio.streams.memory import MemoryObjectSendStream
@@ -125,7 +126,10 @@ class ProcessTreeMonitor:
         self._running = False
         self._subscribers: list[MemoryObjectSendStream[Sample]] = []
         self._callback_failed = False
-        self._primed = False
+        #: This process's own peak RSS (``ru_maxrss`` units, KiB) read with the last
+        #: sample (:meth:`stop`); until then ``getrusage``'s, which is at least as high.
+        #: A child's ``ru_maxrss`` not above it may be inherited (see the runner).
+        self.runner_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     # -- the contract ------------------------------------------------------------------
 
@@ -140,23 +144,13 @@ class ProcessTreeMonitor:
             raise UsageError("ProcessTreeMonitor.run() is already running; call it once")
         self._running = True
         try:
-            if not self.done and not self._primed:
+            if not self.done:
                 await self._sample_now()
             if not self.done:
                 await serve(self, self.interval)
         finally:
             self.done = True
             self._close_live()
-
-    def prime(self, results: list[Result] | BaseException, read_at: float) -> None:
-        """
-        Take the first sample from a reading made elsewhere (:func:`first_reading`, which
-        the runner calls in the worker thread that spawned the script), so :meth:`run`
-        starts with the shared tick loop instead of a thread hop of its own.
-        """
-        self._primed = True
-        self._t0 = min(self._t0, read_at)
-        self.accept(results, read_at)
 
     async def stop(self) -> None:
         """
@@ -167,7 +161,7 @@ class ProcessTreeMonitor:
         """
         if self.done:
             return
-        await self._sample_now()
+        await self._sample_now(final=True)
         self.done = True
         self.wake()
 
@@ -301,18 +295,25 @@ class ProcessTreeMonitor:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _sample_now(self) -> None:
-        """One pass over this tree alone, right now (a thread hop of its own)."""
+    async def _sample_now(self, *, final: bool = False) -> None:
+        """One pass over this tree alone, right now (a thread hop of its own). The final
+        one also reads our own peak RSS (see :attr:`runner_peak_rss`)."""
         read_at = time.monotonic()
         known, key = self.job()
         try:
             # Abandoned on cancel: a reading nobody waits for is harmless.
-            results = await _offload.run_sync(
-                _read_alone, self.reader, known, key, abandon_on_cancel=True
+            results, peak = await _offload.run_sync(
+                _read_alone_and_peak if final else _read_alone_no_peak,
+                self.reader,
+                known,
+                key,
+                abandon_on_cancel=True,
             )
         except Exception as exc:  # noqa: BLE001 - reported through accept(), logged there
             self.accept(exc, read_at)
             return
+        if peak:
+            self.runner_peak_rss = peak
         self.accept(results, read_at)
 
     def _publish(self, sample: Sample) -> None:
@@ -368,16 +369,16 @@ class ProcessTreeMonitor:
         self._subscribers = []
 
 
-def first_reading(reader: Reader, pid: int) -> tuple[list[Result] | BaseException, float]:
-    """
-    The first reading of a tree whose script was just started, for :meth:`prime`
-    (blocking: call it in a worker thread). Never raises: an error is returned.
-    """
-    read_at = time.monotonic()
-    try:
-        return _read_alone(reader, [(pid, None)], None), read_at
-    except Exception as exc:  # noqa: BLE001 - reported through accept(), logged there
-        return exc, read_at
+def _read_alone_no_peak(
+    reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
+) -> tuple[list[Result], int]:
+    return _read_alone(reader, known, key), 0
+
+
+def _read_alone_and_peak(
+    reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
+) -> tuple[list[Result], int]:
+    return _read_alone(reader, known, key), own_peak_rss()
 
 
 def _read_alone(

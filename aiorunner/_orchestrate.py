@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -33,7 +34,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
 from ._exceptions import ConfigError
-from ._executor import Attempt, Executor, LocalExecutor
+from ._executor import Attempt, Executor, LocalExecutor, ProcessSlot, SlotPool
 from ._jobs import TRACE_MODES, Job, JobLike, Node, plan
 from ._result import RunResult
 
@@ -167,7 +168,15 @@ class _Batch:
         self._started_perf = [0.0] * len(self.nodes)
         self._stop_reason: str | None = None
         self._scope: anyio.CancelScope | None = None
-        self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+        # Attempts under way, and (for executors that take them) slots for live scripts:
+        # twice as many attempts as scripts, so that preparing and exporting overlap
+        # with running (see _executor.ProcessSlot).
+        self._slots: SlotPool | None = None
+        if getattr(self.executor, "uses_process_slots", False):
+            self._slots = SlotPool(self.max_concurrency)
+            self._limiter = anyio.CapacityLimiter(2 * self.max_concurrency)
+        else:
+            self._limiter = anyio.CapacityLimiter(self.max_concurrency)
         self._emit: Callable[[RunResult], None] | None = None
         self._root: Span | None = None
         self._root_ctx: Context | None = None
@@ -324,25 +333,44 @@ class _Batch:
                 on_sample=on_sample,
             )
             async with self._limiter:
-                self._attempt[node.index] = number
-                self._started_at[node.index] = time.time()
-                self._started_perf[node.index] = time.perf_counter()
-                self._running[node.index] = True
-                self._event("started", node)
-                result = await self.executor.run(attempt)
-                self._running[node.index] = False
-                # A run that never started (missing script, syntax error, missing
-                # dependency) would fail the same way again: not retried.
-                final = result.success or number > retries or result.pid is None
-                if final and not result.success and self.fail_fast:
-                    # Before the slot is released, so no queued job starts meanwhile.
-                    self.stop(f"cancelled: job {node.name!r} failed and fail_fast is on")
+                slot = None
+                if self._slots is not None:
+                    # Its place in line is taken here, in the order attempts get under way.
+                    slot = ProcessSlot(
+                        self._slots,
+                        on_acquire=partial(self._began, node, number),
+                        keep_on_failure=self.fail_fast and number > retries,
+                    )
+                    attempt = dataclasses.replace(attempt, slot=slot)
+                else:
+                    self._began(node, number)
+                try:
+                    result = await self.executor.run(attempt)
+                    self._attempt[node.index] = number
+                    self._running[node.index] = False
+                    # A run that never started (missing script, syntax error, missing
+                    # dependency) would fail the same way again: not retried.
+                    final = result.success or number > retries or result.pid is None
+                    if final and not result.success and self.fail_fast:
+                        # Before the slot is released, so no queued job starts meanwhile.
+                        self.stop(f"cancelled: job {node.name!r} failed and fail_fast is on")
+                finally:
+                    if slot is not None:
+                        slot.close()
             if final:
                 break
             delay = min(self.retry_backoff * 2 ** (number - 1), MAX_RETRY_DELAY)
             self._event("retrying", node, result=result, delay=delay)
             await anyio.sleep(delay)
         self._finish(node, dataclasses.replace(result, attempts=number, name=node.name), tg)
+
+    def _began(self, node: Node, number: int) -> None:
+        """Attempt ``number`` of ``node`` starts its script (it holds a process slot)."""
+        self._attempt[node.index] = number
+        self._started_at[node.index] = time.time()
+        self._started_perf[node.index] = time.perf_counter()
+        self._running[node.index] = True
+        self._event("started", node)
 
     def _finish(self, node: Node, result: RunResult, tg: TaskGroup | None = None) -> None:
         """Record a final result, then start or skip the jobs that waited for it.

@@ -43,6 +43,7 @@ import logging
 import os
 import select
 import threading
+import time
 import weakref
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ from ._statistics import PipelineStatistics
 from ._worker import BackendWorker, ErrorLog, redact
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Span
@@ -142,6 +143,10 @@ class ExportPipeline(SpanProcessor):
         tail_sampler: TailSampler | None = None,
     ) -> None:
         self.adapters = tuple(adapters)
+        if len(self.adapters) == 1 and hasattr(self.adapters[0].target, "write_on_export_thread"):
+            # Nothing else to hold up: the embedded default (jsonl) writes on the export
+            # thread itself (see JsonlBackend.write_on_export_thread).
+            self.adapters[0].target.write_on_export_thread = True
         self._batch_size = max(1, min(batch_size, max_queue_size))
         self._max_queue = max_queue_size
         self._delay = schedule_delay
@@ -567,15 +572,57 @@ class ExportPipeline(SpanProcessor):
     async def flush_trace(self, trace_id: int, timeout: float) -> ExportReport:
         """Wait (without blocking the caller's loop) until every span of ``trace_id``
         ended so far is settled by every backend, or ``timeout``; return its counts."""
-        _, report = await self._call(self._flush_on_loop, trace_id, timeout)
-        return report if report is not None else self.ledger.report(trace_id)
+        _, report = await self._call(timeout, self._flush_on_loop, trace_id, timeout)
+        return report if report is not None else self._report_unanswered(trace_id)
+
+    def _report_unanswered(self, trace_id: int) -> ExportReport:
+        """The trace's counts when the export thread did not answer (or never ran): the
+        spans still waiting for it are pending, not silently fine."""
+        report = self.ledger.report(trace_id)
+        queued = sum(1 for span in list(self._spans) if span.context[0] == trace_id)
+        queued += sum(
+            1 for batch in list(self._ready) for span in batch if span.context[0] == trace_id
+        )
+        if not queued:
+            return report
+        return dataclasses.replace(report, pending=report.pending + queued)
+
+    async def flush_trace_then(
+        self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
+    ) -> tuple[ExportReport, ExportReport]:
+        """:meth:`flush_trace`, then ``then(report)`` on the export thread, then
+        :meth:`flush_trace` again, all within ``timeout``: a run's ``upload_traces``
+        records how its spans' export went, ends, and is exported itself, for one
+        round trip between the caller's thread and the export thread instead of two."""
+        _, reports = await self._call(timeout, self._flush_then_on_loop, trace_id, timeout, then)
+        if reports is None:  # no span ever ended here, or the export thread was stuck
+            report = self._report_unanswered(trace_id)
+            return report, report
+        first, second = reports
+        return first, second
+
+    async def _flush_then_on_loop(
+        self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
+    ) -> tuple[bool, tuple[ExportReport, ExportReport]]:
+        deadline = time.monotonic() + timeout
+        _, first = await self._flush_on_loop(trace_id, timeout)
+        first = first if first is not None else self.ledger.report(trace_id)
+        try:
+            then(first)
+        except Exception:  # the run's spans must still leave; the caller logs nothing else
+            logger.exception("ending the spans of trace %032x failed", trace_id)
+        done, second = await self._flush_on_loop(trace_id, max(0.0, deadline - time.monotonic()))
+        return done, (first, second if second is not None else self.ledger.report(trace_id))
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every span ended so far is settled; False on timeout."""
-        done, _ = await self._call(self._flush_on_loop, None, timeout)
+        done, _ = await self._call(timeout, self._flush_on_loop, None, timeout)
         return bool(done)
 
-    async def _call(self, func: Any, *args: Any) -> tuple[bool, Any]:
+    async def _call(self, timeout: float, func: Any, *args: Any) -> tuple[bool, Any]:
+        """Run ``func(*args)`` on the export loop and wait for it here, at most
+        ``timeout`` (plus a grace): ``func`` keeps its own deadline on the export loop, and
+        this one holds even if that loop is stuck in a backend's blocking call."""
         loop = self._loop
         if loop is None:
             return True, None  # no span ever ended: nothing to wait for
@@ -594,17 +641,24 @@ class ExportPipeline(SpanProcessor):
                 tasks.append(task)
                 task.add_done_callback(lambda done: _hand_back(caller, waiter, done))
 
+            def give_up() -> None:  # on the caller's loop
+                if not waiter.done():
+                    waiter.set_result((False, None))
+
             try:
                 loop.call_soon_threadsafe(start)
             except RuntimeError:
                 pass  # the export loop closed meanwhile; its counts are final
             else:
+                stuck = caller.call_later(timeout + _TASKS_GRACE, give_up)
                 try:
                     return await waiter
                 except BaseException:
                     with contextlib.suppress(RuntimeError):  # the export loop closed
                         loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
                     raise
+                finally:
+                    stuck.cancel()
         return self._finished.done(), None
 
     def watch_trace(self, trace_id: int) -> None:

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
+    from ._executor import ProcessSlot
     from ._monitor import ProcessTreeMonitor, Sample
     from ._monitor_readers import Reader
     from ._session import Session
@@ -214,6 +214,9 @@ class ScriptRunner:
         self._tracer: RunnerTracer | None = None
         self._monitor: ProcessTreeMonitor | None = None
         self._monitor_event: asyncio.Event | None = None
+        #: Set by run_many's LocalExecutor: taken right before the spawn, given back at
+        #: the script's exit (see _executor.ProcessSlot).
+        self._slot: ProcessSlot | None = None
 
     # -- configuration ----------------------------------------------------------------
 
@@ -608,6 +611,20 @@ class _Run:
         return [path if os.path.dirname(path) else os.path.join(".", path), *args]
 
     async def execute_script(self, info: ScriptInfo) -> None:
+        slot = self.runner._slot
+        if slot is None:
+            await self._execute_script(info)
+            return
+        # run_many: one of max_concurrency slots for the script's process, taken here (the
+        # script read, its first spans made) and given back at its exit (its spans not yet
+        # exported), so that this work overlaps with other scripts running.
+        await slot.acquire()
+        try:
+            await self._execute_script(info)
+        finally:
+            slot.release(failed=self.outcome.error is not None)
+
+    async def _execute_script(self, info: ScriptInfo) -> None:
         runner = self.runner
         outcome = self.outcome
         span = self.span("execute_script", kind=trace.SpanKind.INTERNAL)
@@ -639,13 +656,11 @@ class _Run:
             enabled=runner.in_script_tracing,
             instrument=runner.instrument,
         )
-        reader = then = None
+        reader = None
         if runner.monitor:
-            from ._monitor import first_reading
             from ._monitor_readers import default_reader
 
             reader = default_reader()
-            then = partial(first_reading, reader)
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -654,8 +669,6 @@ class _Run:
                 tail_limit=runner.max_output_bytes,
                 on_output=on_output,
                 pass_fds=(channel.child_fd,) if channel is not None else (),
-                # The monitor's first reading, in the spawn's own worker-thread call.
-                then=then,
             )
         except OSError as exc:
             if channel is not None:
@@ -664,13 +677,13 @@ class _Run:
             span.end()
             raise _Failure from None
         outcome.pid = child.pid
+        if runner._slot is not None:
+            child.on_exit = runner._slot.exited
         span.set_attribute("process.pid", child.pid)
         if channel is not None:
             channel.child_started()
         t_start = time.perf_counter()
         monitor = self._make_monitor(child.pid, reader)
-        if monitor is not None:
-            monitor.prime(*child.then_result)
         limit_reason: list[str] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -705,7 +718,9 @@ class _Run:
                     # A descendant holds the pipes: the run owns its group, end it.
                     await child.terminate_group(runner.kill_grace)
                 await child.wait_output(1.0)
-                tg.cancel_scope.cancel()
+                if monitor is not None and not monitor.done:
+                    # Only then: anyio's cancel() formats the task's repr (~50 µs a run).
+                    tg.cancel_scope.cancel()
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(runner.kill_grace + 2):
                 await child.terminate_group(runner.kill_grace)
@@ -767,7 +782,7 @@ class _Run:
                 monitor.summary(
                     # Our own peak at the spawn bounds what Linux may have folded
                     # into the child's ru_maxrss at exec (our address space).
-                    rusage=_own_maxrss(child.rusage, child.spawner_peak),
+                    rusage=_own_maxrss(child.rusage, monitor.runner_peak_rss),
                     wall_seconds=self.execution_time,
                 )
             )
@@ -860,16 +875,27 @@ class _Run:
         if cancelled:
             # Whoever cancelled wants out: flush, but not for a whole export timeout.
             timeout = min(timeout, CANCELLED_FLUSH_TIMEOUT)
-        deadline = time.monotonic() + timeout
-        first = await session.flush_trace(trace_id, timeout=timeout)
-        upload.set_attributes(
-            {"aiorunner.export.ok": first.ok, "aiorunner.export.spans": first.exported}
-        )
-        if not first.ok:
-            upload.set_status(Status(StatusCode.ERROR, first.describe()))
-        upload.end()
-        root.end()
-        report = await session.flush_trace(trace_id, timeout=max(0.0, deadline - time.monotonic()))
+
+        ended: list[bool] = []
+        end_lock = threading.Lock()
+
+        def end_upload(first: ExportReport) -> None:
+            # On the export thread, between the flush of the spans so far and the flush
+            # of these last two (one round trip for both); here if that thread was stuck.
+            with end_lock:
+                if ended:
+                    return
+                ended.append(True)
+            upload.set_attributes(
+                {"aiorunner.export.ok": first.ok, "aiorunner.export.spans": first.exported}
+            )
+            if not first.ok:
+                upload.set_status(Status(StatusCode.ERROR, first.describe()))
+            upload.end()
+            root.end()
+
+        _, report = await session._flush_trace_then(trace_id, timeout, end_upload)
+        end_upload(report)  # does nothing when the export thread did it
         outcome.export = report
         if not report.ok and not report.sampled_out:
             import logging

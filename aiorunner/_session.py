@@ -40,7 +40,7 @@ from ._statistics import PipelineStatistics
 from ._tail_sampling import TailSampler
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
     from opentelemetry.sdk.trace import ReadableSpan
@@ -293,6 +293,15 @@ class Session:
                     f"trace_id={trace_id!r} is not a trace id; give 32 hex digits or an int"
                 ) from None
         return await self._pipeline.flush_trace(trace_id, self._timeout(timeout))
+
+    async def _flush_trace_then(
+        self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
+    ) -> tuple[ExportReport, ExportReport]:
+        """A run's ``upload_traces``: flush its trace, ``then(report)`` on the export
+        thread (ends the last spans), flush again; one round trip (``ExportPipeline``)."""
+        if self._pipeline is None:
+            return ExportReport(disabled=True), ExportReport(disabled=True)
+        return await self._pipeline.flush_trace_then(trace_id, timeout, then)
 
     async def flush(self, *, timeout: float | None = None) -> bool:
         """Wait until every span ended so far is exported or failed for good; False if

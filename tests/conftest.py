@@ -35,7 +35,14 @@ def blockbuster() -> Iterator[None]:
     """Fail any blocking call made by aiorunner code on an event loop thread."""
     from blockbuster import blockbuster_ctx
 
-    with blockbuster_ctx("aiorunner"):
+    with blockbuster_ctx("aiorunner") as bb:
+        # Allowed there and only there: the jsonl backend's writes on the export thread's
+        # own private loop when it is the only backend (JsonlBackend.write_on_export_thread),
+        # and the fork/exec of a script (vfork: back once the child exec'd, as asyncio's
+        # own create_subprocess_exec does on the loop).
+        for function in bb.functions.values():
+            function.can_block_in("aiorunner/_jsonl.py", "_write_here")
+            function.can_block_in("aiorunner/_process.py", "_spawn_here")
         yield
 
 

@@ -154,6 +154,35 @@ async def test_max_concurrency_is_respected(script, tmp_path):
     assert log.read_text().count("end") == 6
 
 
+async def test_next_job_is_prepared_while_a_script_runs_and_starts_after_it_exits(
+    script, tmp_path, spans_of
+):
+    """max_concurrency bounds live scripts, not runs: with 1, the second job's script is
+    read and checked (its extract_metadata span ends) while the first script still runs,
+    and its process starts only after the first one exited (the scripts' own clocks),
+    in input order."""
+    body = (
+        "import sys, time\n"
+        "def log(word):\n"
+        "    with open(sys.argv[1], 'a') as f:\n"
+        "        f.write(f'{word} {sys.argv[2]} {time.time_ns()}\\n')\n"
+        "log('start')\n"
+        "time.sleep(float(sys.argv[3]))\n"
+        "log('end')\n"
+    )
+    log = tmp_path / "clock.txt"
+    path = script("timed.py", body)
+    jobs = [Job(path, [str(log), "a", "0.5"], name="a"), Job(path, [str(log), "b", "0"], name="b")]
+    results = await run_many(jobs, max_concurrency=1)
+    assert all(r.success for r in results), [r.error for r in results]
+    clock = {
+        f"{word} {job}": int(ns) for word, job, ns in map(str.split, log.read_text().splitlines())
+    }
+    assert clock["start b"] > clock["end a"]  # never two scripts at once, a first
+    spans = {s["name"]: s for s in spans_of(results[1].trace_id)}
+    assert int(spans["extract_metadata"]["endTimeUnixNano"]) < clock["end a"]
+
+
 async def test_dependencies_run_after_their_prerequisites(script, tmp_path):
     """extract -> (transform_a, transform_b) -> load: each job starts only after its
     prerequisites ended (log order), and each finds their outputs (marker files)."""

@@ -461,3 +461,39 @@ def test_a_forked_child_exports_its_own_spans(tmp_path) -> None:
         for span in scope["spans"]
     ]
     assert sorted(names) == ["child", "parent-after", "parent-before"]
+
+
+async def test_flush_trace_returns_at_its_deadline_even_if_the_export_thread_is_stuck(
+    paused_loop,
+) -> None:
+    """The jsonl backend may write on the export thread itself: if that thread is stuck
+    in a write (a hung disk), a run's flush still returns after its timeout (plus a
+    grace), reporting its spans as not settled, instead of waiting for that thread."""
+    backend = InMemoryBackend()
+    async with Session(make_config(), backends=[backend]) as session:
+        end_trace(session, children=0)
+        await session.flush()  # the export thread runs
+        paused_loop.pause(session)
+        trace_id = end_trace(session, children=1)
+        with anyio.fail_after(10):  # a bound, not a timing assert: 0.3 s + 1 s grace
+            report = await session.flush_trace(trace_id, timeout=0.3)
+        assert not report.ok and report.pending == 2, report
+        assert len(backend.get_finished_spans()) == 1  # the first trace only
+        paused_loop.release()
+        assert (await session.flush_trace(trace_id, timeout=10)).ok
+
+
+async def test_jsonl_writes_on_the_export_thread_only_when_it_is_alone(tmp_path) -> None:
+    """Alone, the jsonl backend writes on the export thread (two thread hand-offs per
+    export saved); beside another backend it writes from a worker thread, so a slow disk
+    cannot hold the other one up. Both ways the lines arrive."""
+    for kinds, inline in ((["jsonl"], True), (["jsonl", "memory"], False)):
+        path = tmp_path / f"{len(kinds)}.jsonl"
+        config = make_config(exporter_type=kinds, traces_file=str(path))
+        # Built off the loop: loading backends by name scans entry points (files).
+        async with await anyio.to_thread.run_sync(Session, config) as session:
+            (jsonl,) = [a.target for a in session._pipeline.adapters if a.name == "jsonl"]
+            assert jsonl.write_on_export_thread is inline
+            trace_id = end_trace(session, children=1)
+            assert (await session.flush_trace(trace_id, timeout=10)).ok
+        assert f"{trace_id:032x}" in await anyio.Path(path).read_text()
