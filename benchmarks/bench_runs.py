@@ -111,11 +111,21 @@ def bench_overhead(workdir: Path, runs: int) -> str:
 # -- 2. throughput ---------------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the children this process waited for (xargs counts its own)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -> str:
     """Scripts per second: xargs -P vs run_many vs a bare anyio.run_process loop.
 
-    The modes take turns, ``rounds`` times ``count / rounds`` scripts each, so that other
-    load on the machine (other users' tests) falls on every mode alike.
+    The modes take turns, ``rounds`` times ``count / rounds`` scripts each, in an order
+    reversed every other round (A B C, C B A, ...): this machine's speed drifts by 10 %
+    within seconds (other tenants), and alternating cancels a drift that would otherwise
+    always favour the mode that runs first. Besides scripts/s, the table splits each
+    script's core time: the runner's own CPU, the script's CPU (what ``getrusage`` of the
+    children says), and the rest (cores idle, or busy with something else).
     """
     import anyio
 
@@ -127,11 +137,10 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
     count = per_round * rounds
     config = _config(workdir / "throughput.jsonl")
 
-    def xargs() -> None:
-        subprocess.run(
+    async def xargs() -> None:
+        await anyio.run_process(
             ["xargs", "-P", str(concurrency), "-n", "1", sys.executable],
-            input=(str(script) + "\n") * per_round,
-            text=True,
+            input=((str(script) + "\n") * per_round).encode(),
             check=True,
         )
 
@@ -150,35 +159,62 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
         results = await run_many([script] * per_round, max_concurrency=concurrency, config=config)
         assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
 
+    # One event loop for every mode, as in an application: a loop's start-up (worker
+    # threads, the monitor's sampler) is not counted once per round.
     modes = {
         f"xargs -P {concurrency} (baseline)": xargs,
-        "anyio.run_process, no tracing/monitoring": lambda: asyncio.run(bare_loop()),
-        "aiorunner run_many: tracing + monitoring": lambda: asyncio.run(through_aiorunner()),
+        "anyio.run_process, no tracing/monitoring": bare_loop,
+        "aiorunner run_many: tracing + monitoring": through_aiorunner,
     }
     wall = dict.fromkeys(modes, 0.0)
     cpu = dict.fromkeys(modes, 0.0)
-    for _ in range(rounds):
-        for name, run in modes.items():
-            c0, t0 = _cpu(), time.perf_counter()
-            run()
-            wall[name] += time.perf_counter() - t0
-            cpu[name] += _cpu() - c0
+    child = dict.fromkeys(modes, 0.0)
+    order = list(modes)
 
-    base_name = next(iter(modes))
+    async def measure() -> None:
+        await through_aiorunner()  # warm-up: session, imports, caches
+        for index in range(rounds):
+            for name in order if index % 2 == 0 else order[::-1]:
+                c0, k0, t0 = _cpu(), _children_cpu(), time.perf_counter()
+                await modes[name]()
+                wall[name] += time.perf_counter() - t0
+                cpu[name] += _cpu() - c0
+                child[name] += _children_cpu() - k0
+
+    asyncio.run(measure())
+
+    base_name = order[0]
     base = count / wall[base_name]
     lines = [
         (
-            f"### Throughput: {count} trivial scripts, {concurrency} at a time ({os.cpu_count()} CPUs), "
-            f"the modes taking turns in {rounds} rounds."
+            f"### Throughput: {count} trivial scripts, {concurrency} at a time "
+            f"({os.cpu_count()} CPUs), the modes taking turns in {rounds} rounds "
+            "(order reversed every other round)."
         ),
         "",
-        "| mode | scripts/s | ratio to xargs | runner CPU ms/script |",
-        "| --- | ---: | ---: | ---: |",
+        (
+            "| mode | scripts/s | ratio to xargs | runner CPU ms/script | script CPU ms/script "
+            "| rest ms/script |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in modes:
         rate = count / wall[name]
-        cpu_text = _ms(cpu[name] / count) if name != base_name else "-"
-        lines.append(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {cpu_text} |")
+        runner_cpu = cpu[name] if name != base_name else 0.0
+        rest = concurrency * wall[name] - runner_cpu - child[name]
+        lines.append(
+            f"| {name} | {rate:.1f} | {rate / base:.2f}x "
+            f"| {_ms(runner_cpu / count) if name != base_name else '-'} "
+            f"| {_ms(child[name] / count)} | {_ms(rest / count)} |"
+        )
+    lines += [
+        "",
+        (
+            f"Each script costs {concurrency} cores x its wall share: the runner's CPU, the "
+            "script's own CPU, and the rest (a core idle between one script's exit and the "
+            "next start, or busy with other work of the machine)."
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -278,7 +314,7 @@ def main() -> str:
         sections = [
             bench_overhead(workdir, runs=5 if quick else 40),
             bench_throughput(
-                workdir, count=40 if quick else 500, concurrency=2, rounds=2 if quick else 5
+                workdir, count=40 if quick else 500, concurrency=2, rounds=2 if quick else 10
             ),
             bench_scale(workdir, count=100 if quick else 2000, concurrency=16),
         ]
