@@ -423,6 +423,10 @@ def _untraced_span(parent: Context | None) -> Span:
     )
 
 
+#: On ``execute_script`` under run_many: seconds the run waited for a process slot.
+SLOT_WAIT_ATTRIBUTE = "aiorunner.slot_wait_seconds"
+
+
 class _Failure(Exception):
     """A phase failed in a way that ends the run (not an error of aiorunner's)."""
 
@@ -455,6 +459,7 @@ class _Run:
         self.cwd_path = runner.cwd or "."
         self.cwd_ok = True
         self._scrubber: Scrubber | None = None
+        self.slot_wait = 0.0
 
     def span(self, name: str, **kwargs: Any) -> Span:
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
@@ -618,7 +623,9 @@ class _Run:
         # run_many: one of max_concurrency slots for the script's process, taken here (the
         # script read, its first spans made) and given back at its exit (its spans not yet
         # exported), so that this work overlaps with other scripts running.
+        queued = time.perf_counter()
         await slot.acquire()
+        self.slot_wait = time.perf_counter() - queued
         try:
             await self._execute_script(info)
         finally:
@@ -627,7 +634,12 @@ class _Run:
     async def _execute_script(self, info: ScriptInfo) -> None:
         runner = self.runner
         outcome = self.outcome
-        span = self.span("execute_script", kind=trace.SpanKind.INTERNAL)
+        span = self.span(
+            "execute_script",
+            kind=trace.SpanKind.INTERNAL,
+            # run_many: how long this run waited for a process slot (the gap before it).
+            attributes={SLOT_WAIT_ATTRIBUTE: self.slot_wait} if self.slot_wait else None,
+        )
         self.exec_span = span
         exec_ctx = trace.set_span_in_context(span, self.root_ctx)
         inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)

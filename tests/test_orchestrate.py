@@ -181,6 +181,8 @@ async def test_next_job_is_prepared_while_a_script_runs_and_starts_after_it_exit
     assert clock["start b"] > clock["end a"]  # never two scripts at once, a first
     spans = {s["name"]: s for s in spans_of(results[1].trace_id)}
     assert int(spans["extract_metadata"]["endTimeUnixNano"]) < clock["end a"]
+    # The gap before its execute_script is explained on that span.
+    assert spans["execute_script"]["attrs"]["aiorunner.slot_wait_seconds"] > 0
 
 
 async def test_dependencies_run_after_their_prerequisites(script, tmp_path):
