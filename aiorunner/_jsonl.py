@@ -16,9 +16,9 @@ the rename and reopen.
 
 The file work runs in a worker thread (``_offload``, a lighter ``anyio.to_thread``: a run
 writes two lines), or on the export thread when this is the pipeline's only backend (see
-``JsonlBackend.write_on_export_thread``), rather than through aiofiles: aiofiles uses the loop's default
-executor, which refuses new work once the interpreter has begun to exit, and the last
-spans of a process are written exactly then.
+``JsonlBackend.write_on_export_thread``), rather than through aiofiles: aiofiles uses the
+loop's default executor, which refuses new work once the interpreter has begun to exit,
+and the last spans of a process are written exactly then.
 
 A root span that starts is also written (``on_span_start``) with ``endTimeUnixNano`` "0"
 and ``aiorunner.pending`` = true, so a run shows as running; readers let a later line with

@@ -303,11 +303,7 @@ class ProcessTreeMonitor:
         try:
             # Abandoned on cancel: a reading nobody waits for is harmless.
             results, peak = await _offload.run_sync(
-                _read_alone_and_peak if final else _read_alone_no_peak,
-                self.reader,
-                known,
-                key,
-                abandon_on_cancel=True,
+                _read_alone_and_peak, self.reader, known, key, final, abandon_on_cancel=True
             )
         except Exception as exc:  # noqa: BLE001 - reported through accept(), logged there
             self.accept(exc, read_at)
@@ -369,16 +365,11 @@ class ProcessTreeMonitor:
         self._subscribers = []
 
 
-def _read_alone_no_peak(
-    reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
-) -> tuple[list[Result], int]:
-    return _read_alone(reader, known, key), 0
-
-
 def _read_alone_and_peak(
-    reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None
+    reader: Reader, known: list[KnownProcess], key: tuple[str, int] | None, peak: bool
 ) -> tuple[list[Result], int]:
-    return _read_alone(reader, known, key), own_peak_rss()
+    """:func:`_read_alone`, and our own peak RSS when ``peak`` (else 0)."""
+    return _read_alone(reader, known, key), own_peak_rss() if peak else 0
 
 
 def _read_alone(

@@ -3,18 +3,19 @@ Short blocking calls of a run's hot path, sent to worker threads at a third of t
 of ``anyio.to_thread.run_sync``.
 
 A run makes a few small blocking calls: read the script, read ``/proc``, append a line
-to the traces file (when jsonl shares the session with other backends). ``anyio.to_thread.run_sync`` costs 90-130 µs of CPU per
-call on a 2-core machine (an extra checkpoint, the capacity limiter, pool bookkeeping,
-``queue.Queue``'s conditions); this module costs about 35 µs: a few daemon threads take
-jobs from a ``SimpleQueue`` and hand results back with ``call_soon_threadsafe``. On 2
-cores every 1 ms of the runner's CPU per run costs about 7 % of throughput (issue 7), so
-the few calls of a run are worth it. Long or unbounded calls (waiting for a
-process, a user's exporter) stay on ``anyio.to_thread``.
+to the traces file (when jsonl shares the session with other backends).
+``anyio.to_thread.run_sync`` costs 90-130 µs of CPU per call on a 2-core machine (an
+extra checkpoint, the capacity limiter, pool bookkeeping, ``queue.Queue``'s conditions);
+this module costs about 35 µs: a few daemon threads take jobs from a ``SimpleQueue`` and
+hand results back with ``call_soon_threadsafe``. On 2 cores every 1 ms of the runner's
+CPU per run costs about 7 % of throughput (issue 7), so the few calls of a run are worth
+it. Long or unbounded calls (waiting for a process, a user's exporter) stay on
+``anyio.to_thread``.
 
 Semantics are those of ``anyio.to_thread.run_sync`` on asyncio: contextvars are copied
 into the thread; by default a cancelled caller still waits for the call to finish (the
-thread is never abandoned, so a spawned process always comes back to be killed) and the
-cancellation is delivered right after; ``abandon_on_cancel=True`` frees the caller at
+thread is never abandoned, so what the call made always comes back to the caller) and
+the cancellation is delivered right after; ``abandon_on_cancel=True`` frees the caller at
 once and the call's result is dropped.
 """
 

@@ -594,25 +594,25 @@ class ExportPipeline(SpanProcessor):
         :meth:`flush_trace` again, all within ``timeout``: a run's ``upload_traces``
         records how its spans' export went, ends, and is exported itself, for one
         round trip between the caller's thread and the export thread instead of two."""
+        reports: tuple[ExportReport, ExportReport] | None
         _, reports = await self._call(timeout, self._flush_then_on_loop, trace_id, timeout, then)
         if reports is None:  # no span ever ended here, or the export thread was stuck
             report = self._report_unanswered(trace_id)
             return report, report
-        first, second = reports
-        return first, second
+        return reports
 
     async def _flush_then_on_loop(
         self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
     ) -> tuple[bool, tuple[ExportReport, ExportReport]]:
+        # With a trace id, _flush_on_loop always returns that trace's report.
         deadline = time.monotonic() + timeout
         _, first = await self._flush_on_loop(trace_id, timeout)
-        first = first if first is not None else self.ledger.report(trace_id)
         try:
             then(first)
         except Exception:  # the run's spans must still leave; the caller logs nothing else
             logger.exception("ending the spans of trace %032x failed", trace_id)
         done, second = await self._flush_on_loop(trace_id, max(0.0, deadline - time.monotonic()))
-        return done, (first, second if second is not None else self.ledger.report(trace_id))
+        return done, (first, second)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every span ended so far is settled; False on timeout."""
