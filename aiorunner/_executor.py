@@ -163,6 +163,10 @@ class Attempt:
         on_sample: the orchestrator's live-readings hook (progress display).
         slot: the process slot to hold while the script runs, for executors with
             ``uses_process_slots`` (None otherwise).
+        on_late_result: where an executor hands the script's own result when the attempt
+            is cancelled after the script ended (while its spans were being exported):
+            the orchestrator reports that result instead of "cancelled". Optional for
+            executors: without it the job reads "cancelled", as before the script ended.
     """
 
     job: Job | ScriptRunner
@@ -173,6 +177,7 @@ class Attempt:
     session: Session | None = None
     on_sample: Callable[[Sample], object] | None = None
     slot: ProcessSlot | None = None
+    on_late_result: Callable[[RunResult], None] | None = None
 
     def carrier(self) -> dict[str, str]:
         """The parent context as W3C headers (``traceparent``...), for a remote runner."""
@@ -250,6 +255,7 @@ class LocalExecutor:
         runner.tracing_attributes[JOB_ATTRIBUTE] = attempt.name
         runner.on_sample = _chain(runner.on_sample, attempt.on_sample)
         runner._slot = attempt.slot
+        runner._on_late_result = attempt.on_late_result
         if self.on_output is not None:
             runner.on_output = _chain_output(runner.on_output, self.on_output, attempt.name)
         return runner

@@ -166,6 +166,8 @@ class _Batch:
         self._running = [False] * len(self.nodes)
         self._started_at = [0.0] * len(self.nodes)
         self._started_perf = [0.0] * len(self.nodes)
+        # Results of attempts cancelled after their script ended (Attempt.on_late_result).
+        self._late: dict[int, RunResult] = {}
         self._stop_reason: str | None = None
         self._scope: anyio.CancelScope | None = None
         # Attempts under way, and (for executors that take them) slots for live scripts:
@@ -331,6 +333,7 @@ class _Batch:
                 context=self._root_ctx,
                 session=self.session,
                 on_sample=on_sample,
+                on_late_result=partial(self._late_result, node, number),
             )
             async with self._limiter:
                 slot = None
@@ -420,7 +423,16 @@ class _Batch:
             trace_id=self._trace_id(),
         )
 
+    def _late_result(self, node: Node, number: int, result: RunResult) -> None:
+        """Attempt ``number`` was cancelled after its script ended: keep what it did."""
+        self._late[node.index] = dataclasses.replace(result, attempts=number, name=node.name)
+
     def _cancelled_result(self, node: Node, now: float) -> RunResult:
+        late = self._late.get(node.index)
+        if late is not None:
+            # The script had ended when the batch was stopped (its spans were leaving):
+            # its own exit code, output and metrics, not "cancelled".
+            return late
         attempts = self._attempt[node.index]
         reason = self._stop_reason or "cancelled"
         if attempts:

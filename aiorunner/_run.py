@@ -564,7 +564,19 @@ class _Run:
             upload.end()
             root.end()
 
-        _, report = await session._flush_trace_then(trace_id, timeout, end_upload)
+        try:
+            _, report = await session._flush_trace_then(trace_id, timeout, end_upload)
+        except anyio.get_cancelled_exc_class():
+            # Cancelled while the spans leave (Ctrl-C, fail_fast): the wait was dropped
+            # with it. Flush again as a cancelled run does, not for a whole export
+            # timeout, so the last two spans still end and leave; then let it go on.
+            with anyio.CancelScope(shield=True):
+                _, report = await session._flush_trace_then(
+                    trace_id, min(timeout, CANCELLED_FLUSH_TIMEOUT), end_upload
+                )
+                end_upload(report)
+                outcome.export = report
+            raise
         end_upload(report)  # does nothing when the export thread did it
         outcome.export = report
         if not report.ok and not report.sampled_out:

@@ -172,6 +172,9 @@ class ScriptRunner:
         #: Set by run_many's LocalExecutor: taken right before the spawn, given back at
         #: the script's exit (see _executor.ProcessSlot).
         self._slot: ProcessSlot | None = None
+        #: Set by run_many's LocalExecutor (Attempt.on_late_result): gets this run's
+        #: result when the run is cancelled after the script ended, during upload_traces.
+        self._on_late_result: Callable[[RunResult], None] | None = None
 
     # -- configuration ----------------------------------------------------------------
 
@@ -340,29 +343,43 @@ class ScriptRunner:
                 current_session.reset(session_token)
             otel_context.detach(token)
         duration = time.perf_counter() - t0
-        await run.finish(session)
-        sc = root.get_span_context()
-        return RunResult(
-            script=self.script,
-            success=outcome.error is None,
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            timed_out=outcome.timed_out,
-            cancelled=outcome.cancelled,
-            error=outcome.error,
-            trace_id=format(sc.trace_id, "032x"),
-            span_id=format(sc.span_id, "016x"),
-            started_at=started_at,
-            duration=duration,
-            pid=outcome.pid,
-            command=outcome.command,
-            stdout_bytes=outcome.stdout,
-            stderr_bytes=outcome.stderr,
-            stdout_truncated=outcome.stdout_truncated,
-            stderr_truncated=outcome.stderr_truncated,
-            metrics=outcome.metrics,
-            export=outcome.export,
-        )
+        try:
+            await run.finish(session)
+        except BaseException:
+            # Cancelled while the spans were leaving (Ctrl-C or fail_fast in run_many):
+            # the script had ended, so what it did is known and is handed over before
+            # the cancellation goes on (the batch reports it, not "cancelled").
+            if self._on_late_result is not None:
+                self._on_late_result(_result(self, outcome, root, started_at, duration))
+            raise
+        return _result(self, outcome, root, started_at, duration)
+
+
+def _result(
+    runner: ScriptRunner, outcome: _Outcome, root: Span, started_at: float, duration: float
+) -> RunResult:
+    sc = root.get_span_context()
+    return RunResult(
+        script=runner.script,
+        success=outcome.error is None,
+        exit_code=outcome.exit_code,
+        signal=outcome.signal,
+        timed_out=outcome.timed_out,
+        cancelled=outcome.cancelled,
+        error=outcome.error,
+        trace_id=format(sc.trace_id, "032x"),
+        span_id=format(sc.span_id, "016x"),
+        started_at=started_at,
+        duration=duration,
+        pid=outcome.pid,
+        command=outcome.command,
+        stdout_bytes=outcome.stdout,
+        stderr_bytes=outcome.stderr,
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        metrics=outcome.metrics,
+        export=outcome.export,
+    )
 
 
 def _untraced_span(parent: Context | None) -> Span:

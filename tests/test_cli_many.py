@@ -353,3 +353,58 @@ def test_trailing_jobs_with_a_missing_script_says_why_it_is_one_script(tmp_path)
     assert "['missing.py', '-j', '2']" in proc.stdout
     assert "missing.py is not a file" in proc.stderr
     assert "-j N before" in proc.stderr
+
+
+def test_sigint_keeps_the_result_of_a_script_that_had_ended(tmp_path, otlp_grpc_receiver):
+    """SIGINT while one script has already ended and its spans are still on their way (the
+    collector holds each request): that job keeps its own result (failed, exit code 3),
+    only the script still running says cancelled, and both traces reach the collector."""
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(SLEEPER)
+    ended = tmp_path / "ended.py"
+    ended.write_text("import sys\nsys.exit(3)\n")
+    pidfile = tmp_path / "s.pid"
+    (tmp_path / "jobs.toml").write_text(
+        "max_concurrency = 2\n"
+        '[[jobs]]\nname = "ended"\nscript = "ended.py"\n'
+        f'[[jobs]]\nname = "sleeper"\nscript = "sleeper.py"\nargs = ["{pidfile}"]\n'
+    )
+    otlp_grpc_receiver.hang(seconds=1.0)  # each request: the exports are slow, not lost
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc_receiver.endpoint,
+        "OTEL_BSP_EXPORT_TIMEOUT": "20000",
+    }
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiorunner", "run", "--jobs-file", "jobs.toml"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            wait_for([pidfile], proc)
+            deadline = time.monotonic() + 30
+            while otlp_grpc_receiver.arrivals == 0:  # "ended" is in upload_traces now
+                assert proc.poll() is None, "aiorunner exited early"
+                assert time.monotonic() < deadline, "no export ever reached the collector"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "err.txt").read_text()
+    rows = summary_rows(stderr)
+    assert "exit 3" in rows["ended"], stderr
+    assert "cancelled" not in rows["ended"], stderr
+    assert "cancelled" in rows["sleeper"], stderr
+    assert "1 failed, 1 cancelled of 2" in stderr
+    for pid in map(int, pidfile.read_text().split()):
+        assert not pid_alive(pid), f"pid {pid} outlived Ctrl-C"
+    roots = [s for s in otlp_grpc_receiver.spans if s.name == "ScriptRunner"]
+    assert sorted(s.attributes["aiorunner.job"] for s in roots) == ["ended", "sleeper"]
+    by_job = {s.attributes["aiorunner.job"]: s for s in roots}
+    assert by_job["ended"].attributes["process.exit.code"] == 3
