@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 CHILD = """
-import asyncio, json, resource, sys, tempfile, time
+import asyncio, json, resource, shutil, sys, tempfile, time
 from pathlib import Path
 from aiorunner import TracingConfig, run_many
 
@@ -58,7 +59,10 @@ async def main():
     }))
 
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+finally:
+    shutil.rmtree(workdir, ignore_errors=True)
 """
 
 
@@ -100,19 +104,27 @@ def main() -> None:
     for tree in options.trees:
         if not (Path(tree) / "aiorunner" / "__init__.py").is_file():
             raise SystemExit(f"{tree}: no aiorunner package there (give the tree's root)")
-    script = Path(tempfile.mkdtemp(prefix="aiorunner-ab-")) / "trivial.py"
+    workdir = Path(tempfile.mkdtemp(prefix="aiorunner-ab-"))
+    try:
+        _compare(options.trees, workdir, options.scripts, options.rounds)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _compare(trees: list[str], workdir: Path, scripts: int, rounds: int) -> None:
+    script = workdir / "trivial.py"
     script.write_text("pass\n")
-    modes = ["xargs -P 2", *options.trees]
+    modes = ["xargs -P 2", *trees]
     totals = {mode: {"wall": 0.0, "cpu": 0.0, "child": 0.0} for mode in modes}
-    for index in range(options.rounds):
+    for index in range(rounds):
         for mode in modes if index % 2 == 0 else modes[::-1]:
             if mode == modes[0]:
-                figures = _xargs(script, options.scripts)
+                figures = _xargs(script, scripts)
             else:
-                figures = _tree(mode, options.scripts)
+                figures = _tree(mode, scripts)
             for key, value in figures.items():
                 totals[mode][key] += value
-    count = options.scripts * options.rounds
+    count = scripts * rounds
     base = totals[modes[0]]["wall"]
     print("| mode | scripts/s | ratio to xargs | runner CPU ms | script CPU ms | rest ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -10,7 +10,9 @@ same run (issue 7's benchmarks 1-3). Speed is measured, never asserted.
    about 7 % of throughput when scripts run back to back.
 2. Throughput: 500 trivial scripts, 2 at a time, through ``run_many`` vs ``xargs -P 2``
    running the same interpreter, and vs a plain ``anyio.run_process`` loop (no tracing, no
-   monitoring) for scale. Goal: at least 0.9x of xargs' scripts/s.
+   monitoring) for scale. Goal: at least 0.9x of xargs' scripts/s. Two more rows say what
+   the defaults beyond tracing and monitoring cost in scripts/s (the dependency check and
+   the in-script channel off), and what tracing alone costs (monitoring off too).
 3. Scale: 2,000 queued jobs of sleeping scripts at concurrency 16, in a fresh process:
    its peak RSS and CPU, and every result and every trace accounted for (the jsonl file
    is read back: one ``ScriptRunner`` root per run, seven spans each).
@@ -32,6 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 TRIVIAL = "pass\n"
 SLEEPING = "import time\ntime.sleep(0.2)\n"
@@ -129,7 +135,7 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
     """
     import anyio
 
-    from aiorunner import run_many
+    from aiorunner import ScriptRunner, run_many
 
     script = workdir / "trivial.py"
     script.write_text(TRIVIAL)
@@ -159,12 +165,28 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
         results = await run_many([script] * per_round, max_concurrency=concurrency, config=config)
         assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
 
+    def without(**off: bool) -> Callable[[], Awaitable[None]]:
+        """run_many with some of the defaults turned off: what each one costs in scripts/s."""
+
+        async def mode() -> None:
+            jobs = [ScriptRunner(script, config=config, **off) for _ in range(per_round)]
+            results = await run_many(jobs, max_concurrency=concurrency, config=config)
+            assert all(r.success for r in results), [r.error for r in results if not r.success]
+
+        return mode
+
     # One event loop for every mode, as in an application: a loop's start-up (worker
     # threads, the monitor's sampler) is not counted once per round.
     modes = {
         f"xargs -P {concurrency} (baseline)": xargs,
         "anyio.run_process, no tracing/monitoring": bare_loop,
         "aiorunner run_many: tracing + monitoring": through_aiorunner,
+        "aiorunner run_many: tracing + monitoring, no dependency check, no in-script channel": (
+            without(validate_dependencies=False, in_script_tracing=False)
+        ),
+        "aiorunner run_many: tracing only (no monitoring, dependency check, channel)": without(
+            monitor=False, validate_dependencies=False, in_script_tracing=False
+        ),
     }
     wall = dict.fromkeys(modes, 0.0)
     cpu = dict.fromkeys(modes, 0.0)
