@@ -102,6 +102,13 @@ class Reader:
     #: True when :meth:`children` works, so discovery needs no full scan each tick.
     #: Known after :meth:`prepare`.
     has_children_files: bool = False
+    #: True once :meth:`prepare` ran.
+    prepared: bool = False
+    #: A reading of one process is a few reads of the kernel's in-memory state (tens of
+    #: microseconds, no disk): the monitor may take the first and last readings of a
+    #: one-process tree on the event loop instead of in a worker thread. False for a
+    #: reader of unknown cost.
+    loop_safe: bool = False
 
     def prepare(self) -> None:
         """Probe the platform once (worker thread: it may touch the file system)."""
@@ -131,6 +138,8 @@ def _read_small(path: str) -> bytes:
 class ProcfsReader(Reader):
     """Linux: the kernel's own files, parsed by hand (see the module docstring for why)."""
 
+    loop_safe = True
+
     io_keys = (
         "io_read_bytes",
         "io_write_bytes",
@@ -147,17 +156,17 @@ class ProcfsReader(Reader):
         self._tick = float(os.sysconf("SC_CLK_TCK"))
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._forced = children_files
-        self._prepared = False
+        self.prepared = False
 
     def prepare(self) -> None:
-        if self._prepared:
+        if self.prepared:
             return
         if self._forced is None:
             probe = f"{self._proc}/self/task/{os.getpid()}/children"
             self.has_children_files = os.path.exists(probe)
         else:
             self.has_children_files = self._forced
-        self._prepared = True
+        self.prepared = True
 
     def read(self, pid: int, previous: Reading | None) -> ReadResult:
         base = f"{self._proc}/{pid}"
@@ -283,6 +292,7 @@ class PsutilReader(Reader):
             import psutil
 
             self._psutil = psutil
+        self.prepared = True
 
     def read(self, pid: int, previous: Reading | None) -> ReadResult:
         identity = previous.identity if previous is not None else None

@@ -303,8 +303,8 @@ _MAXRSS_MARGIN = 8 << 10  # KiB: what the spawning thread may allocate before th
 
 def own_peak_rss() -> int:
     """
-    This process's own peak RSS since its exec, in ``ru_maxrss`` units (blocking read:
-    call it off the loop).
+    This process's own peak RSS since its exec, in ``ru_maxrss`` units (a read of
+    ``/proc/self/status``: kernel memory, no disk).
 
     Why not ``getrusage(RUSAGE_SELF).ru_maxrss``: at exec, Linux folds the old address
     space's high-water mark into the new process's ``ru_maxrss``, so ours may be our

@@ -38,11 +38,13 @@ def blockbuster() -> Iterator[None]:
     with blockbuster_ctx("aiorunner") as bb:
         # Allowed there and only there: the jsonl backend's writes on the export thread's
         # own private loop when it is the only backend (JsonlBackend.write_on_export_thread),
-        # and the fork/exec of a script (vfork: back once the child exec'd, as asyncio's
-        # own create_subprocess_exec does on the loop).
+        # the fork/exec of a script (vfork: back once the child exec'd, as asyncio's
+        # own create_subprocess_exec does on the loop), and the monitor's reading of a
+        # one-process tree (a few reads of /proc, see ProcessTreeMonitor._sample_now).
         for function in bb.functions.values():
             function.can_block_in("aiorunner/_jsonl.py", "_write_here")
             function.can_block_in("aiorunner/_process.py", "_spawn_here")
+            function.can_block_in("aiorunner/_monitor.py", "_read_here")
         yield
 
 

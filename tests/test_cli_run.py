@@ -135,13 +135,19 @@ def test_ctrl_c_stops_the_script_and_flushes(make_script, tmp_path, spans_in, al
         """
     )
     traces = tmp_path / "sigint.jsonl"
+    # CI shells may start us with SIGINT ignored, which exec keeps: restore the default
+    # in a trampoline that then execs the CLI. Not preexec_fn: that forks this threaded
+    # test process, and a fork handler (the OTel SDK's) can deadlock in the child.
+    trampoline = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'aiorunner', 'run', sys.argv[1]])"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aiorunner", "run", str(script)],
+        [sys.executable, "-c", trampoline, str(script)],
         env={**os.environ, "AIORUNNER_TRACES_FILE": str(traces)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - CI shells may ignore SIGINT
     )
     for _ in range(300):
         if marker.exists() and marker.read_text():
