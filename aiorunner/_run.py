@@ -28,6 +28,7 @@ from . import _deps, _offload
 from ._bootstrap import precompile
 from ._inscript import open_channel
 from ._metadata import ScriptInfo, ScriptProblem, read_script
+from ._phase_span import PhaseSpans
 from ._process import ChildProcess, OutputCallback
 from ._propagation import inject_env
 from ._redact import Scrubber, redact_args, secret_values
@@ -118,8 +119,18 @@ class _Run:
         self.cwd_ok = True
         self._scrubber: Scrubber | None = None
         self.slot_wait = 0.0
+        self._phases: PhaseSpans | bool | None = None
 
     def span(self, name: str, **kwargs: Any) -> Span:
+        """A phase span under the run's root: a :class:`PhaseSpan` (see ``_phase_span``
+        for why) when the root is a recording, sampled SDK span, else the tracer's."""
+        phases = self._phases
+        if phases is None:
+            limits = self.session.span_limits if self.session is not None else None
+            phases = PhaseSpans.for_run(self.tracer, self.root, self.root_ctx, limits) or False
+            self._phases = phases
+        if phases:
+            return phases.start(name, **kwargs)  # type: ignore[union-attr]
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
 
     def scrub(self, text: str) -> str:

@@ -71,7 +71,11 @@ def _resource(attributes: dict[str, Any]) -> Resource:
     )
 
 
-def _provider(config: TracingConfig) -> TracerProvider:
+def _span_limits(config: TracingConfig) -> SpanLimits:
+    return SpanLimits(max_span_attributes=config.max_attributes, max_events=config.max_events)
+
+
+def _provider(config: TracingConfig, limits: SpanLimits) -> TracerProvider:
     attributes: dict[str, Any] = dict(config.resource_attributes or {})
     # OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES, but our default
     # ("aiorunner") does not.
@@ -81,9 +85,7 @@ def _provider(config: TracingConfig) -> TracerProvider:
         sampler=make_sampler(config),
         resource=_resource(attributes),
         shutdown_on_exit=False,  # the session drains itself at exit, within a deadline
-        span_limits=SpanLimits(
-            max_span_attributes=config.max_attributes, max_events=config.max_events
-        ),
+        span_limits=limits,
     )
     if config.enabled and getattr(provider, "_disabled", False):
         # TracingConfig(enabled=True) given explicitly beats OTEL_SDK_DISABLED, which the
@@ -171,7 +173,9 @@ class Session:
             raise ConfigError(f"Session() takes a TracingConfig, got {config!r}")
         self.config: TracingConfig = (config or TracingConfig()).resolve()
         self.enabled: bool = bool(self.config.enabled)
-        self.tracer_provider: TracerProvider = _provider(self.config)
+        #: The provider's span limits (the runs' phase spans apply them, see _phase_span).
+        self.span_limits = _span_limits(self.config)
+        self.tracer_provider: TracerProvider = _provider(self.config, self.span_limits)
         self._tracers: dict[str, trace.Tracer] = {}
         self._pipeline: ExportPipeline | None = None
         self._adapters: tuple[BackendAdapter, ...] = ()
