@@ -325,16 +325,6 @@ class _Batch:
         number = 0
         while True:
             number += 1
-            attempt = Attempt(
-                job=node.job,
-                name=node.name,
-                number=number,
-                timeout=self._timeout_for(node),
-                context=self._root_ctx,
-                session=self.session,
-                on_sample=on_sample,
-                on_late_result=partial(self._late_result, node, number),
-            )
             async with self._limiter:
                 slot = None
                 if self._slots is not None:
@@ -344,9 +334,19 @@ class _Batch:
                         on_acquire=partial(self._began, node, number),
                         keep_on_failure=self.fail_fast and number > retries,
                     )
-                    attempt = dataclasses.replace(attempt, slot=slot)
                 else:
                     self._began(node, number)
+                attempt = Attempt(
+                    job=node.job,
+                    name=node.name,
+                    number=number,
+                    timeout=self._timeout_for(node),
+                    context=self._root_ctx,
+                    session=self.session,
+                    on_sample=on_sample,
+                    slot=slot,
+                    on_late_result=partial(self._late_result, node, number),
+                )
                 try:
                     result = await self.executor.run(attempt)
                     self._attempt[node.index] = number
