@@ -137,14 +137,39 @@ class PhaseSpan(trace.Span):
         if attributes:
             self.set_attributes(attributes)
 
-    # Read by span processors' on_start (aiorunner's reads ``name``), as on an SDK span.
+    # What span processors may read in on_start (aiorunner's reads ``name``), as on an
+    # SDK span.
     @property
     def parent(self) -> SpanContext:
         return self._spans.parent
 
     @property
+    def context(self) -> SpanContext:
+        return self._context
+
+    @property
     def attributes(self) -> Mapping[str, Any]:
         return self._attributes
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return tuple(self._events)
+
+    @property
+    def links(self) -> tuple[()]:
+        return ()
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def resource(self) -> Any:
+        return self._spans.root.resource
+
+    @property
+    def instrumentation_scope(self) -> Any:
+        return self._spans.root.instrumentation_scope
 
     def get_span_context(self) -> SpanContext:
         return self._context
