@@ -345,7 +345,7 @@ class ScriptRunner:
         duration = time.perf_counter() - t0
         try:
             await run.finish(session)
-        except BaseException:
+        except anyio.get_cancelled_exc_class():
             # Cancelled while the spans were leaving (Ctrl-C or fail_fast in run_many):
             # the script had ended, so what it did is known and is handed over before
             # the cancellation goes on (the batch reports it, not "cancelled").
