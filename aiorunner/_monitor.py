@@ -304,6 +304,8 @@ class ProcessTreeMonitor:
         kernel's memory, ~20 µs, where a worker thread's round trip costs ten times that
         and, measured on 2 busy cores, about 3 % of run_many's throughput per reading.
         A larger tree, or a reader that is not ``loop_safe``, goes to a worker thread.
+        (``/proc/<pid>/io`` may wait for a child to finish its exec, a few µs of kernel work,
+        longer if the child is preempted right then: the same wait the vfork spawn has.)
         """
         read_at = time.monotonic()
         known, key = self.job()
