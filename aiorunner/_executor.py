@@ -127,8 +127,7 @@ class ProcessSlot:
     def exited(self) -> None:
         """The script's process exited (not reaped yet): give the slot back now, unless
         it is kept to see whether the script failed (``fail_fast``, last try)."""
-        if not self._keep_on_failure:
-            self.release_kept()
+        self.release(failed=True)  # whether it failed is not known yet
 
     def release(self, *, failed: bool = False) -> None:
         """Give the slot back: the script's process has exited (or never started)."""
@@ -241,10 +240,10 @@ class LocalExecutor:
                 options["interpreter"] = job.interpreter
             runner = ScriptRunner(job.script, job.args, **options)
         else:
-            if job._config is not None and not job._config.resolved:
-                # What job.config does on first use, done once for every attempt's copy
-                # (resolving reads ~40 environment variables: ~0.2 ms an attempt).
-                job._config = job._config.resolve()
+            if job._config is not None:
+                # Resolved (by the property, which keeps it) once here, not in every
+                # attempt's copy: resolving reads ~40 environment variables, ~0.2 ms.
+                job._config = job.config
             runner = copy.copy(job)
             runner.tracing_attributes = dict(job.tracing_attributes)
             if runner.timeout is None:

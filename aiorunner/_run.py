@@ -129,8 +129,8 @@ class _Run:
             limits = self.session.span_limits if self.session is not None else None
             phases = PhaseSpans.for_run(self.tracer, self.root, self.root_ctx, limits) or False
             self._phases = phases
-        if phases:
-            return phases.start(name, **kwargs)  # type: ignore[union-attr]
+        if isinstance(phases, PhaseSpans):
+            return phases.start(name, **kwargs)
         return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
 
     def scrub(self, text: str) -> str:
