@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,31 @@ def wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 30.0) -
         time.sleep(0.02)
 
 
+def interrupt_jobs_file(
+    tmp_path: Path,
+    ready: Callable[[subprocess.Popen], None],
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run `aiorunner run --jobs-file jobs.toml` in tmp_path, send it a real SIGINT once
+    ``ready(proc)`` returns, check it exits 130, and return its stderr."""
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiorunner", "run", "--jobs-file", "jobs.toml"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            ready(proc)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return (tmp_path / "err.txt").read_text()
+
+
 def test_sigint_stops_every_child_and_flushes_traces(tmp_path, traces_file):
     """A real SIGINT to `aiorunner run -j`: every script and grandchild is gone, the
     summary says cancelled, exit 130, and every run's trace is in the file."""
@@ -241,21 +267,7 @@ def test_sigint_stops_every_child_and_flushes_traces(tmp_path, traces_file):
         for i, p in enumerate(pidfiles)
     )
     (tmp_path / "jobs.toml").write_text(f"max_concurrency = 3\n{lines}")
-    with open(tmp_path / "err.txt", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aiorunner", "run", "--jobs-file", "jobs.toml"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        try:
-            wait_for(pidfiles, proc)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=60) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    stderr = (tmp_path / "err.txt").read_text()
+    stderr = interrupt_jobs_file(tmp_path, lambda proc: wait_for(pidfiles, proc))
     assert "SIGINT: stopping every script" in stderr
     assert "3 cancelled of 3" in stderr
     for pidfile in pidfiles:
@@ -376,27 +388,16 @@ def test_sigint_keeps_the_result_of_a_script_that_had_ended(tmp_path, otlp_grpc_
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc_receiver.endpoint,
         "OTEL_BSP_EXPORT_TIMEOUT": "20000",
     }
-    with open(tmp_path / "err.txt", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aiorunner", "run", "--jobs-file", "jobs.toml"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        try:
-            wait_for([pidfile], proc)
-            deadline = time.monotonic() + 30
-            while otlp_grpc_receiver.arrivals == 0:  # "ended" is in upload_traces now
-                assert proc.poll() is None, "aiorunner exited early"
-                assert time.monotonic() < deadline, "no export ever reached the collector"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=60) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    stderr = (tmp_path / "err.txt").read_text()
+
+    def ready(proc: subprocess.Popen) -> None:
+        wait_for([pidfile], proc)
+        deadline = time.monotonic() + 30
+        while otlp_grpc_receiver.arrivals == 0:  # "ended" is in upload_traces now
+            assert proc.poll() is None, "aiorunner exited early"
+            assert time.monotonic() < deadline, "no export ever reached the collector"
+            time.sleep(0.01)
+
+    stderr = interrupt_jobs_file(tmp_path, ready, env=env)
     rows = summary_rows(stderr)
     assert "exit 3" in rows["ended"], stderr
     assert "cancelled" not in rows["ended"], stderr
