@@ -9,8 +9,9 @@ same run (issue 7's benchmarks 1-3). Speed is measured, never asserted.
    run (the script's own CPU is not in it): on a 2-core machine every 1 ms of it costs
    about 7 % of throughput when scripts run back to back.
 2. Throughput: 500 trivial scripts, 2 at a time, through ``run_many`` vs ``xargs -P 2``
-   running the same interpreter, and vs a plain ``anyio.run_process`` loop (no tracing, no
-   monitoring) for scale. Goal: at least 0.9x of xargs' scripts/s. Two more rows say what
+   running the same interpreter, and vs a plain ``anyio.run_process`` loop and a loop of
+   aiorunner's own spawn (no tracing, no monitoring: the ceiling of any runner that spawns
+   this way) for scale. Goal: at least 0.9x of xargs' scripts/s. Two more rows say what
    the defaults beyond tracing and monitoring cost in scripts/s (the dependency check and
    the in-script channel off), and what tracing alone costs (monitoring off too).
 3. Scale: 2,000 queued jobs of sleeping scripts at concurrency 16, in a fresh process:
@@ -161,6 +162,30 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
             for _ in range(per_round):
                 tg.start_soon(one)
 
+    async def own_spawn_loop() -> None:
+        # aiorunner's own spawn (vfork on the loop, a pidfd, stdout/stderr pipes) and
+        # nothing else: the most any run_many with tracing and monitoring could reach.
+        from aiorunner._process import ChildProcess
+
+        limiter = anyio.CapacityLimiter(concurrency)
+        env = dict(os.environ)
+
+        async def one() -> None:
+            async with limiter:
+                child = await ChildProcess.spawn(
+                    [sys.executable, str(script)], cwd=None, env=env, tail_limit=1 << 16
+                )
+                try:
+                    code = await child.wait_exit()
+                    await child.wait_output(1.0)
+                finally:
+                    child.close()
+                assert code == 0, child.stderr.getvalue()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(per_round):
+                tg.start_soon(one)
+
     async def through_aiorunner() -> None:
         results = await run_many([script] * per_round, max_concurrency=concurrency, config=config)
         assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
@@ -180,6 +205,7 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
     modes = {
         f"xargs -P {concurrency} (baseline)": xargs,
         "anyio.run_process, no tracing/monitoring": bare_loop,
+        "aiorunner's spawn alone (vfork, pidfd, pipes), no tracing/monitoring": own_spawn_loop,
         "aiorunner run_many: tracing + monitoring": through_aiorunner,
         "aiorunner run_many: tracing + monitoring, no dependency check, no in-script channel": (
             without(validate_dependencies=False, in_script_tracing=False)
