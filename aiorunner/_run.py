@@ -590,15 +590,7 @@ class _Run:
             raise
         end_upload(report)  # does nothing when the export thread did it
         outcome.export = report
-        if not report.ok and not report.sampled_out:
-            import logging
-
-            logging.getLogger("aiorunner.export").warning(
-                "traces of run %s (trace %032x) did not all arrive: %s",
-                self.runner.script,
-                trace_id,
-                report.describe(),
-            )
+        session._run_export_log.record(report, self.runner.script, trace_id)
 
 
 _environ_snapshot: tuple[dict[bytes, bytes], dict[str, str]] | None = None

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from ._adapters import BackendAdapter, adapt, broken
 from ._config import TracingConfig
 from ._exceptions import BackendError, ConfigError
+from ._export_log import RunExportLog
 from ._inscript import ChannelBackend, parent_channel
 from ._pipeline import ExportPipeline
 from ._registry import load_backend
@@ -177,6 +178,8 @@ class Session:
         self.span_limits = _span_limits(self.config)
         self.tracer_provider: TracerProvider = _provider(self.config, self.span_limits)
         self._tracers: dict[str, trace.Tracer] = {}
+        #: The runs' "did not all arrive" warning, once per outage (see _export_log).
+        self._run_export_log = RunExportLog()
         self._pipeline: ExportPipeline | None = None
         self._adapters: tuple[BackendAdapter, ...] = ()
         if not self.enabled:

@@ -9,7 +9,7 @@ import socket
 import anyio
 import pytest
 
-from aiorunner import ScriptRunner, TracingConfig
+from aiorunner import ScriptRunner, Session, TracingConfig, run_many
 
 CHILDREN = {
     "extract_metadata",
@@ -74,6 +74,62 @@ async def test_collector_down_for_the_whole_run(make_script, caplog):
     assert otlp.failed + otlp.pending + otlp.dropped >= 5
     assert otlp.last_error
     assert "did not all arrive" in caplog.text
+
+
+def _run_warnings(caplog) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "aiorunner.export" and "did not all arrive:" in r.getMessage()
+    ]
+
+
+async def test_collector_down_warns_once_for_a_batch_not_once_per_run(make_script, caplog):
+    """Four runs whose spans cannot leave: each result says so, but only the first run
+    logs a warning (the rest log at DEBUG), so the pipeline's warning is not buried."""
+    caplog.set_level(logging.DEBUG, logger="aiorunner.export")
+    config = TracingConfig(
+        exporter_type="otlp",
+        collector_endpoint=f"http://127.0.0.1:{_closed_port()}",
+        export_timeout=1.0,
+    )
+    # Built off the loop: loading backends scans the installed distributions' entry points.
+    async with await anyio.to_thread.run_sync(Session, config) as session:
+        results = await run_many([make_script("pass")] * 4, max_concurrency=2, session=session)
+    assert [r.success for r in results] == [True] * 4
+    assert not any(r.export.ok for r in results)
+    runs = _run_warnings(caplog)
+    assert [r.levelno for r in runs].count(logging.WARNING) == 1
+    assert [r.levelno for r in runs].count(logging.DEBUG) == 3
+    (warning,) = [r for r in runs if r.levelno == logging.WARNING]
+    assert "further runs" in warning.getMessage()
+    assert any(r.trace_id in warning.getMessage() for r in results)
+
+
+async def test_backend_back_logs_how_many_runs_went_unlogged(make_script, tmp_path, caplog):
+    """Three runs whose traces file cannot be written (a file stands where its directory
+    should be): one warning. Once the obstacle is gone the next run's traces arrive, and
+    an INFO line says the two runs after the first were not logged one by one."""
+    caplog.set_level(logging.DEBUG, logger="aiorunner.export")
+    blocker = tmp_path / "traces"
+    blocker.write_text("not a directory")
+    traces = blocker / "runs.jsonl"
+    config = TracingConfig(exporter_type="jsonl", traces_file=str(traces), export_timeout=1.0)
+    script = make_script("pass")
+    async with await anyio.to_thread.run_sync(Session, config) as session:
+        failed = await run_many([script] * 3, max_concurrency=1, session=session)
+        assert not any(r.export.ok for r in failed)
+        blocker.unlink()
+        (again,) = await run_many([script], session=session)
+    assert again.export.ok, again.export
+    assert again.trace_id in traces.read_text()
+    runs = _run_warnings(caplog)
+    assert [r.levelno for r in runs] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    (back,) = [
+        r for r in caplog.records if r.levelno == logging.INFO and "arrived" in r.getMessage()
+    ]
+    assert again.trace_id in back.getMessage()
+    assert "the 2 runs before it" in back.getMessage()
 
 
 async def test_collector_up_three_seconds_late_loses_nothing(make_script, otlp_grpc_receiver):
