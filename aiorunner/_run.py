@@ -8,7 +8,6 @@ live readings) and what one run does stay readable on their own.
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import re
@@ -26,6 +25,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _deps, _offload
 from ._bootstrap import precompile
+from ._dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
 from ._inscript import open_channel
 from ._metadata import ScriptInfo, ScriptProblem, read_script
 from ._phase_span import PhaseSpans
@@ -35,8 +35,6 @@ from ._redact import Scrubber, redact_args, secret_values
 from ._result import ExportReport
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
@@ -54,12 +52,6 @@ PIPE_GRACE = 0.5
 # A cancelled run (Ctrl-C, fail_fast, a caller's timeout) still flushes its spans, within this.
 CANCELLED_FLUSH_TIMEOUT = 5.0
 TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
-
-_AST_LOCK = threading.Lock()
-_interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
-#: Top-level imports of scripts that parsed, by the sha256 of their source.
-_imports_cache: dict[str, tuple[str, ...]] = {}
-_IMPORTS_CACHE_SIZE = 512
 
 
 @dataclass
@@ -169,12 +161,12 @@ class _Run:
             path = os.path.join(runner.cwd, path)
         interpreter = self._interpreter()
         if runner.interpreter is None:
-            own = not any(k in runner.env for k in _FOREIGN_ENV)
+            own = not any(k in runner.env for k in FOREIGN_ENV)
         else:  # realpath reads links: off the loop
-            own = await anyio.to_thread.run_sync(_is_own_interpreter, interpreter, runner.env)
+            own = await anyio.to_thread.run_sync(is_own_interpreter, interpreter, runner.env)
         inventory: _deps.InterpreterInventory | str | None = None
         if runner.validate_dependencies and not own:
-            inventory = await _inventory_for(interpreter, runner.env)
+            inventory = await inventory_for(interpreter, runner.env)
 
         def work() -> tuple[Any, ...]:
             # Everything that touches the file system happens here, off the loop.
@@ -189,7 +181,7 @@ class _Run:
             t_meta_end = time.time_ns()
             report: _deps.DependencyReport | SyntaxError | None = None
             if isinstance(info, ScriptInfo) and info.is_python and runner.validate_dependencies:
-                report = _check_dependencies(info, interpreter, own, inventory, runner.env)
+                report = check_dependencies(info, interpreter, own, inventory, runner.env)
             t_deps_end = time.time_ns()
             if own and isinstance(info, ScriptInfo) and info.is_python:
                 precompile()  # the in-script bootstrap's .pyc: once per process
@@ -668,95 +660,3 @@ def _python_traceback(stderr: str) -> tuple[str, str, str] | None:
     exc_type, exc_msg = (match.group("type"), match.group("msg") or "") if match else ("", last)
     text = "\n".join(lines[-12:])[-TRACEBACK_BYTES:]
     return exc_type, exc_msg, text
-
-
-_FOREIGN_ENV = ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONNOUSERSITE")
-
-
-def _is_own_interpreter(interpreter: str, env: Mapping[str, str]) -> bool:
-    if any(k in env for k in _FOREIGN_ENV):
-        return False
-    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
-        # same binary; a venv and its base share the binary but not the prefix
-        return os.path.abspath(interpreter) == os.path.abspath(sys.executable) or (
-            sys.prefix == sys.base_prefix
-        )
-    return False
-
-
-async def _inventory_for(
-    interpreter: str, env: Mapping[str, str]
-) -> _deps.InterpreterInventory | str:
-    """What ``interpreter`` can import, probed once and cached; a string on failure."""
-    key = (interpreter, env.get("PYTHONPATH", ""))
-    cached = _interpreter_cache.get(key)
-    if cached is not None:
-        return cached
-    probe_env = dict(os.environ)
-    probe_env.update(env)
-    try:
-        result = await anyio.run_process(
-            [interpreter, "-I" if "PYTHONPATH" not in env else "-s", "-c", _deps.PROBE],
-            env=probe_env,
-            check=False,
-        )
-    except OSError as exc:
-        return f"cannot run interpreter {interpreter}: {exc.strerror or exc}; check interpreter="
-    if result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        return (
-            f"interpreter {interpreter} failed to list its modules"
-            f"{': ' + err[0] if err else ''}; pass validate_dependencies=False to skip the check"
-        )
-    inventory = _deps.probe_interpreter(result.stdout)
-    _interpreter_cache[key] = inventory
-    return inventory
-
-
-def _check_dependencies(
-    info: ScriptInfo,
-    interpreter: str,
-    own: bool,
-    inventory: _deps.InterpreterInventory | str | None,
-    env: Mapping[str, str],
-) -> _deps.DependencyReport | SyntaxError | None:
-    """Blocking (worker thread): parse the script and check its imports."""
-    imports = _imports_cache.get(info.sha256)
-    if imports is None:
-        try:
-            # CPython 3.11 can fail ast.parse in concurrent threads with "AST constructor
-            # recursion depth mismatch" (gh-106905): one parse at a time.
-            with _AST_LOCK:
-                tree = ast.parse(info.source, filename=info.path)
-        except SyntaxError as exc:
-            if own:
-                return exc
-            return None  # another interpreter may know newer syntax: let it decide
-        except ValueError:  # null bytes
-            return None
-        imports = _deps.top_level_imports(tree)
-        # The imports are a function of the source alone: a script run again (the same
-        # sha256) is not parsed again. Bounded; the oldest entry goes first.
-        with _AST_LOCK:  # worker threads: evict and insert as one step
-            if len(_imports_cache) >= _IMPORTS_CACHE_SIZE:
-                del _imports_cache[next(iter(_imports_cache))]
-            _imports_cache[info.sha256] = imports
-    script_dir = os.path.dirname(os.path.abspath(info.path))
-    if own:
-        return _deps.check_with_own_interpreter(
-            imports,
-            script_dir=script_dir,
-            env=env,
-            dependencies=info.dependencies,
-            requires_python=info.requires_python,
-        )
-    if isinstance(inventory, _deps.InterpreterInventory):
-        return _deps.check_with_inventory(
-            inventory,
-            imports,
-            script_dir=script_dir,
-            env=env,
-            dependencies=info.dependencies,
-            requires_python=info.requires_python,
-        )
-    return None
