@@ -190,6 +190,9 @@ class SpanChannel:
         self.dropped = 0
         #: Payloads that were not valid (a bug, or a script writing to our fd).
         self.malformed = 0
+        #: Peak RSS in bytes (``VmHWM``) a process reported as it exited, by pid (asked
+        #: for with ``report_peak``; see the bootstrap's ``_report_peak_at_exit``).
+        self.exit_peaks: dict[int, int] = {}
 
     @property
     def child_fd(self) -> int:
@@ -204,8 +207,10 @@ class SpanChannel:
         max_attributes: int | None,
         max_events: int | None,
         instrument: Sequence[str] = (),
+        report_peak: bool = False,
     ) -> None:
-        """Add the bootstrap to a Python child's environment ``env`` (in place)."""
+        """Add the bootstrap to a Python child's environment ``env`` (in place);
+        ``report_peak``: the child sends its peak RSS as it exits (:attr:`exit_peaks`)."""
         settings = [
             f"fd={self.child_fd}",
             f"ino={os.fstat(self.child_fd).st_ino}",
@@ -217,6 +222,8 @@ class SpanChannel:
             settings.append(f"events={max_events}")
         if instrument:
             settings.append("instrument=" + ",".join(instrument))
+        if report_peak:
+            settings.append("hwm=1")
         env[INSCRIPT_VAR] = ";".join(settings)
         original = env.get("PYTHONPATH")
         env[PYTHONPATH_VAR] = "-" if original is None else "+" + original
@@ -288,13 +295,15 @@ class SpanChannel:
             payload: bytes = bytes(partial)
         else:
             payload = chunk[_HEADER_SIZE:]
-        self._on_payload(payload)
+        self._on_payload(payload, pid)
 
-    def _on_payload(self, payload: bytes) -> None:
+    def _on_payload(self, payload: bytes, pid: int) -> None:
         try:
             message = json.loads(payload)
             spans = [decode_span(item, self._resource) for item in message.get("s", ())]
             dropped = {int(k, 16): int(v) for k, v in message.get("d", {}).items()}
+            if "m" in message:
+                self.exit_peaks[pid] = int(message["m"]["hwm"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.malformed += 1
             logger.warning("in-script span payload could not be read: %s", exc)
@@ -329,6 +338,7 @@ def open_channel(
     python: bool,
     enabled: bool | None = None,
     instrument: Iterable[str] = (),
+    report_peak: bool = False,
 ) -> SpanChannel | None:
     """
     Set up in-script tracing for one child, or return None when it does not apply: not
@@ -359,6 +369,7 @@ def open_channel(
         max_attributes=config.max_attributes,
         max_events=config.max_events,
         instrument=tuple(dict.fromkeys([*(config.instrument or ()), *instrument, *requested()])),
+        report_peak=report_peak,
     )
     return channel
 

@@ -328,6 +328,7 @@ class _Run:
             python=info.is_python,
             enabled=runner.in_script_tracing,
             instrument=runner.instrument,
+            report_peak=runner.monitor,
         )
         reader = None
         if runner.monitor:
@@ -405,7 +406,8 @@ class _Run:
             child.close()
             if channel is not None:
                 channel.close()  # reads what the script wrote before it ended
-        self._record_exit(child, span, monitor, t_start)
+        exit_peak = channel.exit_peaks.get(child.pid) if channel is not None else None
+        self._record_exit(child, span, monitor, t_start, exit_peak)
         code = child.returncode
         assert code is not None
         if limit_reason:
@@ -430,7 +432,16 @@ class _Run:
                 span.add_event("script.stderr", {"stderr.tail": self.scrub(tail)})
         span.end()
 
-    def _record_exit(self, child: ChildProcess, span: Span, monitor: Any, t_start: float) -> None:
+    def _record_exit(
+        self,
+        child: ChildProcess,
+        span: Span,
+        monitor: Any,
+        t_start: float,
+        exit_peak: int | None = None,
+    ) -> None:
+        """Exit status, output and metrics onto the outcome. ``exit_peak``: the script's
+        own peak RSS as it reported it at exit (Python scripts, in-script channel)."""
         outcome = self.outcome
         self.execution_time = time.perf_counter() - t_start
         code = child.returncode
@@ -459,6 +470,8 @@ class _Run:
                     wall_seconds=self.execution_time,
                 )
             )
+            if exit_peak and exit_peak > metrics.get("memory_rss_peak_bytes", 0):
+                metrics["memory_rss_peak_bytes"] = exit_peak
             for name, attrs, ts in monitor.events(self.config.max_events):
                 span.add_event(name, attrs, timestamp=ts)
         elif child.rusage is not None:

@@ -321,3 +321,54 @@ def test_memory_spike_between_samples_through_the_runner(make_script):
     true_peak = int(data["out"].split()[0]) * 1024
     assert true_peak >= 200 << 20
     assert abs(data["peak"] - true_peak) <= 0.10 * true_peak, (data, true_peak)
+
+
+def test_short_script_smaller_than_the_runner_reports_its_own_peak(make_script):
+    """A Python script that touches 60 MB and ends long before the first sample, run by
+    a runner that once held 250 MB (so ru_maxrss, which starts at the runner's peak, says
+    nothing): the script's own VmHWM, sent as it exits, is the reported peak. Without the
+    in-script channel, or when the script leaves by os._exit, only the first reading is
+    left (the documented limit), well below 60 MB."""
+    import subprocess
+    import textwrap
+
+    body = """
+        import os, re, sys
+        data = bytearray(60 << 20)
+        for i in range(0, len(data), 4096):
+            data[i] = 1
+        status = open("/proc/self/status").read()
+        print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), flush=True)
+        if sys.argv[1:] == ["exit"]:
+            os._exit(0)
+        """
+    script = make_script(body)
+    code = textwrap.dedent(
+        f"""
+        import json
+        from aiorunner import ScriptRunner
+        big = bytearray(250 << 20)
+        for i in range(0, len(big), 4096):
+            big[i] = 1
+        del big
+        out = {{}}
+        for name, args, kwargs in (
+            ("channel", [], {{}}),
+            ("no channel", [], {{"in_script_tracing": False}}),
+            ("os._exit", ["exit"], {{}}),
+        ):
+            r = ScriptRunner({str(script)!r}, args=args, monitor_interval=30.0, **kwargs).run_script()
+            assert r.success, r.error
+            out[name] = [r.metrics.get("memory_rss_peak_bytes", 0), int(r.stdout.split()[0]) * 1024]
+        print(json.dumps(out))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    reported, own = data["channel"]
+    assert own >= 60 << 20
+    assert own <= reported <= own * 1.05, data  # it may grow a little after the print
+    assert data["no channel"][0] < 60 << 20, data
+    assert data["os._exit"][0] < 60 << 20, data

@@ -178,6 +178,45 @@ def _chain(here: "str") -> None:
             )
 
 
+def _report_peak_at_exit(fd: "int", pid: "int") -> None:
+    """Send the script's own peak RSS (``VmHWM``) to the runner as the interpreter exits.
+
+    Why: the runner reads the script every ``monitor_interval``, and the kernel's
+    ``ru_maxrss`` of a child spawned by the runner starts at the runner's own peak (Linux
+    folds the old address space into it at exec), so a script shorter than one interval,
+    smaller than the runner, had no usable peak. ``VmHWM`` is the script's own address
+    space's. The last exit hook (registered first), so it runs after the script's own;
+    skipped on ``os._exit`` and signals (the runner then keeps what it sampled). Only
+    the process the runner started reports (a forked child runs this hook too).
+    ``atexit`` is compiled into the interpreter: importing it reads no file.
+    """
+    import atexit
+
+    def report() -> None:
+        if os.getpid() != pid:
+            return
+        try:
+            with open("/proc/self/status", "rb") as f:
+                status = f.read()
+            start = status.index(b"VmHWM:") + 6
+            peak = int(status[start : status.index(b"kB", start)]) * 1024
+        except (OSError, ValueError):
+            return  # not Linux, or /proc not mounted: nothing to report
+        payload = b'{"m":{"hwm":' + str(peak).encode() + b"}}"
+        inscript = sys.modules.get("_aiorunner_inscript")
+        channel = inscript.channel() if inscript is not None else None  # type: ignore[attr-defined]
+        try:
+            if channel is not None:  # its lock keeps chunks of one payload together
+                channel._write(payload)
+            elif os.fstat(fd).st_ino == ino:  # still our socket (a daemon closes fds)
+                os.write(fd, pid.to_bytes(4, "big") + b"\x00" + payload)
+        except OSError:
+            pass  # the runner is gone
+
+    ino = os.fstat(fd).st_ino
+    atexit.register(report)
+
+
 def _main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     raw = os.environ.pop(_SETTINGS_VAR, None)
@@ -205,6 +244,8 @@ def _main() -> None:
                     _warn(f"in-script tracing is off: {type(exc).__name__}: {exc}")
             else:
                 sys.meta_path.insert(0, hook)
+            if settings.get("hwm") == "1":
+                _report_peak_at_exit(fd, os.getpid())
     _chain(here)
     if settings.get("instrument"):
         try:
