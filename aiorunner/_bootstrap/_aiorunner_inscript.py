@@ -20,7 +20,8 @@ What it does, in the script's interpreter:
 Wire format (read by ``aiorunner._inscript``): each socket message is a chunk,
 ``!IB`` (writer pid, 1 if more chunks of the same payload follow) + bytes. A payload is
 UTF-8 JSON: ``{"s": [span, ...]}`` and/or ``{"d": {"<trace id hex>": count}}`` for spans
-this side had to drop. Chunks of one payload are written under a lock, so within one
+this side had to drop, or ``{"m": {"hwm": bytes}}``, the process's peak RSS as it exits
+(written by ``sitecustomize``'s exit hook when the run is monitored). Chunks of one payload are written under a lock, so within one
 process they are contiguous; the reader reassembles per pid, so forked children writing
 to the same socket cannot corrupt each other's payloads.
 
