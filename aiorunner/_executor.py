@@ -221,6 +221,15 @@ class LocalExecutor:
     #: Holds ``Attempt.slot`` from the spawn to the script's exit (see ProcessSlot).
     uses_process_slots: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass with a run() of its own may build its ScriptRunner without
+        # runner_for(), which is what hands the slot over: the slot would never be taken
+        # and twice max_concurrency scripts could run at once. So such a subclass keeps
+        # the slots only when it says so itself.
+        if "run" in cls.__dict__ and "uses_process_slots" not in cls.__dict__:
+            cls.uses_process_slots = False
+
     def runner_for(self, attempt: Attempt) -> ScriptRunner:
         """The ScriptRunner for one attempt (a copy for a caller's ScriptRunner, so the
         caller's object is never changed)."""

@@ -463,6 +463,53 @@ class RecordingExecutor:
         return await self.local.run(attempt)
 
 
+class OwnRunExecutor(LocalExecutor):
+    """A LocalExecutor subclass whose run() builds its ScriptRunner itself (no
+    runner_for(), so it never takes attempt.slot)."""
+
+    async def run(self, attempt: Attempt) -> RunResult:
+        job = attempt.job
+        assert isinstance(job, Job)
+        return await ScriptRunner(job.script, job.args, validate_dependencies=False).run()
+
+
+async def test_local_executor_subclass_with_its_own_run_keeps_max_concurrency(script, tmp_path):
+    """Such a subclass gets no process slots (nothing would take them), so the
+    orchestrator bounds its attempts at max_concurrency: with 1, no two scripts ever
+    overlap (the scripts' own start/end log). Before, it inherited the slots' doubled
+    bound and two ran at once. A subclass that declares the slots, or keeps run(), has
+    them."""
+    log = tmp_path / "log.txt"
+    body = (
+        "import os, sys, time\n"
+        "def log(line):\n"
+        "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+        "    os.write(fd, (line + '\\n').encode())\n"
+        "    os.close(fd)\n"
+        "log('start')\n"
+        "time.sleep(0.3)\n"
+        "log('end')\n"
+    )
+    jobs = [Job(script(f"slow{i}.py", body), [str(log)]) for i in range(4)]
+    results = await run_many(jobs, max_concurrency=1, executor=OwnRunExecutor())
+    assert all(r.success for r in results), [r.error for r in results]
+    running = peak = 0
+    for line in log.read_text().splitlines():
+        running += 1 if line == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1, log.read_text()
+    assert OwnRunExecutor.uses_process_slots is False
+
+    class Declared(OwnRunExecutor):
+        uses_process_slots = True
+
+    class KeepsRun(LocalExecutor):
+        pass
+
+    assert Declared.uses_process_slots is True
+    assert KeepsRun.uses_process_slots is True
+
+
 async def test_executor_seam_gets_plain_jobs_and_the_batch_context(script):
     """A custom executor receives each attempt as plain data (a picklable Job) with the
     batch's trace context as W3C headers, and its results are the batch's results."""
