@@ -178,7 +178,7 @@ def _chain(here: "str") -> None:
             )
 
 
-def _report_peak_at_exit(fd: "int", pid: "int") -> None:
+def _report_peak_at_exit(fd: "int", ino: "int", pid: "int") -> None:
     """Send the script's own peak RSS (``VmHWM``) to the runner as the interpreter exits.
 
     Why: the runner reads the script every ``monitor_interval``, and the kernel's
@@ -213,7 +213,6 @@ def _report_peak_at_exit(fd: "int", pid: "int") -> None:
         except OSError:
             pass  # the runner is gone
 
-    ino = os.fstat(fd).st_ino
     atexit.register(report)
 
 
@@ -245,7 +244,7 @@ def _main() -> None:
             else:
                 sys.meta_path.insert(0, hook)
             if settings.get("hwm") == "1":
-                _report_peak_at_exit(fd, os.getpid())
+                _report_peak_at_exit(fd, int(settings["ino"]), os.getpid())
     _chain(here)
     if settings.get("instrument"):
         try:
