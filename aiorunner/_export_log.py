@@ -54,19 +54,16 @@ class RunExportLog:
         with self._lock:
             self._failing += 1
             first = self._failing == 1
-        if first:
-            logger.warning(
-                "traces of run %s (trace %032x) did not all arrive: %s; until a run's traces "
-                "arrive again, further runs whose traces do not are logged at DEBUG only "
-                "(each RunResult.export says it)",
+        level = logging.WARNING if first else logging.DEBUG
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "traces of run %s (trace %032x) did not all arrive: %s%s",
                 script,
                 trace_id,
                 report.describe(),
-            )
-        else:
-            logger.debug(
-                "traces of run %s (trace %032x) did not all arrive: %s",
-                script,
-                trace_id,
-                report.describe(),
+                "; until a run's traces arrive again, further runs whose traces do not are "
+                "logged at DEBUG only (each RunResult.export says it)"
+                if first
+                else "",
             )
