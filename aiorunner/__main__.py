@@ -1,6 +1,6 @@
 """``python -m aiorunner``: the same as the ``aiorunner`` command."""
 
-from aiorunner.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ._exceptions import ConfigError
+from ._redact import redact_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-__all__ = ["TracingConfig"]
+__all__ = ["TracingConfig", "check_names"]
 
 # Environment variables, one constant each (names from the OpenTelemetry specification).
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
@@ -391,8 +392,6 @@ class TracingConfig:
         values["batch_size"] = min(values["batch_size"], values["max_queue_size"])
         values["traces_file"] = os.fspath(values["traces_file"])
         values["propagators"] = tuple(values["propagators"])
-        from ._instrument import check_names
-
         values["instrument"] = check_names(
             values["instrument"],
             field="instrument" if sources["instrument"] == "argument" else AIORUNNER_INSTRUMENT,
@@ -403,6 +402,25 @@ class TracingConfig:
         values["export_timeout_ms"] = round(values["export_timeout"] * 1000)
         sources["export_timeout_ms"] = sources["export_timeout"]
         return TracingConfig(**values, sources=sources)
+
+
+def check_names(names: Iterable[Any], *, field: str = "instrument") -> tuple[str, ...]:
+    """Validate instrumentation names (non-empty strings, no separators).
+
+    Raises:
+        ConfigError: a name is not a plain string.
+    """
+    checked = []
+    if isinstance(names, (str, bytes)):
+        raise ConfigError(f"{field} must be a list of names such as ['requests'], got {names!r}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in ",;= "):
+            raise ConfigError(
+                f"{field}: {name!r} is not an instrumentation name; use names such as "
+                "'requests', 'httpx', 'sqlite3' (the suffix of opentelemetry-instrumentation-*)"
+            )
+        checked.append(name.strip())
+    return tuple(dict.fromkeys(checked))
 
 
 SECURE = "[secure]"
@@ -416,8 +434,6 @@ def _masked(key: str, value: Any, *, inside_headers: bool = False) -> Any:
     if value is not None and (inside_headers or looks_secret(key)):
         return SECURE
     if isinstance(value, str):
-        from ._redact import redact_text
-
         return redact_text(value)
     return value
 

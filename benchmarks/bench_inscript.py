@@ -83,8 +83,8 @@ def _row(name: str, child: _Child, base: _Child | None) -> str:
 def main() -> str:
     from opentelemetry.sdk.resources import Resource
 
-    from aiorunner._bootstrap import BOOTSTRAP_DIR
-    from aiorunner._inscript import SpanChannel
+    from aiorunner._context.bootstrap import BOOTSTRAP_DIR
+    from aiorunner._context.channel import SpanChannel
 
     quick = bool(os.environ.get("BENCH_QUICK"))
     rounds = 10 if quick else 40
@@ -104,7 +104,7 @@ def main() -> str:
         shutil.copytree(BOOTSTRAP_DIR, compiled, ignore=shutil.ignore_patterns("__pycache__"))
         compileall.compile_dir(str(compiled), quiet=1)
         pyc_env = dict(boot_env, PYTHONPATH=str(compiled))
-        # The runner now writes the package's own .pyc files (aiorunner._bootstrap.precompile):
+        # The runner now writes the package's own .pyc files (aiorunner._context.bootstrap.precompile):
         # a copy without them shows what compiling at each start costs.
         source_only = Path(tmp) / "bootstrap-source"
         shutil.copytree(BOOTSTRAP_DIR, source_only, ignore=shutil.ignore_patterns("__pycache__"))

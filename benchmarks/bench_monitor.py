@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from aiorunner._monitor import ProcessTreeMonitor
-from aiorunner._monitor_readers import PsutilReader, Reader, default_reader
+from aiorunner._monitor.monitor import ProcessTreeMonitor
+from aiorunner._monitor.readers import PsutilReader, Reader, default_reader
 
 if TYPE_CHECKING:
     from collections.abc import Callable

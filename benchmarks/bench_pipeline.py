@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from aiorunner._config import TracingConfig
-from aiorunner._otlp_json import encode_request, encode_request_via_protobuf
-from aiorunner._session import Session
+from aiorunner._export.otlp_json import encode_request, encode_request_via_protobuf
+from aiorunner._export.session import Session
 from aiorunner.backend import ExportResult
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def encoder_rows(quick: bool) -> list[str]:
     rounds = 3 if quick else 20
     out = []
     for label, encode in (
-        ("direct (aiorunner._otlp_json)", encode_request),
+        ("direct (aiorunner._export.otlp_json)", encode_request),
         ("protobuf + MessageToDict", encode_request_via_protobuf),
     ):
         cpu0 = time.process_time()

@@ -165,7 +165,7 @@ def bench_throughput(workdir: Path, count: int, concurrency: int, rounds: int) -
     async def own_spawn_loop() -> None:
         # aiorunner's own spawn (vfork on the loop, a pidfd, stdout/stderr pipes) and
         # nothing else: the most any run_many with tracing and monitoring could reach.
-        from aiorunner._process import ChildProcess
+        from aiorunner._run.process import ChildProcess
 
         limiter = anyio.CapacityLimiter(concurrency)
         env = dict(os.environ)

@@ -42,9 +42,9 @@ def blockbuster() -> Iterator[None]:
         # own create_subprocess_exec does on the loop), and the monitor's reading of a
         # one-process tree (a few reads of /proc, see ProcessTreeMonitor._sample_now).
         for function in bb.functions.values():
-            function.can_block_in("aiorunner/_jsonl.py", "_write_here")
-            function.can_block_in("aiorunner/_process.py", "_spawn_here")
-            function.can_block_in("aiorunner/_monitor.py", "_read_here")
+            function.can_block_in("aiorunner/_export/jsonl.py", "_write_here")
+            function.can_block_in("aiorunner/_run/process.py", "_spawn_here")
+            function.can_block_in("aiorunner/_monitor/monitor.py", "_read_here")
         yield
 
 
@@ -56,7 +56,7 @@ def traces_file(clean_environ: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _close_default_sessions() -> Iterator[None]:
     yield
-    session_module = sys.modules.get("aiorunner._session")
+    session_module = sys.modules.get("aiorunner._export.session")
     closer = getattr(session_module, "_close_default_sessions", None)
     if closer is not None:
         closer()

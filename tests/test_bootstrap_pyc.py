@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import aiorunner._bootstrap as bootstrap
 from aiorunner import ScriptRunner, TracingConfig
+from aiorunner._context import bootstrap
 
 
 def valid_pyc(source: str) -> bool:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiorunner._deps import top_level_imports
-from aiorunner._metadata import parse_pep723
 from aiorunner._redact import REDACTED, redact_args
-from aiorunner._tail import TailBuffer
+from aiorunner._run.deps import top_level_imports
+from aiorunner._run.metadata import parse_pep723
+from aiorunner._run.tail import TailBuffer
 
 
 @given(st.lists(st.binary(max_size=300), max_size=40), st.integers(min_value=0, max_value=700))

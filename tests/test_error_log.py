@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from aiorunner._worker import ErrorLog
+from aiorunner._export.worker import ErrorLog
 
 
 def test_same_error_with_other_counts_logs_once(caplog):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from traces_fixture import MS, T0, TRACE_A, known_trace_lines, line, span, write
 
-from aiorunner._html import render_html, write_html
-from aiorunner._traces_tree import load_trace
+from aiorunner._traces.html import render_html, write_html
+from aiorunner._traces.tree import load_trace
 
 
 @dataclass

@@ -103,7 +103,7 @@ async def test_in_script_tracing_can_be_turned_off(make_script, spans_of, monkey
         SPANS_SCRIPT
         + "import os, sys\n"
         + "print(sorted(k for k in os.environ if k.startswith('AIORUNNER_INSCRIPT')))\n"
-        + "print(any(p.endswith('_bootstrap') for p in sys.path))\n"
+        + "print(any(p.endswith(os.path.join('_context', 'bootstrap')) for p in sys.path))\n"
     )
     kwargs = {}
     if how == "argument":
@@ -274,7 +274,7 @@ async def test_bootstrap_second_half_loads_only_when_needed(make_script):
     assert result.success, result.error
     modules, site = result.stdout.splitlines()
     assert modules == "[]"
-    assert site.endswith(os.path.join("aiorunner", "_bootstrap", "sitecustomize.py"))
+    assert site.endswith(os.path.join("aiorunner", "_context", "bootstrap", "sitecustomize.py"))
 
 
 async def test_bootstrap_loads_no_module_a_plain_start_does_not(make_script):

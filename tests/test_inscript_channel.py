@@ -16,8 +16,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from aiorunner import ScriptRunner
-from aiorunner._bootstrap import _aiorunner_inscript as child
-from aiorunner._inscript import decode_span
+from aiorunner._context.bootstrap import _aiorunner_inscript as child
+from aiorunner._context.channel import decode_span
 
 
 def _make_span():

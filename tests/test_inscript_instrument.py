@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import anyio.to_thread
 import pytest
 
-import aiorunner
 from aiorunner import ConfigError, ScriptRunner, auto_instrument
+from aiorunner._context import instrument
 
 pytest.importorskip("opentelemetry.instrumentation.requests")
 requests = pytest.importorskip("requests")
@@ -73,7 +73,7 @@ def uninstrument_requests() -> Iterator[None]:
 
     if RequestsInstrumentor().is_instrumented_by_opentelemetry:
         RequestsInstrumentor().uninstrument()
-    from aiorunner import _instrument
+    from aiorunner._context import instrument as _instrument
 
     _instrument._requested.clear()
 
@@ -137,7 +137,7 @@ async def test_auto_instrument_runner_process_and_children(
     too, without being told."""
     # Blocking (entry points, imports): from async code, in a worker thread.
     await anyio.to_thread.run_sync(auto_instrument, "requests")
-    assert "requests" in aiorunner._instrument.requested()
+    assert "requests" in instrument.requested()
     runner = ScriptRunner(make_script(FETCH), [http_server.url])
     async with runner.tracer.trace("fetch_batch") as batch:
         await anyio.to_thread.run_sync(lambda: requests.get(http_server.url, timeout=10))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiorunner import ConfigError, Job, ScriptRunner, load_jobs_file
-from aiorunner._jobs import parse_jobs, plan
+from aiorunner._orchestrate.jobs import parse_jobs, plan
 
 
 def test_job_normalises_fields_and_pickles():

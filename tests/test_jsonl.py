@@ -37,7 +37,7 @@ from opentelemetry.trace import (
 
 from aiorunner._config import TracingConfig
 from aiorunner._exceptions import ConfigError
-from aiorunner._otlp_json import (
+from aiorunner._export.otlp_json import (
     decode_line,
     encode_line,
     encode_request,
@@ -45,7 +45,7 @@ from aiorunner._otlp_json import (
     hex_ids_to_base64,
     line_to_request,
 )
-from aiorunner._session import Session
+from aiorunner._export.session import Session
 from aiorunner.testing import InMemoryBackend
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -300,7 +300,7 @@ def test_processes_writing_one_file_never_interleave_lines(traces_file: Path) ->
         """
         import asyncio, sys
         from aiorunner._config import TracingConfig
-        from aiorunner._session import Session
+        from aiorunner._export.session import Session
 
         async def main(tag):
             async with Session(TracingConfig(schedule_delay=60.0)) as session:
@@ -327,7 +327,7 @@ def test_spans_are_drained_at_interpreter_exit(traces_file: Path) -> None:
     still gets them written (the atexit drain; aiofiles could not write then)."""
     script = textwrap.dedent(
         """
-        from aiorunner._session import get_default_session
+        from aiorunner._export.session import get_default_session
         tracer = get_default_session().tracer()
         for index in range(3):
             with tracer.start_as_current_span(f"late-{index}"):

@@ -27,9 +27,9 @@ import anyio
 import pytest
 
 from aiorunner import UsageError
-from aiorunner._monitor import ProcessTreeMonitor, Sample
-from aiorunner._monitor_readers import ProcfsReader, PsutilReader
-from aiorunner._monitor_sampler import _samplers
+from aiorunner._monitor.monitor import ProcessTreeMonitor, Sample
+from aiorunner._monitor.readers import ProcfsReader, PsutilReader
+from aiorunner._monitor.sampler import _samplers
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs os.wait4 (POSIX)")
 
@@ -271,7 +271,7 @@ async def test_session_scan_finds_an_orphan_never_seen_under_its_parent(
     """A child that starts a grandchild and exits at once leaves an orphan the children
     files never showed; the session scan finds it (the script leads its own session) and
     its CPU is counted."""
-    monkeypatch.setattr("aiorunner._monitor_sampler._ORPHAN_SCAN_PERIOD", 0.0)
+    monkeypatch.setattr("aiorunner._monitor.sampler._ORPHAN_SCAN_PERIOD", 0.0)
     code = """
     wait_for("go")
     python('python("burn(0.4); report(\\'t_orphan\\'); wait_for(\\'release\\')")').wait()
@@ -318,7 +318,7 @@ async def test_memory_spike_between_samples_is_caught_by_ru_maxrss(tmp_path: Pat
     run = await run_monitored(tmp_path, code, interval=SLOW, during=go)
     (child,) = truth(tmp_path, "t_child")
     true_peak = child["maxrss"] * (1 if sys.platform == "darwin" else 1024)
-    from aiorunner._process import own_peak_rss
+    from aiorunner._monitor.readers import own_peak_rss
 
     own_peak = own_peak_rss() * 1024  # our VmHWM (+ a margin): what the child may inherit
     if sys.platform == "linux" and own_peak >= true_peak * 0.9:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from aiorunner import ConfigError
-from aiorunner._monitor import ProcessTreeMonitor, Sample
-from aiorunner._monitor_metrics import EVENT_NAMES, SampleLog, build_summary
+from aiorunner._monitor.monitor import ProcessTreeMonitor, Sample
+from aiorunner._monitor.samples import EVENT_NAMES, SampleLog, build_summary
 
 
 def sample(i: int, *, io: bool = True, rss: int = 1000, cpu: float = 0.0) -> Sample:

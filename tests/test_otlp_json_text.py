@@ -29,7 +29,7 @@ from opentelemetry.trace import (
 )
 
 from aiorunner import ScriptRunner, Session, TracingConfig
-from aiorunner._otlp_json import encode_line, encode_request
+from aiorunner._export.otlp_json import encode_line, encode_request
 from aiorunner.testing import InMemoryBackend
 
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
-from aiorunner._phase_span import PhaseSpan, PhaseSpans
+from aiorunner._run.phase_span import PhaseSpan, PhaseSpans
 
 LIMITS = {
     "defaults": {},

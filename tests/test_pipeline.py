@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from aiorunner._config import TracingConfig
-from aiorunner._session import Session
+from aiorunner._export.session import Session
 from aiorunner.testing import InMemoryBackend
 
 

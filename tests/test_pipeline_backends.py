@@ -10,8 +10,8 @@ import re
 import pytest
 
 from aiorunner._config import TracingConfig
-from aiorunner._registry import load_backend
-from aiorunner._session import Session
+from aiorunner._export.registry import load_backend
+from aiorunner._export.session import Session
 from aiorunner.testing import InMemoryBackend
 
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from aiorunner._config import TracingConfig
-from aiorunner._session import Session
+from aiorunner._export.session import Session
 
 receivers = pytest.importorskip("receivers")
 pytest.importorskip("aiorunner_otlp")

@@ -10,7 +10,7 @@ import threading
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from aiorunner._config import TracingConfig
-from aiorunner._session import Session
+from aiorunner._export.session import Session
 from aiorunner.testing import InMemoryBackend
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aiorunner import _registry
 from aiorunner._config import TracingConfig
 from aiorunner._exceptions import BackendError, ConfigError, UnknownBackendError
-from aiorunner._session import Session
+from aiorunner._export import registry as _registry
+from aiorunner._export.session import Session
 
 PLUGIN_MODULE = '''
 import os
@@ -200,7 +200,7 @@ def test_list_backends_reports_what_loads(fake_plugin: Path) -> None:
     assert (jsonl.distribution, jsonl.loads, jsonl.value) == (
         "aiorunner",
         True,
-        "aiorunner._jsonl:create_backend",
+        "aiorunner._export.jsonl:create_backend",
     )
     broken = infos[("fake_broken", "aiorunner.backends")]
     assert (broken.distribution, broken.version, broken.loads) == ("fakeplug", "1.2", False)
@@ -263,7 +263,9 @@ def test_import_aiorunner_imports_no_backend_and_scans_no_group() -> None:
         name
         for name in imported
         if name.split(".")[0] in ("grpc", "aiorunner_otlp", "aiorunner_zipkin", "aiorunner_vendors")
-        or name.startswith(("opentelemetry.exporter", "aiorunner._jsonl", "aiorunner._console"))
+        or name.startswith(
+            ("opentelemetry.exporter", "aiorunner._export.jsonl", "aiorunner._export.console")
+        )
     ]
     assert offenders == []
     assert "aiorunner.backends" not in done.stdout

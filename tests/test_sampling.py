@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from aiorunner import ScriptRunner, Session, TracingConfig
-from aiorunner._tail_sampling import TailSampler
+from aiorunner._export.tail_sampling import TailSampler
 from aiorunner.testing import InMemoryBackend
 
 PRINT_TRACEPARENT = "import os; print(os.environ.get('TRACEPARENT'))"
@@ -68,7 +68,7 @@ async def test_traceidratio(make_script, rate, recorded):
 def test_traceidratio_is_a_ratio():
     """Over 2000 trace ids, traceidratio(0.3) samples close to 30 % (the SDK's sampler,
     configured by name)."""
-    from aiorunner._sampling import make_sampler
+    from aiorunner._export.sampling import make_sampler
 
     sampler = make_sampler(TracingConfig(sampler="traceidratio", sample_rate=0.3).resolve())
     rng = random.Random(6)

@@ -12,11 +12,11 @@ import pytest
 from blockbuster import BlockingError
 from opentelemetry import trace
 
-from aiorunner import _registry
 from aiorunner._config import TracingConfig
 from aiorunner._exceptions import ConfigError
-from aiorunner._ledger import TraceLedger
-from aiorunner._session import Session, aget_default_session, get_default_session
+from aiorunner._export import registry as _registry
+from aiorunner._export.ledger import TraceLedger
+from aiorunner._export.session import Session, aget_default_session, get_default_session
 from aiorunner.testing import InMemoryBackend
 
 

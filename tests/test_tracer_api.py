@@ -102,7 +102,7 @@ async def test_spans_from_run_callbacks_join_the_run(make_script, spans_of):
         made.append(data)
 
     result = await ScriptRunner(make_script("print('x')"), on_output=on_output).run()
-    from aiorunner._session import get_default_session
+    from aiorunner._export.session import get_default_session
 
     await get_default_session().flush()
     spans = spans_of(result.trace_id)
@@ -144,7 +144,7 @@ def boom():
 
 
 async def _flush():
-    from aiorunner._session import aget_default_session
+    from aiorunner._export.session import aget_default_session
 
     await (await aget_default_session()).flush()
 

@@ -15,9 +15,9 @@ from traces_fixture import T0, TRACE_A, TRACE_B, TRACE_C, known_trace_lines, wri
 
 from aiorunner import ScriptRunner
 from aiorunner._exceptions import ConfigError, TraceNotFoundError
-from aiorunner._traces_push import push_traces
-from aiorunner._traces_tree import load_trace
-from aiorunner._waterfall import render_waterfall
+from aiorunner._traces.push import push_traces
+from aiorunner._traces.tree import load_trace
+from aiorunner._traces.waterfall import render_waterfall
 from aiorunner.cli import main
 
 

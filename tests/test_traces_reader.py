@@ -22,16 +22,16 @@ from traces_fixture import (
     write,
 )
 
-from aiorunner import _traces_list as traces_list
 from aiorunner._exceptions import ConfigError, TraceNotFoundError
-from aiorunner._traces_list import list_traces
-from aiorunner._traces_reader import (
+from aiorunner._traces import listing as traces_list
+from aiorunner._traces.listing import list_traces
+from aiorunner._traces.reader import (
     _lines_backward,
     parse_since,
     resolve_traces_file,
     trace_files,
 )
-from aiorunner._traces_tree import load_trace
+from aiorunner._traces.tree import load_trace
 
 
 def test_known_trace_is_read_whole_and_deduplicated(tmp_path: Path) -> None:

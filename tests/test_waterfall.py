@@ -13,8 +13,8 @@ from rich.console import Console
 from traces_fixture import MS, T0, TRACE_A, known_trace_lines, line, span, write
 
 from aiorunner._exceptions import ConfigError
-from aiorunner._traces_tree import load_trace
-from aiorunner._waterfall import print_trace, render_trace, render_waterfall
+from aiorunner._traces.tree import load_trace
+from aiorunner._traces.waterfall import print_trace, render_trace, render_waterfall
 
 
 @pytest.fixture(autouse=True)

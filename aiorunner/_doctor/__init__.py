@@ -1,0 +1,5 @@
+"""
+The checks behind ``aiorunner doctor``: configuration, backends, endpoints.
+
+May import: the foundations and ``_export``.
+"""

@@ -1,0 +1,186 @@
+"""
+One async face for every kind of backend the pipeline drives.
+
+A backend may be an async :class:`~aiorunner.backend.Backend` (awaited on the export loop),
+a synchronous OpenTelemetry ``SpanExporter`` (run in a worker thread, because its
+``export`` blocks on the network), or a placeholder for a plugin that failed to load (it
+fails every export with the load error, so reports say what is wrong). The worker in
+``_worker.py`` only ever sees :class:`BackendAdapter`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from .._exceptions import BackendError
+from ..backend import ExportResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = ["BackendAdapter", "adapt", "broken"]
+
+logger = logging.getLogger("aiorunner.export")
+
+
+class BackendAdapter:
+    """The async interface the export worker uses, whatever the backend is."""
+
+    #: "async", "sync" (a SpanExporter in a worker thread) or "broken".
+    kind = "async"
+
+    def __init__(self, name: str, target: Any) -> None:
+        self.name = name
+        self.target = target
+        #: Worker threads given up on after a timeout (a hung sync exporter).
+        self.abandoned_threads = 0
+        hook = getattr(target, "on_span_start", None)
+        self._on_span_start = hook if inspect.iscoroutinefunction(hook) else None
+
+    @property
+    def wants_span_start(self) -> bool:
+        """True when the backend defines the optional ``async on_span_start(span)``."""
+        return self._on_span_start is not None
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        return _coerce(self.name, await self.target.export(spans, timeout=timeout))
+
+    async def on_span_start(self, span: ReadableSpan) -> None:
+        if self._on_span_start is not None:
+            await self._on_span_start(span)
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        method = getattr(self.target, "force_flush", None)
+        if method is None:
+            return True
+        return bool(await method(timeout=timeout))
+
+    async def shutdown(self, *, timeout: float) -> None:
+        method = getattr(self.target, "shutdown", None)
+        if method is not None:
+            await method(timeout=timeout)
+
+
+class _SyncExporterAdapter(BackendAdapter):
+    """A synchronous OpenTelemetry ``SpanExporter``, one call at a time in a worker thread.
+
+    The pipeline cancels a call that outlives the export deadline; the thread cannot be
+    interrupted, so it is abandoned (``abandon_on_cancel=True``) and counted. Worker
+    threads started from the export thread are daemon threads, so an exporter hung for
+    good does not keep the interpreter from exiting.
+    """
+
+    kind = "sync"
+
+    def __init__(self, name: str, target: Any) -> None:
+        super().__init__(name, target)
+        # OpenTelemetry exporters are not documented as thread safe: one call at a time.
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def _call(self, func: Any, *args: Any) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(
+                func, *args, abandon_on_cancel=True, limiter=self._limiter
+            )
+        except anyio.get_cancelled_exc_class():
+            self.abandoned_threads += 1
+            raise
+
+    def _export_blocking(self, spans: Sequence[ReadableSpan]) -> ExportResult:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        outcome = self.target.export(list(spans))
+        if outcome is SpanExportResult.SUCCESS:
+            return ExportResult.success()
+        if outcome is SpanExportResult.FAILURE:
+            # OpenTelemetry's exporters retry internally and log the cause themselves;
+            # retrying here would only multiply their retries. Failed for this batch.
+            return ExportResult.permanent(
+                f"{type(self.target).__name__}.export() returned FAILURE "
+                "(the exporter logs the cause under the 'opentelemetry' logger)"
+            )
+        return _coerce(self.name, outcome)
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        result: ExportResult = await self._call(self._export_blocking, spans)
+        return result
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        method = getattr(self.target, "force_flush", None)
+        if method is None:
+            return True
+        return bool(await self._call(method, max(0, int(timeout * 1000))))
+
+    async def shutdown(self, *, timeout: float) -> None:
+        method = getattr(self.target, "shutdown", None)
+        if method is not None:
+            await self._call(method)
+
+
+class _BrokenBackend(BackendAdapter):
+    """Stands in for a plugin that failed to import or construct."""
+
+    kind = "broken"
+
+    def __init__(self, name: str, error: str) -> None:
+        super().__init__(name, None)
+        self.error = error
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        return ExportResult.permanent(self.error)
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        return False
+
+    async def shutdown(self, *, timeout: float) -> None:
+        return None
+
+
+def _coerce(name: str, outcome: Any) -> ExportResult:
+    """Accept what careless plugins return, but say clearly what was wrong."""
+    if isinstance(outcome, ExportResult):
+        return outcome
+    if outcome is True:
+        return ExportResult.success()
+    return ExportResult.permanent(
+        f"backend {name!r} returned {outcome!r} from export(); "
+        "Backend.export must return an aiorunner.backend.ExportResult"
+    )
+
+
+def adapt(target: Any, name: str | None = None) -> BackendAdapter:
+    """
+    Wrap a backend object for the pipeline.
+
+    Args:
+        target: an async ``Backend`` (``async def export``), or a sync ``SpanExporter``.
+        name: the name to report it under (default: its ``name`` attribute, else its
+            class name in lower case).
+
+    Raises:
+        BackendError: the object has no ``export`` method.
+    """
+    if name is None:
+        name = getattr(target, "name", None) or type(target).__name__.lower()
+    export = getattr(target, "export", None)
+    if export is None or not callable(export):
+        raise BackendError(
+            f"backend {name!r} is a {type(target).__name__}, which has no export() method; "
+            "a backend factory must return an aiorunner Backend (async export) or an "
+            "OpenTelemetry SpanExporter"
+        )
+    if inspect.iscoroutinefunction(export):
+        return BackendAdapter(name, target)
+    return _SyncExporterAdapter(name, target)
+
+
+def broken(name: str, error: str) -> BackendAdapter:
+    """An adapter that fails every export with ``error`` (a plugin that did not load)."""
+    return _BrokenBackend(name, error)

@@ -1,0 +1,107 @@
+"""
+The ``console`` backend: spans printed readably to stderr, one line each (plus one per
+event), for a quick look while developing (``OTEL_TRACES_EXPORTER=console``).
+
+Printing happens in a worker thread: a terminal or a pipe that nobody reads can block a
+write, and the export loop must keep serving the other backends.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
+import anyio.to_thread
+
+from ..backend import ExportResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from .._config import TracingConfig
+
+__all__ = ["ConsoleBackend", "create_backend", "format_span"]
+
+_STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _attributes(attributes: Any) -> str:
+    if not attributes:
+        return ""
+    return " ".join(f"{key}={_value(value)}" for key, value in attributes.items())
+
+
+def format_span(span: ReadableSpan) -> str:
+    """``name  duration  status  trace/span/parent ids  attributes``, then its events."""
+    context = span.context
+    trace_id = format(context.trace_id, "032x") if context else "-"
+    span_id = format(context.span_id, "016x") if context else "-"
+    parent = format(span.parent.span_id, "016x") if span.parent else "-"
+    start = span.start_time or 0
+    duration = ((span.end_time or start) - start) / 1e6
+    status = _STATUS.get(span.status.status_code.value, "?")
+    if span.status.description:
+        status += f" ({span.status.description})"
+    line = (
+        f"[aiorunner] {span.name}  {duration:.3f}ms  {status}  "
+        f"trace={trace_id} span={span_id} parent={parent}"
+    )
+    attributes = _attributes(span.attributes)
+    if attributes:
+        line += f"  {attributes}"
+    lines = [line]
+    for event in span.events:
+        offset = (event.timestamp - start) / 1e6
+        text = f"    event {event.name} +{offset:.3f}ms"
+        event_attributes = _attributes(event.attributes)
+        if event_attributes:
+            text += f"  {event_attributes}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+class ConsoleBackend:
+    """Prints every span to ``stream`` (default: the current ``sys.stderr``)."""
+
+    name = "console"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def _print(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(text)
+        stream.flush()
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        text = "".join(format_span(span) + "\n" for span in spans)
+        try:
+            await anyio.to_thread.run_sync(
+                self._print, text, abandon_on_cancel=True, limiter=self._limiter
+            )
+        except (OSError, ValueError) as exc:  # closed or broken stream
+            return ExportResult.permanent(f"cannot print spans: {exc}")
+        return ExportResult.success()
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        return True
+
+    async def shutdown(self, *, timeout: float) -> None:
+        return None
+
+
+def create_backend(config: TracingConfig) -> ConsoleBackend:
+    """Entry point ``console``."""
+    return ConsoleBackend()

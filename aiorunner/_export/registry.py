@@ -1,0 +1,285 @@
+"""
+Find exporter backends by name, lazily, through entry points.
+
+Two entry point groups are searched, in this order:
+
+- ``aiorunner.backends``: ``name = "package.module:factory"``, where ``factory(config)``
+  returns an async :class:`~aiorunner.backend.Backend` or a sync OpenTelemetry
+  ``SpanExporter``;
+- ``opentelemetry_traces_exporter``: OpenTelemetry's own group (what the SDK consults for
+  ``OTEL_TRACES_EXPORTER``), whose entries are exporter classes constructed with no
+  arguments. Any exporter installed there works by its name, with no adapter.
+
+Nothing is scanned or imported until a backend is needed: ``import aiorunner`` stays cheap
+and never imports grpc. The scan of a group is cached for the life of the process
+(:func:`clear_cache` forgets it, for tests that install a plugin on the fly).
+
+Errors, decided here and documented in the README:
+
+- an unknown name raises :class:`UnknownBackendError` listing the installed names and, for
+  well-known ones, the pip package that provides it;
+- a factory raising :class:`ConfigError` (a missing API key variable, a bad endpoint) is a
+  configuration mistake: it propagates, prefixed with the backend's name;
+- a plugin that fails to import or raises anything else while being built is a broken
+  install: :class:`BackendError` names it and its distribution. ``Session`` logs it and
+  keeps going with the other backends, reporting the broken one as failed in every
+  ``ExportReport``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import BackendError, ConfigError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from .._config import TracingConfig
+    from ..backend import ExportResult
+
+__all__ = [
+    "AIORUNNER_GROUP",
+    "OTEL_GROUP",
+    "BackendInfo",
+    "clear_cache",
+    "create_none_backend",
+    "describe_entry_point",
+    "find_entry_point",
+    "installed_names",
+    "list_backends",
+    "load_backend",
+]
+
+AIORUNNER_GROUP = "aiorunner.backends"
+OTEL_GROUP = "opentelemetry_traces_exporter"
+
+logger = logging.getLogger("aiorunner.export")
+
+# Well-known names that may not be installed, and the pip package that provides each.
+_OTLP = "aiorunner-otlp (pip install 'aiorunner[otlp]')"
+_VENDORS = "aiorunner-vendors (pip install 'aiorunner[vendors]')"
+WELL_KNOWN: dict[str, str] = {
+    "otlp": _OTLP,
+    "otlp_grpc": _OTLP,
+    "otlp_http": _OTLP,
+    "jaeger": _OTLP,
+    "tempo": _OTLP,
+    "zipkin": "aiorunner-zipkin (pip install 'aiorunner[zipkin]')",
+    "datadog": _VENDORS,
+    "newrelic": _VENDORS,
+    "honeycomb": _VENDORS,
+    "grafana": _VENDORS,
+    "lightstep": _VENDORS,
+    "dynatrace": _VENDORS,
+    "signoz": _VENDORS,
+    "axiom": _VENDORS,
+    "elastic": _VENDORS,
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+    "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
+    "zipkin_json": "opentelemetry-exporter-zipkin-json",
+    "zipkin_proto": "opentelemetry-exporter-zipkin-proto-http",
+    "gcp_trace": "opentelemetry-exporter-gcp-trace",
+}
+
+
+@functools.cache
+def _group(group: str) -> tuple[EntryPoint, ...]:
+    # entry_points() reads every installed distribution's metadata: do it once per group.
+    return tuple(entry_points(group=group))
+
+
+def clear_cache() -> None:
+    """Forget the cached entry point scans (after installing a plugin at run time)."""
+    _group.cache_clear()
+
+
+def _catalog() -> dict[str, list[EntryPoint]]:
+    """Every name, with its entry points in lookup order (ours before OpenTelemetry's)."""
+    catalog: dict[str, list[EntryPoint]] = {}
+    for group in (AIORUNNER_GROUP, OTEL_GROUP):
+        for ep in _group(group):
+            catalog.setdefault(ep.name, []).append(ep)
+    return catalog
+
+
+def installed_names() -> tuple[str, ...]:
+    """The names of every installed backend, sorted."""
+    return tuple(sorted(_catalog()))
+
+
+def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    try:
+        return dist.metadata["Name"], dist.version
+    except Exception:  # noqa: BLE001 - broken metadata: show what we can
+        return None, None
+
+
+def describe_entry_point(ep: EntryPoint) -> str:
+    """``'name' (package 1.2, group aiorunner.backends)`` for error messages."""
+    name, version = _distribution(ep)
+    where = f"{name} {version}" if name and version else (name or "unknown distribution")
+    return f"{ep.name!r} ({where}, entry point {ep.value} in group {ep.group})"
+
+
+def _unknown(name: str) -> UnknownBackendError:
+    installed = installed_names()
+    listing = ", ".join(installed) if installed else "none"
+    if name in WELL_KNOWN:
+        message = (
+            f"backend {name!r} is not installed; it is provided by {WELL_KNOWN[name]}. "
+            f"Installed backends: {listing}"
+        )
+    else:
+        message = f"unknown backend {name!r}; installed: {listing}"
+        candidates = list(dict.fromkeys([*installed, *WELL_KNOWN]))
+        close = difflib.get_close_matches(name, candidates, n=3)
+        if close:
+            message += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+        known = sorted(set(WELL_KNOWN) - set(installed))
+        message += (
+            f". Other well-known names, once their package is installed: {', '.join(known)}"
+            if known
+            else ""
+        )
+    message += ". Set OTEL_TRACES_EXPORTER (or TracingConfig(exporter_type=...)) to one of them."
+    return UnknownBackendError(message, name=name, known=installed)
+
+
+def find_entry_point(name: str) -> EntryPoint:
+    """
+    The entry point a backend name resolves to (``aiorunner.backends`` wins over
+    OpenTelemetry's group when both have the name).
+
+    Raises:
+        UnknownBackendError: no installed backend has that name.
+    """
+    found = _catalog().get(name)
+    if not found:
+        raise _unknown(name)
+    return found[0]
+
+
+def load_backend(name: str, config: TracingConfig) -> Any:
+    """
+    Import and build the backend called ``name``: the object its factory returns (an
+    async ``Backend`` or a sync ``SpanExporter``).
+
+    Raises:
+        UnknownBackendError: no backend of that name is installed.
+        ConfigError: the factory rejected the configuration (its message is kept).
+        BackendError: the plugin failed to import or to construct.
+    """
+    ep = find_entry_point(name)
+    # describe_entry_point() reads the distribution's metadata files: only on errors.
+    try:
+        target = ep.load()
+    except Exception as exc:
+        raise BackendError(
+            f"backend {describe_entry_point(ep)} failed to import: {type(exc).__name__}: "
+            f"{exc}. Reinstall or upgrade that package, or remove it from "
+            "OTEL_TRACES_EXPORTER."
+        ) from exc
+    try:
+        if ep.group == OTEL_GROUP:
+            # OpenTelemetry's convention: the entry point is the exporter class itself.
+            return target()
+        return target(config)
+    except ConfigError as exc:
+        raise ConfigError(f"backend {name!r}: {exc}") from exc
+    except Exception as exc:
+        raise BackendError(
+            f"backend {describe_entry_point(ep)} failed to construct: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One installed backend name, where it comes from, and whether it imports."""
+
+    name: str
+    group: str
+    value: str
+    distribution: str | None
+    version: str | None
+    loads: bool
+    error: str | None = None
+    #: The name also exists in an earlier group, which wins: this entry is never used.
+    shadowed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.group,
+            "value": self.value,
+            "distribution": self.distribution,
+            "version": self.version,
+            "loads": self.loads,
+            "error": self.error,
+            "shadowed": self.shadowed,
+        }
+
+
+def list_backends(*, check: bool = True) -> list[BackendInfo]:
+    """
+    Every installed backend entry point, sorted by name (the one used first), with its
+    distribution and whether it imports (``check=False`` skips the import).
+    """
+    infos: list[BackendInfo] = []
+    for name, eps in sorted(_catalog().items()):
+        for index, ep in enumerate(eps):
+            dist, version = _distribution(ep)
+            loads, error = True, None
+            if check:
+                try:
+                    ep.load()
+                except Exception as exc:  # noqa: BLE001 - reported, not raised
+                    loads, error = False, f"{type(exc).__name__}: {exc}"
+            elif index:
+                loads = False
+            infos.append(
+                BackendInfo(
+                    name=name,
+                    group=ep.group,
+                    value=ep.value,
+                    distribution=dist,
+                    version=version,
+                    loads=loads,
+                    error=error,
+                    shadowed=index > 0,
+                )
+            )
+    return infos
+
+
+class NoneBackend:
+    """The ``none`` backend: accepts every span and keeps none (export turned off)."""
+
+    name = "none"
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        from ..backend import ExportResult
+
+        return ExportResult.success()
+
+    async def force_flush(self, *, timeout: float) -> bool:
+        return True
+
+    async def shutdown(self, *, timeout: float) -> None:
+        return None
+
+
+def create_none_backend(config: TracingConfig) -> NoneBackend:
+    """Entry point ``none``. ``OTEL_TRACES_EXPORTER=none`` turns tracing off before any
+    backend is loaded; this factory exists so that the name is listed and loadable."""
+    return NoneBackend()

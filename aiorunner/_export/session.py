@@ -1,0 +1,443 @@
+"""
+``Session``: one TracerProvider and one export pipeline, shared by many runs.
+
+A thousand runs in one process should not make a thousand pipelines: runs share a session
+(``ScriptRunner`` uses :func:`get_default_session` implicitly, one per distinct resolved
+configuration, drained at interpreter exit), or the caller makes one explicitly::
+
+    async with aiorunner.Session(TracingConfig(exporter_type="otlp")) as session:
+        runner = ScriptRunner("etl.py", session=session)
+        result = await runner.run()
+
+The session's ``TracerProvider`` is never installed as the global provider: aiorunner
+must not change what the host application's own tracing does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+from .._config import TracingConfig
+from .._exceptions import BackendError, ConfigError
+from .._result import ExportReport
+from .._version import __version__
+from .adapters import BackendAdapter, adapt, broken
+from .parent import ChannelBackend, parent_channel
+from .pipeline import ExportPipeline
+from .registry import load_backend
+from .retry import DEFAULT_POLICY, RetryPolicy
+from .run_log import RunExportLog
+from .sampling import TAILBASED, make_sampler
+from .statistics import PipelineStatistics
+from .tail_sampling import TailSampler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from types import TracebackType
+
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from typing_extensions import Self
+
+    from ..backend import Backend
+
+__all__ = ["Session", "aget_default_session", "get_default_session"]
+
+logger = logging.getLogger("aiorunner.export")
+
+
+def _resource(attributes: dict[str, Any]) -> Resource:
+    """The SDK's default resource plus ours. Not ``Resource.create()``: it runs resource
+    detectors in a thread pool and joins it, a blocking call when a session is made from
+    async code, and the one detector it runs by default reads the OTEL_RESOURCE_ATTRIBUTES
+    and OTEL_SERVICE_NAME that ``TracingConfig`` has already resolved."""
+    from opentelemetry.sdk.version import __version__ as sdk_version
+
+    return Resource(
+        {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": sdk_version,
+            **attributes,
+        }
+    )
+
+
+def _span_limits(config: TracingConfig) -> SpanLimits:
+    return SpanLimits(max_span_attributes=config.max_attributes, max_events=config.max_events)
+
+
+def _provider(config: TracingConfig, limits: SpanLimits) -> TracerProvider:
+    attributes: dict[str, Any] = dict(config.resource_attributes or {})
+    # OTEL_SERVICE_NAME beats service.name in OTEL_RESOURCE_ATTRIBUTES, but our default
+    # ("aiorunner") does not.
+    if config.sources.get("service_name") != "default" or "service.name" not in attributes:
+        attributes["service.name"] = config.service_name
+    provider = TracerProvider(
+        sampler=make_sampler(config),
+        resource=_resource(attributes),
+        shutdown_on_exit=False,  # the session drains itself at exit, within a deadline
+        span_limits=limits,
+    )
+    if config.enabled and getattr(provider, "_disabled", False):
+        # TracingConfig(enabled=True) given explicitly beats OTEL_SDK_DISABLED, which the
+        # SDK reads on its own.
+        provider._disabled = False
+    return provider
+
+
+def _positive_option(config: TracingConfig, key: str, default: float) -> float:
+    value = config.option(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(
+            f"backend_options[{key!r}]={value!r} must be a positive number of seconds"
+        )
+    return float(value)
+
+
+def _policy(config: TracingConfig) -> RetryPolicy:
+    return RetryPolicy(
+        initial=_positive_option(config, "retry_initial_backoff", DEFAULT_POLICY.initial),
+        maximum=_positive_option(config, "retry_max_backoff", DEFAULT_POLICY.maximum),
+    )
+
+
+def _load_backends(config: TracingConfig) -> list[BackendAdapter]:
+    """Build the configured backends. Config mistakes raise; a broken plugin is logged
+    and replaced by a stand-in that fails every export with the reason."""
+    return [_load_backend(name, config) for name in dict.fromkeys(config.exporters)]
+
+
+def _load_backend(name: str, config: TracingConfig) -> BackendAdapter:
+    try:
+        return adapt(load_backend(name, config), name)
+    except BackendError as exc:
+        logger.warning("%s; the other backends still export", exc)
+        return broken(name, str(exc))
+
+
+def _adapt_given(backends: Sequence[Any]) -> list[BackendAdapter]:
+    adapters: list[BackendAdapter] = []
+    seen: dict[str, int] = {}
+    for backend in backends:
+        if isinstance(backend, BackendAdapter):
+            adapter = backend
+        else:
+            adapter = adapt(backend)
+        count = seen.get(adapter.name, 0) + 1
+        seen[adapter.name] = count
+        if count > 1:
+            adapter.name = f"{adapter.name}-{count}"
+        adapters.append(adapter)
+    return adapters
+
+
+class Session:
+    """
+    One TracerProvider + one export pipeline, shared by many runs.
+
+    Args:
+        config: the tracing configuration (resolved here: argument > environment >
+            default); default ``TracingConfig()``.
+        backends: backend objects to use instead of ``config.exporters`` (async
+            ``Backend`` or sync OpenTelemetry ``SpanExporter``); for tests and for
+            applications that build their exporters themselves.
+
+    Raises:
+        ConfigError: the configuration is invalid, a backend name is unknown
+            (``UnknownBackendError``), or a backend's factory rejected the configuration
+            (a missing API key variable, say).
+
+    A plugin that is installed but fails to import or construct does not raise: it is
+    logged once and reported as failed (with the reason) in every ``ExportReport``, and the
+    other backends work. Building a session scans entry points and imports plugins (once
+    per process): from async code with a strict no-blocking policy, use
+    :func:`aget_default_session` or build it in a worker thread.
+    """
+
+    def __init__(
+        self,
+        config: TracingConfig | None = None,
+        *,
+        backends: Sequence[Backend | SpanExporter] | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, TracingConfig):
+            raise ConfigError(f"Session() takes a TracingConfig, got {config!r}")
+        self.config: TracingConfig = (config or TracingConfig()).resolve()
+        self.enabled: bool = bool(self.config.enabled)
+        #: The provider's span limits (the runs' phase spans apply them, see _phase_span).
+        self.span_limits = _span_limits(self.config)
+        self.tracer_provider: TracerProvider = _provider(self.config, self.span_limits)
+        self._tracers: dict[str, trace.Tracer] = {}
+        #: The runs' "did not all arrive" warning, once per outage (see _export_log).
+        self._run_export_log = RunExportLog()
+        self._pipeline: ExportPipeline | None = None
+        self._adapters: tuple[BackendAdapter, ...] = ()
+        if not self.enabled:
+            return
+        policy = _policy(self.config)
+        parent = parent_channel() if backends is None else None
+        tail = None
+        if parent is not None and self.config.sources.get("exporter_type") != "argument":
+            # A script run by aiorunner: export through the parent runner's pipeline.
+            adapters = [adapt(ChannelBackend(parent))]
+        else:
+            adapters = (
+                _adapt_given(backends) if backends is not None else _load_backends(self.config)
+            )
+            if self.config.sampler == TAILBASED:
+                tail = TailSampler(
+                    rate=float(self.config.sample_rate or 0.0),
+                    threshold=float(self.config.tail_latency_threshold or 0.0),
+                )
+        self._adapters = tuple(adapters)
+        self._pipeline = ExportPipeline(
+            adapters,
+            batch_size=self.config.batch_size or 512,
+            max_queue_size=self.config.max_queue_size or 2048,
+            schedule_delay=self.config.schedule_delay or 0.0,
+            export_timeout=self._timeout(None),
+            policy=policy,
+            tail_sampler=tail,
+        )
+        self.tracer_provider.add_span_processor(self._pipeline)
+
+    def __repr__(self) -> str:
+        names = ",".join(a.name for a in self._adapters) or "-"
+        state = "closed" if self.closed else ("enabled" if self.enabled else "disabled")
+        return f"<aiorunner.Session {state} backends={names}>"
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return float(self.config.export_timeout or 0.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ConfigError(f"timeout={timeout!r} must be a non-negative number of seconds")
+        return float(timeout)
+
+    # ------------------------------------------------------------------ spans in
+
+    def tracer(self, name: str = "aiorunner") -> trace.Tracer:
+        """A tracer of this session (a no-op tracer when tracing is disabled)."""
+        if not self.enabled:
+            return trace.NoOpTracer()
+        tracer = self._tracers.get(name)
+        if tracer is None:
+            tracer = self._tracers[name] = self.tracer_provider.get_tracer(name, __version__)
+        return tracer
+
+    @property
+    def backends(self) -> tuple[Any, ...]:
+        """The backend objects spans go to, in order (e.g. an ``InMemoryBackend``)."""
+        return tuple(a.target for a in self._adapters)
+
+    @property
+    def backend_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self._adapters)
+
+    def backend(self, name: str) -> Any:
+        """The backend object registered as ``name``.
+
+        Raises:
+            KeyError: no backend of that name in this session.
+        """
+        for adapter in self._adapters:
+            if adapter.name == name:
+                return adapter.target
+        raise KeyError(f"no backend {name!r} in this session; it has {self.backend_names}")
+
+    def submit_spans(
+        self, spans: Sequence[ReadableSpan], dropped: Mapping[int, int] | None = None
+    ) -> None:
+        """Hand over spans that ended elsewhere (a script's in-script tracing channel) as
+        if they had ended here; ``dropped`` counts, per trace id, spans lost on the way.
+        Never blocks (any thread)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        for span in spans:
+            pipeline.on_end(span)
+        for trace_id, count in (dropped or {}).items():
+            pipeline.count_dropped(trace_id, count)
+
+    # ------------------------------------------------------------------ waiting
+
+    async def flush_trace(
+        self, trace_id: int | str, *, timeout: float | None = None
+    ) -> ExportReport:
+        """
+        Wait until every span of ``trace_id`` that has ended so far is exported by every
+        backend or has failed for good, or until ``timeout`` (default: the export
+        timeout); then return the trace's cumulative counts.
+
+        Safe from any event loop (the work happens on the session's export thread; this
+        loop only awaits a future). Concurrent calls share batches.
+
+        Counts are kept for watched traces: a run's (from its ``ScriptRunner`` span's
+        start), one passed to :meth:`watch_trace`, and this one from this call on, which
+        also finds its spans among the last 64 batches.
+
+        Args:
+            trace_id: the trace id as an int, or as 32 hex digits (``RunResult.trace_id``).
+        """
+        if self._pipeline is None:
+            return ExportReport(disabled=True)
+        if isinstance(trace_id, str):
+            try:
+                trace_id = int(trace_id, 16)
+            except ValueError:
+                raise ConfigError(
+                    f"trace_id={trace_id!r} is not a trace id; give 32 hex digits or an int"
+                ) from None
+        return await self._pipeline.flush_trace(trace_id, self._timeout(timeout))
+
+    async def _flush_trace_then(
+        self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
+    ) -> tuple[ExportReport, ExportReport]:
+        """A run's ``upload_traces``: flush its trace, ``then(report)`` on the export
+        thread (ends the last spans), flush again; one round trip (``ExportPipeline``)."""
+        if self._pipeline is None:
+            return ExportReport(disabled=True), ExportReport(disabled=True)
+        return await self._pipeline.flush_trace_then(trace_id, timeout, then)
+
+    async def flush(self, *, timeout: float | None = None) -> bool:
+        """Wait until every span ended so far is exported or failed for good; False if
+        ``timeout`` (default: the export timeout) passed first."""
+        if self._pipeline is None:
+            return True
+        return await self._pipeline.flush(self._timeout(timeout))
+
+    def watch_trace(self, trace_id: int) -> None:
+        """Keep per-trace counts for ``trace_id`` from now on, for a later
+        :meth:`flush_trace`. A run's trace is watched from the start of its
+        ``ScriptRunner`` span, and ``flush_trace`` watches its trace from its call on;
+        call this first for a trace of your own whose spans may leave before you flush."""
+        if self._pipeline is not None:
+            self._pipeline.watch_trace(trace_id)
+
+    def forget_trace(self, trace_id: int) -> None:
+        """Drop the counts kept for a trace (they are also forgotten, oldest first, beyond
+        10 000 traces)."""
+        if self._pipeline is not None:
+            self._pipeline.forget_trace(trace_id)
+
+    def statistics(self) -> PipelineStatistics:
+        """Counters of the pipeline: received, queued, dropped, exported, failed, and the
+        same per backend."""
+        if self._pipeline is None:
+            return PipelineStatistics()
+        return self._pipeline.statistics()
+
+    # ------------------------------------------------------------------ closing
+
+    @property
+    def closed(self) -> bool:
+        return self._pipeline is not None and self._pipeline.closed
+
+    def _request_close(self, timeout: float | None) -> concurrent.futures.Future[None] | None:
+        if self._pipeline is None:
+            return None
+        return self._pipeline.request_close(self._timeout(timeout))
+
+    async def aclose(self, *, timeout: float | None = None) -> None:
+        """
+        Stop taking spans, export what is queued within ``timeout`` (default: the export
+        timeout), then shut the backends down. Never hangs on a dead collector: what is
+        not out by the deadline is counted as failed or dropped. Idempotent.
+        """
+        if self._pipeline is not None:
+            await self._pipeline.aclose(self._timeout(timeout))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Blocking :meth:`aclose`, for interpreter exit and synchronous code (it blocks
+        the calling thread: from async code, ``await aclose()``)."""
+        if self._pipeline is not None:
+            self._pipeline.close(self._timeout(timeout))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# ---------------------------------------------------------------- default sessions
+
+_defaults_lock = threading.Lock()
+_defaults: dict[str, Session] = {}
+_atexit_registered = False
+
+
+def _config_key(config: TracingConfig) -> str:
+    return repr(
+        [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.compare]
+    )
+
+
+def get_default_session(config: TracingConfig | None = None) -> Session:
+    """
+    The process-wide session for ``config`` (one per distinct resolved configuration),
+    created on first use and drained at interpreter exit (bounded by its export timeout).
+
+    Raises:
+        ConfigError: as :class:`Session` does.
+    """
+    global _atexit_registered
+    resolved = (config or TracingConfig()).resolve()
+    key = _config_key(resolved)
+    session = _defaults.get(key)
+    if session is not None and not session.closed:
+        return session
+    with _defaults_lock:
+        session = _defaults.get(key)
+        if session is None or session.closed:
+            session = _defaults[key] = Session(resolved)
+            if not _atexit_registered:
+                atexit.register(_close_default_sessions)
+                _atexit_registered = True
+    return session
+
+
+async def aget_default_session(config: TracingConfig | None = None) -> Session:
+    """:func:`get_default_session` for async code: the first, uncached creation (entry
+    point scan, plugin imports) runs in a worker thread instead of on the caller's loop."""
+    import anyio.to_thread
+
+    resolved = (config or TracingConfig()).resolve()
+    session = _defaults.get(_config_key(resolved))
+    if session is not None and not session.closed:
+        return session
+    return await anyio.to_thread.run_sync(get_default_session, resolved)
+
+
+def _close_default_sessions() -> None:
+    """At exit: close every default session at once, each within its export timeout."""
+    with _defaults_lock:
+        sessions = list(_defaults.values())
+        _defaults.clear()
+    started = time.monotonic()
+    waiting = []
+    for session in sessions:
+        future = session._request_close(None)
+        if future is not None:
+            waiting.append((session, future))
+    for session, future in waiting:
+        budget = session._timeout(None) + 2.0 - (time.monotonic() - started)
+        try:
+            future.result(max(0.0, budget))
+        except concurrent.futures.TimeoutError:
+            logger.warning("%r did not finish exporting before exit", session)

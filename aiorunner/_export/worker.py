@@ -1,0 +1,368 @@
+"""
+One backend's queue and export task on the export loop: the unit of isolation.
+
+Every backend gets its own :class:`BackendWorker`, so a backend that hangs until the export
+timeout, fails, or raises delays nobody else: the batcher hands each batch to every worker
+without waiting, and each worker exports at its own pace. A worker's queue is bounded (in
+spans, by twice ``max_queue_size``) while its backend is busy with an export; when a stuck
+backend lets it fill up, further batches are dropped *for that backend only*, and counted.
+
+Batches waiting in the queue are merged up to ``batch_size`` before an export, which is what
+makes flushes coalesce: while one export is in flight, the spans of every run that asked
+for a flush meanwhile gather into the next one.
+
+A root span's start (``on_span_start``) is announced on its own, except to a backend that
+marks itself ``starts_travel_with_batches`` (the jsonl file, where announcing a start is
+writing its pending copy): there the start waits up to :data:`START_HOLD` seconds for the
+next batch and goes out in the same export, one write instead of two per run. A flush (or
+the session closing) never waits for that: a waiter releases the start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .ledger import DROPPED, EXPORTED, FAILED
+from .retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
+from .statistics import BackendStatistics
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from ..backend import ExportResult
+    from .adapters import BackendAdapter
+    from .ledger import BatchRecord
+
+__all__ = ["BackendWorker", "ErrorLog"]
+
+logger = logging.getLogger("aiorunner.export")
+
+#: Seconds a start may wait to travel with the next batch (see the module docstring).
+START_HOLD = 0.5
+
+# Header-like "key: value" / "key=value" pairs whose value must never reach a log.
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|api[-_]?key|x-api-key|[\w-]*token[\w-]*|"
+    r"[\w-]*secret[\w-]*|password|x-honeycomb-team|dd-api-key)(\s*[:=]\s*)"
+    r"(bearer\s+|basic\s+)?([^\s,;'\"]+)"
+)
+
+
+def redact(text: str) -> str:
+    """Mask values that look like credentials (``api-key=abc`` -> ``api-key=[secure]``)."""
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}[secure]", text)
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+class ErrorLog:
+    """Logs each distinct error of each backend once, so a dead collector makes one
+    warning rather than one per batch."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._limit = limit
+
+    def warn(
+        self, backend: str, message: str, *, spans: int, exc: BaseException | None = None
+    ) -> None:
+        # The same error with other counts ("gave up after 9 attempts" / "10 attempts")
+        # is the same error: digits do not make it distinct.
+        key = (backend, _DIGITS.sub("#", message))
+        if key in self._seen:
+            return
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(key)
+        logger.warning(
+            "backend %r could not export %d span%s: %s (logged once per distinct error; "
+            "RunResult.export and Session.statistics() count every failure)",
+            backend,
+            spans,
+            "" if spans == 1 else "s",
+            message,
+            exc_info=exc,
+        )
+
+
+class _Batch:
+    __slots__ = ("records", "spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan], records: list[BatchRecord]) -> None:
+        self.spans = spans
+        self.records = records
+
+
+class _Start:
+    __slots__ = ("span",)
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self.span = span
+
+
+class BackendWorker:
+    """The queue and export task of one backend. Lives on the export loop only."""
+
+    def __init__(
+        self,
+        index: int,
+        adapter: BackendAdapter,
+        errors: ErrorLog,
+        *,
+        batch_size: int,
+        max_queue: int,
+        timeout: float,
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.index = index
+        self.adapter = adapter
+        self.name = adapter.name
+        self._errors = errors
+        self._batch_size = batch_size
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._policy = policy
+        self._queue: deque[_Batch | _Start] = deque()
+        self._queued_spans = 0
+        self._wakeup: asyncio.Event | None = None
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+        self._inflight: _Batch | None = None
+        self._merge_starts = bool(getattr(adapter.target, "starts_travel_with_batches", False))
+        # True while the task works through its queue (an export or a start in flight);
+        # False while it waits for work, even if it was just woken and has not run yet.
+        self._busy = False
+        #: Items handed to this worker (a span, or a span start, counts 1), and how many of
+        #: them are done with; flushes wait for ``settled`` to catch up with ``received``.
+        self.received = 0
+        self.settled = 0
+        self.exported = 0
+        self.failed = 0
+        self.dropped = 0
+        self.export_calls = 0
+        self.retries = 0
+        self.timeouts = 0
+        self.last_error: str | None = None
+
+    # ---------------------------------------------------------------- fed by the batcher
+
+    def put_batch(self, spans: Sequence[ReadableSpan], record: BatchRecord) -> None:
+        """Queue a batch (never blocks). While the backend is busy with an earlier export,
+        its queue is bounded: a batch that does not fit is dropped for this backend only,
+        and counted. An idle worker takes everything: it will run before the batcher
+        does again."""
+        size = len(spans)
+        self.received += size
+        if self._busy and self._queued_spans + size > self._max_queue:
+            error = (
+                f"queue full ({self._max_queue} spans waiting, OTEL_BSP_MAX_QUEUE_SIZE): "
+                "the backend is slower than the spans arrive"
+            )
+            self._settle_dropped(_Batch(spans, [record]), error)
+            return
+        self._queue.append(_Batch(spans, [record]))
+        self._queued_spans += size
+        self._wake()
+
+    def put_start(self, span: ReadableSpan) -> None:
+        """Queue a root span that just started (for backends with ``on_span_start``)."""
+        if self.adapter.wants_span_start:
+            self.received += 1
+            self._queue.append(_Start(span))
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        return self._queued_spans
+
+    # ------------------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        """Export queued batches one merged batch at a time, until cancelled; then count
+        whatever is left as dropped (the session closed before it could go)."""
+        self._wakeup = asyncio.Event()
+        try:
+            while True:
+                if not self._queue:
+                    self._busy = False
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                self._busy = True
+                item = self._queue.popleft()
+                if isinstance(item, _Start):
+                    if self._merge_starts and await self._hold(item):
+                        continue
+                    await self._span_start(item.span)
+                    self._settled(1)
+                    continue
+                batch = self._merge(item)
+                self._queued_spans -= len(batch.spans)
+                self._inflight = batch
+                await self._export(batch)
+                self._inflight = None
+        finally:
+            self._abandon()
+
+    async def _hold(self, start: _Start) -> bool:
+        """Keep ``start`` until a batch comes (then export both at once and return True),
+        a flush waits, or :data:`START_HOLD` passes (then return False: send it alone)."""
+        assert self._wakeup is not None
+        with anyio.move_on_after(START_HOLD):
+            while not self._queue and not self._waiters:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        if not self._queue or not isinstance(self._queue[0], _Batch):
+            return False
+        batch = self._merge(self._queue.popleft())  # type: ignore[arg-type]
+        self._queued_spans -= len(batch.spans)
+        span_id = start.span.context.span_id  # type: ignore[union-attr]
+        # Its end is in this very batch: the pending copy would say nothing new.
+        ended = any(s.context is not None and s.context.span_id == span_id for s in batch.spans)
+        self._inflight = batch
+        await self._export(batch, None if ended else start.span)
+        self._inflight = None
+        self._settled(1)  # the start
+        return True
+
+    def _merge(self, first: _Batch) -> _Batch:
+        queue = self._queue
+        if not queue or not isinstance(queue[0], _Batch):
+            return first
+        spans = list(first.spans)
+        records = list(first.records)
+        while queue:
+            head = queue[0]
+            if not isinstance(head, _Batch) or len(spans) + len(head.spans) > self._batch_size:
+                break
+            queue.popleft()
+            spans.extend(head.spans)
+            records.extend(head.records)
+        return _Batch(spans, records)
+
+    async def _export(self, batch: _Batch, start: ReadableSpan | None = None) -> None:
+        adapter = self.adapter
+        spans = batch.spans
+        # A held start travels first in the same export (it is not counted as a span).
+        sent = spans if start is None else [start, *spans]
+
+        async def attempt(time_left: float) -> ExportResult:
+            self.export_calls += 1
+            return await adapter.export(sent, timeout=time_left)
+
+        outcome = await export_with_retry(
+            attempt,
+            timeout=self._timeout,
+            policy=self._policy,
+            describe=f"export to {self.name!r}",
+        )
+        self.retries += max(0, outcome.attempts - 1)
+        size = len(spans)
+        if outcome.ok:
+            self.exported += size
+            for record in batch.records:
+                record.settle(self.index, EXPORTED)
+        else:
+            error = redact(outcome.result.error or "export failed")
+            if outcome.timed_out:
+                self.timeouts += 1
+            self.failed += size
+            self.last_error = error
+            for record in batch.records:
+                record.settle(self.index, FAILED, error)
+            self._errors.warn(self.name, error, spans=size)
+        self._settled(size)
+
+    async def _span_start(self, span: ReadableSpan) -> None:
+        with anyio.move_on_after(self._timeout) as scope:
+            try:
+                await self.adapter.on_span_start(span)
+            except Exception as exc:  # noqa: BLE001 - logged; the export path never raises
+                self._errors.warn(
+                    self.name,
+                    redact(f"on_span_start raised {type(exc).__name__}: {exc}"),
+                    spans=1,
+                )
+        if scope.cancelled_caught:
+            self._errors.warn(self.name, "on_span_start timed out", spans=1)
+
+    # ------------------------------------------------------------------- bookkeeping
+
+    def _settle_dropped(self, batch: _Batch, error: str) -> None:
+        size = len(batch.spans)
+        self.dropped += size
+        self.last_error = error
+        for record in batch.records:
+            record.settle(self.index, DROPPED, error)
+        self._errors.warn(self.name, error, spans=size)
+        self._settled(size)
+
+    def _abandon(self) -> None:
+        """Count what the session closed on: the batch in flight as failed, queued ones
+        as dropped. Wakes every waiter: nothing more will settle."""
+        if self._inflight is not None:
+            batch, self._inflight = self._inflight, None
+            size = len(batch.spans)
+            error = "the session closed while this export was in flight (shutdown deadline)"
+            self.failed += size
+            self.last_error = error
+            for record in batch.records:
+                record.settle(self.index, FAILED, error)
+            self._settled(size)
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Batch):
+                self._queued_spans -= len(item.spans)
+                self._settle_dropped(item, "the session closed before these spans were exported")
+        self.settled = max(self.settled, self.received)
+        self._release(all_waiters=True)
+
+    def _settled(self, count: int) -> None:
+        self.settled += count
+        self._release()
+
+    def _release(self, *, all_waiters: bool = False) -> None:
+        waiters = self._waiters
+        while waiters and (all_waiters or waiters[0][0] <= self.settled):
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_settled(self, target: int) -> None:
+        """Return once ``target`` spans handed to this worker are exported or failed."""
+        if self.settled >= target:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (target, next(self._tiebreak), future))
+        self._wake()  # a start being held goes now
+        await future
+
+    def statistics(self) -> BackendStatistics:
+        return BackendStatistics(
+            name=self.name,
+            kind=self.adapter.kind,
+            queued=self._queued_spans,
+            exported=self.exported,
+            failed=self.failed,
+            dropped=self.dropped,
+            export_calls=self.export_calls,
+            retries=self.retries,
+            timeouts=self.timeouts,
+            abandoned_threads=self.adapter.abandoned_threads,
+            last_error=self.last_error,
+        )

@@ -1,0 +1,125 @@
+"""
+The dependency check as a run makes it: which interpreter it is, what that interpreter
+can import (probed once per interpreter and ``PYTHONPATH``), and the script's top-level
+imports (parsed once per source), handed to ``_deps`` for the verdict.
+
+Apart from ``_run.py``: the caches and the parse lock are this check's state, not a
+run's, and ``_deps`` stays free of processes and threads.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import deps as _deps
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .metadata import ScriptInfo
+
+__all__ = ["FOREIGN_ENV", "check_dependencies", "inventory_for", "is_own_interpreter"]
+
+#: Variables that make even our own binary another interpreter (its prefix or site).
+FOREIGN_ENV = ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONNOUSERSITE")
+
+_AST_LOCK = threading.Lock()
+_interpreter_cache: dict[tuple[str, str], _deps.InterpreterInventory | str] = {}
+#: Top-level imports of scripts that parsed, by the sha256 of their source.
+_imports_cache: dict[str, tuple[str, ...]] = {}
+_IMPORTS_CACHE_SIZE = 512
+
+
+def is_own_interpreter(interpreter: str, env: Mapping[str, str]) -> bool:
+    if any(k in env for k in FOREIGN_ENV):
+        return False
+    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+        # same binary; a venv and its base share the binary but not the prefix
+        return os.path.abspath(interpreter) == os.path.abspath(sys.executable) or (
+            sys.prefix == sys.base_prefix
+        )
+    return False
+
+
+async def inventory_for(
+    interpreter: str, env: Mapping[str, str]
+) -> _deps.InterpreterInventory | str:
+    """What ``interpreter`` can import, probed once and cached; a string on failure."""
+    key = (interpreter, env.get("PYTHONPATH", ""))
+    cached = _interpreter_cache.get(key)
+    if cached is not None:
+        return cached
+    probe_env = dict(os.environ)
+    probe_env.update(env)
+    try:
+        result = await anyio.run_process(
+            [interpreter, "-I" if "PYTHONPATH" not in env else "-s", "-c", _deps.PROBE],
+            env=probe_env,
+            check=False,
+        )
+    except OSError as exc:
+        return f"cannot run interpreter {interpreter}: {exc.strerror or exc}; check interpreter="
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return (
+            f"interpreter {interpreter} failed to list its modules"
+            f"{': ' + err[0] if err else ''}; pass validate_dependencies=False to skip the check"
+        )
+    inventory = _deps.probe_interpreter(result.stdout)
+    _interpreter_cache[key] = inventory
+    return inventory
+
+
+def check_dependencies(
+    info: ScriptInfo,
+    interpreter: str,
+    own: bool,
+    inventory: _deps.InterpreterInventory | str | None,
+    env: Mapping[str, str],
+) -> _deps.DependencyReport | SyntaxError | None:
+    """Blocking (worker thread): parse the script and check its imports."""
+    imports = _imports_cache.get(info.sha256)
+    if imports is None:
+        try:
+            # CPython 3.11 can fail ast.parse in concurrent threads with "AST constructor
+            # recursion depth mismatch" (gh-106905): one parse at a time.
+            with _AST_LOCK:
+                tree = ast.parse(info.source, filename=info.path)
+        except SyntaxError as exc:
+            if own:
+                return exc
+            return None  # another interpreter may know newer syntax: let it decide
+        except ValueError:  # null bytes
+            return None
+        imports = _deps.top_level_imports(tree)
+        # The imports are a function of the source alone: a script run again (the same
+        # sha256) is not parsed again. Bounded; the oldest entry goes first.
+        with _AST_LOCK:  # worker threads: evict and insert as one step
+            if len(_imports_cache) >= _IMPORTS_CACHE_SIZE:
+                del _imports_cache[next(iter(_imports_cache))]
+            _imports_cache[info.sha256] = imports
+    script_dir = os.path.dirname(os.path.abspath(info.path))
+    if own:
+        return _deps.check_with_own_interpreter(
+            imports,
+            script_dir=script_dir,
+            env=env,
+            dependencies=info.dependencies,
+            requires_python=info.requires_python,
+        )
+    if isinstance(inventory, _deps.InterpreterInventory):
+        return _deps.check_with_inventory(
+            inventory,
+            imports,
+            script_dir=script_dir,
+            env=env,
+            dependencies=info.dependencies,
+            requires_python=info.requires_python,
+        )
+    return None

@@ -1,0 +1,676 @@
+"""
+The phases of one run (``_Run``): the span tree that ``_runner.py``'s docstring draws,
+phase by phase, and what each phase puts on ``RunResult``.
+
+Apart from ``_runner.py`` so that ``ScriptRunner`` (the public object: options, sessions,
+live readings) and what one run does stay readable on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from .. import _offload
+from .._context.bootstrap import precompile
+from .._context.channel import open_channel
+from .._context.propagation import inject_env
+from .._redact import Scrubber, redact_args, secret_values
+from .._result import ExportReport
+from . import deps as _deps
+from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
+from .metadata import ScriptInfo, ScriptProblem, read_script
+from .phase_span import PhaseSpans
+from .process import ChildProcess, OutputCallback
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
+
+    from .._config import TracingConfig
+    from .._export.session import Session
+    from .._monitor.readers import Reader
+    from .runner import ScriptRunner
+
+
+STDERR_EVENT_BYTES = 4096
+TRACEBACK_BYTES = 2048
+# After the script exits, how long its output pipes may stay open (held by a descendant)
+# before the leftovers of its process group are terminated.
+PIPE_GRACE = 0.5
+# A cancelled run (Ctrl-C, fail_fast, a caller's timeout) still flushes its spans, within this.
+CANCELLED_FLUSH_TIMEOUT = 5.0
+TRACEPARENT_PLACEHOLDER = "{{traceparent}}"
+
+
+@dataclass
+class _Outcome:
+    """What the run learned, filled phase by phase."""
+
+    info: ScriptInfo | None = None
+    command: tuple[str, ...] = ()
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: int = 0
+    stderr_truncated: int = 0
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    export: ExportReport | None = None
+
+
+#: On ``execute_script`` under run_many: seconds the run waited for a process slot.
+SLOT_WAIT_ATTRIBUTE = "aiorunner.slot_wait_seconds"
+
+
+class _Failure(Exception):
+    """A phase failed in a way that ends the run (not an error of aiorunner's)."""
+
+
+class _Run:
+    """The phases of one run; a helper object so ``ScriptRunner`` stays reusable."""
+
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        config: TracingConfig,
+        tracer: Tracer,
+        root: Span,
+        root_ctx: Context,
+        outcome: _Outcome,
+        t0: float,
+    ) -> None:
+        self.runner = runner
+        self.config = config
+        self.tracer = tracer
+        self.root = root
+        self.root_ctx = root_ctx
+        self.outcome = outcome
+        self.t0 = t0
+        self.child_env: dict[str, str] = {}
+        self.exec_span: Span | None = None
+        self.session: Session | None = None
+        self.execution_time = 0.0
+        self.script_path = runner.script
+        self.cwd_path = runner.cwd or "."
+        self.cwd_ok = True
+        self._scrubber: Scrubber | None = None
+        self.slot_wait = 0.0
+        self._phases: PhaseSpans | bool | None = None
+
+    def span(self, name: str, **kwargs: Any) -> Span:
+        """A phase span under the run's root: a :class:`PhaseSpan` (see ``_phase_span``
+        for why) when the root is a recording, sampled SDK span, else the tracer's."""
+        phases = self._phases
+        if phases is None:
+            limits = self.session.span_limits if self.session is not None else None
+            phases = PhaseSpans.for_run(self.tracer, self.root, self.root_ctx, limits) or False
+            self._phases = phases
+        if isinstance(phases, PhaseSpans):
+            return phases.start(name, **kwargs)
+        return self.tracer.start_span(name, context=self.root_ctx, **kwargs)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the secret values this run knows of. Scripts echo their
+        arguments and environment (argparse errors, tracebacks): what leaves on a span
+        is scrubbed. Built on first use, so successful runs pay nothing."""
+        if self._scrubber is None:
+            env = self.child_env or {**os.environ, **self.runner.env}
+            self._scrubber = Scrubber(secret_values(self.runner.args, env))
+        return self._scrubber(text)
+
+    def fail(self, span: Span, message: str, exc: BaseException | None = None) -> None:
+        self.outcome.error = self.outcome.error or message
+        if exc is not None:
+            span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, self.scrub(message)))
+
+    async def execute(self) -> None:
+        try:
+            info = await self.inspect()
+            self.setup_environment()
+            await self.execute_script(info)
+        except _Failure:
+            pass
+
+    # -- extract_metadata + validate_dependencies -------------------------------------
+
+    def _interpreter(self) -> str:
+        return self.runner.interpreter or sys.executable
+
+    async def inspect(self) -> ScriptInfo:
+        runner = self.runner
+        explicit_python = True if runner.interpreter is not None else None
+        path = runner.script
+        if runner.cwd is not None and not os.path.isabs(path):
+            path = os.path.join(runner.cwd, path)
+        interpreter = self._interpreter()
+        if runner.interpreter is None:
+            own = not any(k in runner.env for k in FOREIGN_ENV)
+        else:  # realpath reads links: off the loop
+            own = await anyio.to_thread.run_sync(is_own_interpreter, interpreter, runner.env)
+        inventory: _deps.InterpreterInventory | str | None = None
+        if runner.validate_dependencies and not own:
+            inventory = await inventory_for(interpreter, runner.env)
+
+        def work() -> tuple[Any, ...]:
+            # Everything that touches the file system happens here, off the loop.
+            self.script_path = os.path.abspath(path)
+            self.cwd_path = os.path.abspath(runner.cwd or os.getcwd())
+            self.cwd_ok = runner.cwd is None or os.path.isdir(runner.cwd)
+            t_meta = time.time_ns()
+            try:
+                info: ScriptInfo | ScriptProblem = read_script(path, python=explicit_python)
+            except ScriptProblem as exc:
+                info = exc
+            t_meta_end = time.time_ns()
+            report: _deps.DependencyReport | SyntaxError | None = None
+            if isinstance(info, ScriptInfo) and info.is_python and runner.validate_dependencies:
+                report = check_dependencies(info, interpreter, own, inventory, runner.env)
+            t_deps_end = time.time_ns()
+            if own and isinstance(info, ScriptInfo) and info.is_python:
+                precompile()  # the in-script bootstrap's .pyc: once per process
+            return info, t_meta, t_meta_end, report, t_deps_end
+
+        # Abandoned on cancel: reading a file nobody waits for is harmless.
+        info, t_meta, t_meta_end, report, t_deps_end = await _offload.run_sync(
+            work, abandon_on_cancel=True
+        )
+        self.root.set_attribute("code.filepath", self.script_path)
+        # Attributes given at start: one call into the SDK per span rather than several.
+        meta_span = self.span(
+            "extract_metadata",
+            start_time=t_meta,
+            attributes=info.span_attributes() if isinstance(info, ScriptInfo) else None,
+        )
+        if isinstance(info, ScriptProblem):
+            self.fail(meta_span, str(info), info)
+            meta_span.end(end_time=t_meta_end)
+            raise _Failure
+        self.outcome.info = info
+        if info.pep723_error:
+            meta_span.add_event("pep723_invalid", {"error": info.pep723_error})
+        meta_span.end(end_time=t_meta_end)
+
+        deps_span = self.span(
+            "validate_dependencies",
+            start_time=t_meta_end,
+            attributes={
+                "aiorunner.dependencies.enabled": runner.validate_dependencies,
+                "aiorunner.interpreter": interpreter,
+            },
+        )
+        try:
+            if isinstance(inventory, str):  # the probe itself failed
+                self.fail(deps_span, inventory)
+                raise _Failure
+            if isinstance(report, SyntaxError):
+                message = f"syntax error in {info.path} line {report.lineno}: {report.msg}" + (
+                    f"\n    {report.text.rstrip()}" if report.text else ""
+                )
+                self.fail(deps_span, message, report)
+                raise _Failure
+            if info.pep723_error and runner.validate_dependencies:
+                self.fail(deps_span, info.pep723_error)
+                raise _Failure
+            if isinstance(report, _deps.DependencyReport):
+                deps_span.set_attribute("aiorunner.dependencies.imports", list(report.imports))
+                if not report.ok:
+                    deps_span.set_attribute(
+                        "aiorunner.dependencies.missing",
+                        [*report.missing_modules, *report.missing_distributions],
+                    )
+                    self.fail(deps_span, report.describe(interpreter))
+                    raise _Failure
+        finally:
+            deps_span.end(end_time=t_deps_end)
+        assert isinstance(info, ScriptInfo)
+        return info
+
+    # -- setup_environment ----------------------------------------------------------------
+
+    def setup_environment(self) -> None:
+        runner = self.runner
+        # Names only: environment values are never exported (they hold secrets).
+        span = self.span(
+            "setup_environment",
+            attributes={
+                "aiorunner.cwd": self.cwd_path,
+                "aiorunner.env.overridden": sorted(runner.env),
+            },
+        )
+        env = _environ_copy()
+        env.update(runner.env)
+        self.child_env = env
+        if not self.cwd_ok:
+            self.fail(
+                span, f"working directory does not exist: {runner.cwd}; create it or fix cwd="
+            )
+            span.end()
+            raise _Failure
+        span.end()
+
+    # -- execute_script -----------------------------------------------------------------
+
+    def _argv(self, info: ScriptInfo, traceparent: str | None) -> list[str]:
+        args = list(self.runner.args)
+        if traceparent is not None:
+            args = [a.replace(TRACEPARENT_PLACEHOLDER, traceparent) for a in args]
+        path = info.path
+        if info.is_python:
+            return [self._interpreter(), path, *args]
+        return [path if os.path.dirname(path) else os.path.join(".", path), *args]
+
+    async def execute_script(self, info: ScriptInfo) -> None:
+        slot = self.runner._slot
+        if slot is None:
+            await self._execute_script(info)
+            return
+        # run_many: one of max_concurrency slots for the script's process, taken here (the
+        # script read, its first spans made) and given back at its exit (its spans not yet
+        # exported), so that this work overlaps with other scripts running.
+        queued = time.perf_counter()
+        await slot.acquire()
+        self.slot_wait = time.perf_counter() - queued
+        try:
+            await self._execute_script(info)
+        finally:
+            slot.release(failed=self.outcome.error is not None)
+
+    async def _execute_script(self, info: ScriptInfo) -> None:
+        runner = self.runner
+        outcome = self.outcome
+        span = self.span(
+            "execute_script",
+            kind=trace.SpanKind.INTERNAL,
+            # run_many: how long this run waited for a process slot (the gap before it).
+            attributes={SLOT_WAIT_ATTRIBUTE: self.slot_wait} if self.slot_wait else None,
+        )
+        self.exec_span = span
+        exec_ctx = trace.set_span_in_context(span, self.root_ctx)
+        inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)
+        argv = self._argv(info, self.child_env.get("TRACEPARENT"))
+        outcome.command = tuple(argv)
+        span.set_attributes(
+            {"process.executable.path": argv[0], "process.command_args": redact_args(argv)}
+        )
+        if not info.is_python and not info.executable:
+            self.fail(
+                span,
+                f"script is not executable: {info.path}; make it executable (chmod +x) "
+                "or pass interpreter= to run it with one",
+            )
+            span.end()
+            raise _Failure
+        on_output = runner.on_output
+        if runner.passthrough:
+            on_output = _passthrough(on_output)
+        channel = open_channel(
+            self.session,
+            self.config,
+            span,
+            self.child_env,
+            python=info.is_python,
+            enabled=runner.in_script_tracing,
+            instrument=runner.instrument,
+            report_peak=runner.monitor,
+        )
+        reader = None
+        if runner.monitor:
+            from .._monitor.readers import default_reader
+
+            reader = default_reader()
+        try:
+            child = await ChildProcess.spawn(
+                argv,
+                cwd=runner.cwd,
+                env=self.child_env,
+                tail_limit=runner.max_output_bytes,
+                on_output=on_output,
+                pass_fds=(channel.child_fd,) if channel is not None else (),
+            )
+        except OSError as exc:
+            if channel is not None:
+                channel.close()
+            self.fail(span, f"cannot start {argv[0]}: {exc.strerror or exc}", exc)
+            span.end()
+            raise _Failure from None
+        outcome.pid = child.pid
+        if runner._slot is not None:
+            child.on_exit = runner._slot.exited
+        span.set_attribute("process.pid", child.pid)
+        if channel is not None:
+            channel.child_started()
+        t_start = time.perf_counter()
+        monitor = self._make_monitor(child.pid, reader)
+        limit_reason: list[str] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                wait_scope = anyio.CancelScope(
+                    deadline=anyio.current_time() + runner.timeout
+                    if runner.timeout is not None
+                    else math.inf
+                )
+                if monitor is not None:
+
+                    async def watch() -> None:
+                        await monitor.run()
+                        if monitor.limit_exceeded:
+                            limit_reason.append(monitor.limit_exceeded)
+                            wait_scope.cancel()
+
+                    tg.start_soon(watch)
+                if channel is not None:
+                    channel.start_reading()
+                with wait_scope:
+                    await child.wait_exit_ready()
+                if child.exit_ready:
+                    if monitor is not None:
+                        # A last reading of the zombie's final counters before reaping.
+                        with anyio.move_on_after(1.0):
+                            await monitor.stop()
+                    child.reap()
+                if not child.exited:
+                    outcome.timed_out = not limit_reason
+                    await child.terminate_group(runner.kill_grace)
+                elif not await child.wait_output(PIPE_GRACE):
+                    # A descendant holds the pipes: the run owns its group, end it.
+                    await child.terminate_group(runner.kill_grace)
+                await child.wait_output(1.0)
+                if monitor is not None and not monitor.done:
+                    # Only then: anyio's cancel() formats the task's repr (~50 µs a run).
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(runner.kill_grace + 2):
+                await child.terminate_group(runner.kill_grace)
+            self._record_exit(child, span, monitor, t_start)
+            self.fail(span, "run was cancelled; its process group was terminated")
+            span.end()
+            raise
+        finally:
+            child.close()
+            if channel is not None:
+                channel.close()  # reads what the script wrote before it ended
+        exit_peak = channel.exit_peaks.get(child.pid) if channel is not None else None
+        self._record_exit(child, span, monitor, t_start, exit_peak)
+        code = child.returncode
+        assert code is not None
+        if limit_reason:
+            self.fail(span, f"{limit_reason[0]}; the run was killed")
+        elif outcome.timed_out:
+            self.fail(
+                span,
+                f"script timed out after {runner.timeout:g} s; its process group got SIGTERM"
+                f" (SIGKILL after {runner.kill_grace:g} s grace)",
+            )
+        elif code < 0:
+            try:
+                name = __import__("signal").Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            self.fail(span, f"script was killed by signal {-code} ({name})")
+        elif code != 0:
+            self._fail_exit(span, code, child)
+        if outcome.error is not None:
+            tail = child.stderr.last_lines(STDERR_EVENT_BYTES)
+            if tail:
+                span.add_event("script.stderr", {"stderr.tail": self.scrub(tail)})
+        span.end()
+
+    def _record_exit(
+        self,
+        child: ChildProcess,
+        span: Span,
+        monitor: Any,
+        t_start: float,
+        exit_peak: int | None = None,
+    ) -> None:
+        """Exit status, output and metrics onto the outcome. ``exit_peak``: the script's
+        own peak RSS as it reported it at exit (Python scripts, in-script channel)."""
+        outcome = self.outcome
+        self.execution_time = time.perf_counter() - t_start
+        code = child.returncode
+        attributes: dict[str, int] = {}
+        if code is not None:
+            if code < 0:
+                outcome.signal = -code
+                attributes["aiorunner.signal"] = -code
+            else:
+                outcome.exit_code = code
+                attributes["process.exit.code"] = code
+        outcome.stdout = child.stdout.getvalue()
+        outcome.stderr = child.stderr.getvalue()
+        outcome.stdout_truncated = child.stdout.truncated
+        outcome.stderr_truncated = child.stderr.truncated
+        attributes["aiorunner.stdout.bytes"] = child.stdout.total
+        attributes["aiorunner.stderr.bytes"] = child.stderr.total
+        span.set_attributes(attributes)
+        metrics: dict[str, float | int] = {"execution_time_seconds": self.execution_time}
+        if monitor is not None:
+            metrics = dict(
+                monitor.summary(
+                    # Our own peak at the spawn bounds what Linux may have folded
+                    # into the child's ru_maxrss at exec (our address space).
+                    rusage=_own_maxrss(child.rusage, monitor.runner_peak_rss),
+                    wall_seconds=self.execution_time,
+                )
+            )
+            if exit_peak and exit_peak > metrics.get("memory_rss_peak_bytes", 0):
+                metrics["memory_rss_peak_bytes"] = exit_peak
+            for name, attrs, ts in monitor.events(self.config.max_events):
+                span.add_event(name, attrs, timestamp=ts)
+        elif child.rusage is not None:
+            metrics["cpu_user_seconds"] = child.rusage.ru_utime
+            metrics["cpu_system_seconds"] = child.rusage.ru_stime
+        outcome.metrics = metrics
+
+    def _fail_exit(self, span: Span, code: int, child: ChildProcess) -> None:
+        stderr = child.stderr.last_lines(TRACEBACK_BYTES * 4, max_lines=200)
+        message = f"script exited with code {code}"
+        tb = _python_traceback(stderr)
+        if tb is not None:
+            exc_type, exc_message, text = tb
+            message += f": {exc_type}" + (f": {exc_message}" if exc_message else "")
+            message += "\n" + text
+            span.add_event(
+                "exception",
+                {
+                    "exception.type": exc_type,
+                    "exception.message": self.scrub(exc_message),
+                    "exception.stacktrace": self.scrub(text),
+                },
+            )
+        else:
+            last = [line for line in stderr.splitlines() if line.strip()][-1:]
+            if last:
+                message += f": {last[0].strip()[:500]}"
+        self.fail(span, message)
+
+    def _make_monitor(self, pid: int, reader: Reader | None) -> Any:
+        runner = self.runner
+        if reader is None:
+            return None
+        from .._monitor.monitor import ProcessTreeMonitor
+
+        monitor = ProcessTreeMonitor(
+            pid,
+            reader=reader,
+            interval=float(runner.monitor_interval or self.config.monitor_interval or 0.5),
+            on_sample=runner.on_sample,
+            max_memory_bytes=runner.max_memory_bytes,
+            max_cpu_seconds=runner.max_cpu_seconds,
+        )
+        runner._monitor_started(monitor)
+        return monitor
+
+    # -- collect_metrics + upload_traces ------------------------------------------------
+
+    async def finish(self, session: Session | None, *, cancelled: bool = False) -> None:
+        outcome = self.outcome
+        if not outcome.metrics:
+            outcome.metrics = {"execution_time_seconds": self.execution_time}
+        span = self.span(
+            "collect_metrics",
+            attributes={f"aiorunner.{k}": v for k, v in outcome.metrics.items()},
+        )
+        span.end()
+        root = self.root
+        attributes: dict[str, str | int | bool] = {}
+        if outcome.info is not None:
+            attributes["aiorunner.script.sha256"] = outcome.info.sha256
+        if outcome.exit_code is not None:
+            attributes["process.exit.code"] = outcome.exit_code
+        if outcome.timed_out:
+            attributes["aiorunner.timed_out"] = True
+        if attributes:
+            root.set_attributes(attributes)
+        if outcome.error is not None:
+            root.set_status(
+                Status(StatusCode.ERROR, self.scrub(outcome.error.splitlines()[0][:1000]))
+            )
+        else:
+            root.set_status(Status(StatusCode.OK))
+        upload = self.span("upload_traces")
+        if session is None or not session.enabled:
+            upload.end()
+            root.end()
+            outcome.export = ExportReport(disabled=True)
+            return
+        if not root.get_span_context().trace_flags.sampled:
+            upload.end()
+            root.end()
+            outcome.export = ExportReport(sampled_out=True)
+            return
+        trace_id = root.get_span_context().trace_id
+        timeout = float(self.config.export_timeout or 0.0)
+        if cancelled:
+            # Whoever cancelled wants out: flush, but not for a whole export timeout.
+            timeout = min(timeout, CANCELLED_FLUSH_TIMEOUT)
+
+        ended: list[bool] = []
+        end_lock = threading.Lock()
+
+        def end_upload(first: ExportReport) -> None:
+            # On the export thread, between the flush of the spans so far and the flush
+            # of these last two (one round trip for both); here if that thread was stuck.
+            with end_lock:
+                if ended:
+                    return
+                ended.append(True)
+            upload.set_attributes(
+                {"aiorunner.export.ok": first.ok, "aiorunner.export.spans": first.exported}
+            )
+            if not first.ok:
+                upload.set_status(Status(StatusCode.ERROR, first.describe()))
+            upload.end()
+            root.end()
+
+        try:
+            _, report = await session._flush_trace_then(trace_id, timeout, end_upload)
+        except anyio.get_cancelled_exc_class():
+            # Cancelled while the spans leave (Ctrl-C, fail_fast): the wait was dropped
+            # with it. Flush again as a cancelled run does, not for a whole export
+            # timeout, so the last two spans still end and leave; then let it go on.
+            with anyio.CancelScope(shield=True):
+                _, report = await session._flush_trace_then(
+                    trace_id, min(timeout, CANCELLED_FLUSH_TIMEOUT), end_upload
+                )
+                end_upload(report)
+                outcome.export = report
+            raise
+        end_upload(report)  # does nothing when the export thread did it
+        outcome.export = report
+        session._run_export_log.record(report, self.runner.script, trace_id)
+
+
+_environ_snapshot: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _environ_copy() -> dict[str, str]:
+    """A copy of ``os.environ`` as a plain dict.
+
+    ``dict(os.environ)`` decodes every variable (~40 µs a run); CPython keeps the
+    environment as bytes in ``os.environ._data``, so the decoded copy is reused while
+    that is unchanged (comparing two dicts of bytes is a few hundred nanoseconds).
+    """
+    global _environ_snapshot
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return dict(os.environ)
+    snapshot = _environ_snapshot
+    if snapshot is None or snapshot[0] != data:
+        raw = dict(data)  # decoded from this very copy: another thread may change it
+        decoded = {os.fsdecode(key): os.fsdecode(value) for key, value in raw.items()}
+        snapshot = _environ_snapshot = (raw, decoded)
+    return dict(snapshot[1])
+
+
+def _own_maxrss(
+    rusage: resource.struct_rusage | None, inherited: int
+) -> resource.struct_rusage | None:
+    """``rusage`` with ``ru_maxrss`` zeroed when it may be the runner's own memory.
+
+    At exec, Linux folds the high-water RSS of the old address space (the fork's copy of
+    the runner, or the runner itself under vfork) into the child's ``ru_maxrss``. A
+    figure not above the runner's own peak at spawn may be that inheritance, so the
+    sampled peak is used instead; a real spike above it is kept.
+    """
+    if rusage is None or rusage.ru_maxrss > inherited:
+        return rusage
+    values = list(rusage)
+    values[2] = 0  # ru_maxrss
+    return resource.struct_rusage(values)
+
+
+def _passthrough(inner: OutputCallback | None) -> OutputCallback:
+    out = {"stdout": sys.stdout, "stderr": sys.stderr}
+
+    def write(stream: str, data: bytes) -> None:
+        target = out[stream]
+        buffer = getattr(target, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            target.write(data.decode("utf-8", errors="replace"))
+            target.flush()
+        if inner is not None:
+            inner(stream, data)
+
+    return write
+
+
+_TB_START = "Traceback (most recent call last):"
+_EXC_LINE = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|\w*))"
+    r"(?::\s?(?P<msg>.*))?$"
+)
+
+
+def _python_traceback(stderr: str) -> tuple[str, str, str] | None:
+    """(type, message, last lines of the traceback) of the last traceback in stderr."""
+    at = stderr.rfind(_TB_START)
+    if at < 0:
+        return None
+    lines = stderr[at:].rstrip().splitlines()
+    last = lines[-1].strip() if lines else ""
+    match = _EXC_LINE.match(last)
+    exc_type, exc_msg = (match.group("type"), match.group("msg") or "") if match else ("", last)
+    text = "\n".join(lines[-12:])[-TRACEBACK_BYTES:]
+    return exc_type, exc_msg, text

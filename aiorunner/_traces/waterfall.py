@@ -1,0 +1,262 @@
+"""
+The terminal waterfall of ``aiorunner traces show``: a trace's spans as a tree, each with a
+bar scaled to the trace's duration (like Jaeger's timeline), its duration and status,
+events marked on the bar, and attributes with ``verbose``.
+
+Rendering is a pure function of the trace and the width (the moment the file was read
+stands in for the end of a running span), so the same trace renders to the same text on
+every machine: tests compare it exactly. Colour is only added when printing to a terminal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console
+from rich.text import Text
+
+from .._exceptions import ConfigError
+from .reader import ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
+from .tree import load_trace
+
+if TYPE_CHECKING:
+    from .reader import SpanRecord
+    from .tree import Trace, TreeRow
+
+__all__ = ["MIN_WIDTH", "build_lines", "print_trace", "render_trace", "render_waterfall"]
+
+MIN_WIDTH = 60
+BAR = "█"
+RUNNING_BAR = "▒"
+EVENT = "◆"
+_DURATION_WIDTH = 8
+_STATUS_WIDTH = 7
+_STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
+_BAR_STYLES = {"ok": "cyan", "error": "red", "running": "yellow"}
+_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+def _label(span: SpanRecord) -> str:
+    """A span's name; a run's root also names its script (runs in a pipeline all have
+    the root name ScriptRunner)."""
+    script = span.attributes.get("code.filepath")
+    if span.name == ROOT_SPAN_NAME and script:
+        return f"{span.name} {os.path.basename(str(script))}"
+    return span.name
+
+
+def _guide(row: TreeRow) -> str:
+    """The tree drawing in front of a span's name."""
+    if row.depth == 0:
+        return ""
+    lead = "".join("│  " if more else "   " for more in row.guides)
+    return lead + ("└─ " if row.last else "├─ ")
+
+
+def _detail_guide(row: TreeRow, has_children: bool) -> str:
+    """The tree drawing in front of a span's detail lines (``verbose``)."""
+    lead = "".join("│  " if more else "   " for more in row.guides)
+    if row.depth:
+        lead += "   " if row.last else "│  "
+    return lead + ("│  " if has_children else "   ")
+
+
+def _column(position: float, cells: int) -> int:
+    return min(cells - 1, max(0, math.floor(position * cells)))
+
+
+def _ruler(trace: Trace, cells: int) -> str:
+    """Tick labels at 0, ¼, ½, ¾ and the end of the trace, over the bar column; a label
+    that would touch its neighbour is left out (the end label always stays)."""
+    line = [" "] * cells
+    total = trace.duration
+    if total <= 0:
+        return "0s".ljust(cells)
+    end_label = format_duration(total)
+    end_start = cells - len(end_label)
+    line[end_start:] = end_label
+    last_end = -1
+    for fraction in (0.0, 0.25, 0.5, 0.75):
+        label = "0s" if fraction == 0 else format_duration(total * fraction)
+        start = _column(fraction, cells)
+        if start <= last_end or start + len(label) >= end_start:
+            continue
+        line[start : start + len(label)] = label
+        last_end = start + len(label)
+    return "".join(line)
+
+
+def _bar(trace: Trace, span: SpanRecord, cells: int) -> Text:
+    origin = trace.start_ns
+    total = max(1, trace.end_ns - origin)
+    end_ns = trace.span_end(span)
+    first = _column((span.start_ns - origin) / total, cells)
+    last = max(first + 1, min(cells, math.ceil((end_ns - origin) / total * cells)))
+    fill = [RUNNING_BAR if span.pending else BAR] * (last - first)
+    for event in span.events:
+        column = min(last - 1, max(first, _column((event.time_ns - origin) / total, cells)))
+        fill[column - first] = EVENT
+    text = Text(" " * first)
+    style = _BAR_STYLES[span.status]
+    for char, run in itertools.groupby(fill):
+        text.append(char * len(list(run)), style="bold magenta" if char == EVENT else style)
+    text.append(" " * (cells - last))
+    return text
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _clip(text: str, cells: int) -> str:
+    if cell_len(text) <= cells:
+        return text
+    return set_cell_size(text, max(0, cells - 1)) + "…"
+
+
+def _wrap(text: str, cells: int) -> list[str]:
+    """Wrap a detail line to ``cells``, continuation lines indented by two."""
+    lines = textwrap.wrap(
+        text,
+        width=cells,
+        subsequent_indent="  ",
+        break_long_words=True,
+        break_on_hyphens=False,
+        drop_whitespace=False,
+    ) or [""]
+    return [_clip(line.rstrip(), cells) for line in lines]
+
+
+def _details(trace: Trace, span: SpanRecord, width: int, lead: str, service: str) -> list[Text]:
+    room = max(10, width - cell_len(lead))
+    first = (
+        f"id {span.span_id}  {_KINDS.get(span.kind, span.kind)}"
+        f"  at +{format_duration((span.start_ns - trace.start_ns) / 1e9)}"
+    )
+    if span.service and span.service != service:
+        first += f"  service {span.service}"
+    lines = [first]
+    if span.status_message:
+        lines.append(f"status {span.status}: {span.status_message}")
+    lines.extend(
+        f"{key} = {_value(value)}"
+        for key, value in sorted(span.attributes.items())
+        if not (key == "aiorunner.pending" and span.pending)
+    )
+    for event in span.events:
+        offset = format_duration(max(0, event.time_ns - trace.start_ns) / 1e9)
+        attributes = " ".join(f"{k}={_value(v)}" for k, v in sorted(event.attributes.items()))
+        lines.append(f"{EVENT} +{offset} {event.name}" + (f"  {attributes}" if attributes else ""))
+    return [
+        Text(lead, style="dim") + Text(part, style="dim")
+        for line in lines
+        for part in _wrap(line, room)
+    ]
+
+
+def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> list[Text]:
+    """
+    The waterfall as styled lines, each exactly ``width`` cells or shorter.
+
+    Raises:
+        ConfigError: ``width`` is below :data:`MIN_WIDTH`.
+    """
+    if width < MIN_WIDTH:
+        raise ConfigError(f"--width {width} is too narrow for a waterfall; use {MIN_WIDTH} or more")
+    rows = trace.rows()
+    has_children = {s.parent_span_id for s in trace.spans}
+    labels = [_guide(row) + _label(row.span) for row in rows]
+    name_cells = min(max([cell_len(label) for label in labels] + [12]), width * 35 // 100)
+    bar_cells = width - name_cells - _DURATION_WIDTH - _STATUS_WIDTH - 4
+    roots = trace.roots()
+    first_root = roots[0] if roots else None
+    subject = first_root.script if first_root else ""
+    head = Text()
+    head.append(f"Trace {trace.trace_id}", style="bold")
+    head.append("  ")
+    head.append(trace.status, style=_STYLES[trace.status])
+    so_far = " so far" if trace.running else ""
+    count = f"{len(trace.spans)} span" + ("s" if len(trace.spans) != 1 else "")
+    head.append(f"  {format_duration(trace.duration)}{so_far}  {count}")
+    service = first_root.service if first_root else ""
+    info = [subject] if subject else []
+    if service:
+        info.append(f"service {service}")
+    info.append(f"started {format_time(trace.start_ns)}")
+    lines = [head, *(Text(part, style="dim") for part in _wrap(" · ".join(info), width))]
+    lines.append(Text())
+    header = Text(set_cell_size("Span", name_cells) + " ", style="bold")
+    header.append(_ruler(trace, bar_cells), style="dim")
+    header.append("  " + "Duration".rjust(_DURATION_WIDTH) + " " + "Status", style="bold")
+    lines.append(header)
+    for row, label in zip(rows, labels, strict=True):
+        span = row.span
+        line = Text(set_cell_size(_clip(label, name_cells), name_cells) + " ")
+        line.append_text(_bar(trace, span, bar_cells))
+        seconds = (trace.span_end(span) - span.start_ns) / 1e9
+        line.append("  " + format_duration(max(0.0, seconds)).rjust(_DURATION_WIDTH) + " ")
+        line.append(span.status, style=_STYLES[span.status])
+        lines.append(line)
+        if verbose:
+            lead = _detail_guide(row, span.span_id in has_children)
+            lines.extend(_details(trace, span, width, lead, service))
+    orphans = [s for s in roots if s.parent_span_id]
+    if orphans:
+        lines.append(Text())
+        note = (
+            f"{len(orphans)} span(s) whose parent is not in the file (another service's, "
+            "or not written yet) are shown as roots"
+        )
+        lines.extend(Text(part, style="dim") for part in _wrap(note, width))
+    return lines
+
+
+def render_waterfall(trace: Trace, *, width: int = 100, verbose: bool = False) -> str:
+    """The waterfall as plain text (no colour), lines joined by newlines."""
+    return "\n".join(
+        line.plain.rstrip() for line in build_lines(trace, width=width, verbose=verbose)
+    )
+
+
+def render_trace(
+    trace_id: str,
+    file: str | os.PathLike[str] | None = None,
+    *,
+    width: int = 100,
+    verbose: bool = False,
+) -> str:
+    """
+    Read ``trace_id`` (or a unique prefix) from ``file`` (default: the ``jsonl``
+    backend's file) and return its waterfall as plain text. Blocking file I/O: call it from
+    a worker thread when on an event loop.
+
+    Raises:
+        TraceNotFoundError: no such file or trace, or an ambiguous prefix.
+    """
+    trace = load_trace(resolve_traces_file(file), trace_id)
+    return render_waterfall(trace, width=width, verbose=verbose)
+
+
+def print_trace(
+    trace: Trace,
+    *,
+    width: int | None = None,
+    verbose: bool = False,
+    console: Console | None = None,
+) -> None:
+    """Print the waterfall to ``console`` (default stdout), in colour on a terminal."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    for line in build_lines(trace, width=width or console.width, verbose=verbose):
+        console.print(line, overflow="ignore", crop=False)

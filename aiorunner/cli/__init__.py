@@ -1,0 +1,70 @@
+"""
+The ``aiorunner`` command line.
+
+Each subcommand lives in its own private module (``_cli_run``, ``_cli_backends``,
+``_cli_traces``, ``_cli_doctor``) and is imported only when invoked, so ``aiorunner --help``
+stays fast and a broken optional piece cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+__all__ = ["main"]
+
+# subcommand name -> (module, attribute, one-line help)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("aiorunner.cli.run", "run_command", "Run scripts and trace every run."),
+    "backends": (
+        "aiorunner.cli.backends",
+        "backends_command",
+        "List the exporter backends installed and whether each loads.",
+    ),
+    "traces": (
+        "aiorunner.cli.traces",
+        "traces_command",
+        "Browse runs recorded in the embedded JSONL trace file.",
+    ),
+    "doctor": (
+        "aiorunner.cli.doctor",
+        "doctor_command",
+        "Check the tracing configuration and that each backend's endpoint answers.",
+    ),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = _COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        try:
+            module = importlib.import_module(spec[0])
+        except ModuleNotFoundError as exc:
+            if exc.name != spec[0]:
+                raise
+            return None
+        command: click.Command = getattr(module, spec[1])
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiorunner")
+def main(**_: Any) -> None:
+    """Run scripts as asyncio subprocesses, watch them, and trace every run with
+    OpenTelemetry.
+
+    Traces go to the embedded default (.aiorunner/traces.jsonl) unless
+    OTEL_TRACES_EXPORTER names other backends (see `aiorunner backends`).
+    """

@@ -1,0 +1,114 @@
+"""
+``aiorunner doctor``: print the effective configuration, the installed backends and, for
+each configured backend, whether a test span gets through, with the fix when it does not.
+
+Exit code 0 when traces would arrive, 1 when they would not (so it works as a CI step),
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import anyio
+import click
+from rich.console import Console
+from rich.text import Text
+
+from .._config import TracingConfig
+from .._doctor.checks import diagnose, installed_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._doctor.checks import DoctorReport
+
+__all__ = ["doctor_command"]
+
+
+def _table(console: Console, rows: Sequence[tuple[str, ...]], styles: tuple[str, ...] = ()) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    for row in rows:
+        line = Text("  ")
+        for index, cell in enumerate(row):
+            if index:
+                line.append("  ")
+            last = index == len(row) - 1
+            text = cell if last else cell.ljust(widths[index])
+            line.append(text, style=styles[index] if index < len(styles) else None)
+        console.print(line)
+
+
+def _print(report: DoctorReport, console: Console) -> None:
+    console.print(Text("Configuration", style="bold") + Text("  (argument > env > default)"))
+    if report.config_error:
+        console.print(Text(f"  invalid: {report.config_error}", style="bold red"))
+    else:
+        _table(console, report.settings, ("", "", "dim"))
+    console.print()
+    console.print(Text("Environment", style="bold") + Text("  (secrets shown as [secure])"))
+    if report.environment:
+        _table(console, report.environment)
+    else:
+        console.print("  no OTEL_*, AIORUNNER_* or vendor variable is set")
+    console.print()
+    console.print(Text("Installed backends", style="bold"))
+    rows = installed_rows(report.installed)
+    if rows:
+        _table(console, rows, ("", "dim", ""))
+    console.print()
+    console.print(Text("Configured backends", style="bold"))
+    for check in report.checks:
+        mark = Text("  ✓ " if check.ok else "  ✗ ", style="green" if check.ok else "bold red")
+        console.print(mark + Text(check.name, style="bold") + Text(f"  → {check.target}"))
+        console.print(Text(f"      {check.detail}", style="" if check.ok else "red"))
+        if check.fix:
+            console.print(Text("      fix: ", style="bold yellow") + Text(check.fix))
+    console.print()
+    if report.ok:
+        console.print(Text("Traces would arrive.", style="bold green"))
+    else:
+        console.print(Text("Traces would NOT arrive: see the fix above.", style="bold red"))
+
+
+@click.command("doctor")
+@click.option(
+    "--exporter",
+    "-e",
+    "exporter",
+    default=None,
+    metavar="NAMES",
+    help="Check these backends (comma-separated) instead of OTEL_TRACES_EXPORTER's.",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    metavar="URL",
+    help="Check this collector endpoint (as TracingConfig.collector_endpoint).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each backend's answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+def doctor_command(
+    exporter: str | None, endpoint: str | None, timeout: float, as_json: bool
+) -> None:
+    """Check that traces would arrive: the effective configuration (with where each value
+    came from, secrets masked), the installed backends, and a test span through each
+    configured backend, with the exact fix when one fails.
+
+    Exit code 0 when traces would arrive, 1 otherwise.
+    """
+    config = TracingConfig(exporter_type=exporter, collector_endpoint=endpoint)
+    report = anyio.run(lambda: diagnose(config, timeout=timeout))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print(report, Console(highlight=False, soft_wrap=True))
+    if not report.ok:
+        raise SystemExit(1)

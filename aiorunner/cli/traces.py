@@ -1,0 +1,342 @@
+"""
+``aiorunner traces``: browse the runs recorded in the embedded JSONL trace file, without a
+collector.
+
+``aiorunner traces`` (or ``traces list``) lists runs newest first, ``traces show ID`` draws
+one as a waterfall (or writes it as HTML), and ``traces push`` replays recorded traces into
+any backend through the export pipeline, for traces recorded offline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import click
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console
+from rich.text import Text
+
+from .._exceptions import AiorunnerError, ConfigError
+from .._traces.listing import list_traces
+from .._traces.reader import format_duration, format_time, parse_since, resolve_traces_file
+from .._traces.tree import load_trace
+from .._traces.waterfall import MIN_WIDTH, print_trace
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._traces.listing import TraceListing
+
+__all__ = ["traces_command"]
+
+_STATUS_STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
+_SCRIPT_CELLS = 40
+
+_FILE_HELP = (
+    "Trace file to read (default: $AIORUNNER_TRACES_FILE, else .aiorunner/traces.jsonl); "
+    "its rotated files (.1, .2 ...) are read too."
+)
+
+
+def _file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--file",
+        "-f",
+        "file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=_FILE_HELP,
+    )(func)
+
+
+def _since(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _list_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            _file_option,
+            click.option("--failed", is_flag=True, help="Only runs that failed."),
+            click.option(
+                "--slowest",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help="The N slowest runs, slowest first.",
+            ),
+            click.option(
+                "--since",
+                default=None,
+                metavar="WHEN",
+                help="Only runs started since WHEN: 30s, 30m, 1h, 2d, 1w ago, or an ISO time.",
+            ),
+            click.option(
+                "--limit",
+                "-n",
+                type=click.IntRange(min=0),
+                metavar="N",
+                default=20,
+                show_default=True,
+                help="At most this many runs (0: all).",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="JSON lines, one run each."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _fail(exc: AiorunnerError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _clip_left(text: str, cells: int) -> str:
+    """Keep the end of a path (the file name matters most)."""
+    if cell_len(text) <= cells:
+        return text
+    return "…" + text[-(cells - 1) :]
+
+
+def _print_listing(listing: TraceListing, console: Console) -> None:
+    rows = [
+        (
+            format_time(s.start_ns)[:19],
+            _clip_left(s.script, _SCRIPT_CELLS),
+            s.status,
+            format_duration(s.duration),
+            str(s.span_count),
+            s.trace_id,
+        )
+        for s in listing.traces
+    ]
+    headers = ("TIME", "SCRIPT", "STATUS", "DURATION", "SPANS", "TRACE ID")
+    widths = [max([cell_len(h)] + [cell_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    right = {3, 4}
+
+    def cell(index: int, text: str) -> str:
+        if index in right:
+            return " " * (widths[index] - cell_len(text)) + text
+        return set_cell_size(text, widths[index])
+
+    header = "  ".join(cell(i, h) for i, h in enumerate(headers)).rstrip()
+    console.print(Text(header, style="bold"))
+    for row in rows:
+        line = Text()
+        for index, text in enumerate(row):
+            if index:
+                line.append("  ")
+            style = _STATUS_STYLES.get(text) if index == 2 else None
+            line.append(cell(index, text), style=style)
+        line.rstrip()
+        console.print(line)
+
+
+def _run_list(
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    since_ns = _since(since)
+    path = resolve_traces_file(file)
+    try:
+        listing = list_traces(
+            path, failed=failed, slowest=slowest, since_ns=since_ns, limit=limit or None
+        )
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    if listing.stats.skipped:
+        click.echo(
+            f"note: skipped {listing.stats.skipped} unreadable line(s) of {path} "
+            "(cut short by a crash mid-write?)",
+            err=True,
+        )
+    if as_json:
+        for summary in listing.traces:
+            click.echo(json.dumps(summary.to_dict()))
+        return
+    if not listing.traces:
+        what = "failed runs" if failed else "runs"
+        click.echo(f"No {what} recorded in {path}" + (" in that period." if since else "."))
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    _print_listing(listing, console)
+    if limit and len(listing.traces) == limit and slowest is None:
+        click.echo(f"(the {limit} newest; --limit 0 shows all)", err=True)
+
+
+@click.group("traces", invoke_without_command=True)
+@_list_options
+@click.pass_context
+def traces_command(
+    ctx: click.Context,
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Browse runs recorded in the embedded JSONL trace file, newest first.
+
+    \b
+    aiorunner traces [--failed] [--slowest N] [--since 1h] [--limit N]
+    aiorunner traces show TRACE_ID [-v] [--html out.html]
+    aiorunner traces push --exporter otlp [--since 1d]
+    """
+    if ctx.invoked_subcommand is None:
+        _run_list(file, failed, slowest, since, limit, as_json)
+
+
+@traces_command.command("list")
+@_list_options
+def list_command(
+    file: str | None,
+    failed: bool,
+    slowest: int | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recorded runs: time, script, status, duration, span count, trace id."""
+    _run_list(file, failed, slowest, since, limit, as_json)
+
+
+@traces_command.command("show")
+@click.argument("trace_id")
+@_file_option
+@click.option("--verbose", "-v", is_flag=True, help="Attributes and events of every span.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the waterfall as one self-contained HTML file instead.",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=MIN_WIDTH),
+    default=None,
+    help="Width in columns (default: the terminal's).",
+)
+def show_command(
+    trace_id: str, file: str | None, verbose: bool, html_out: str | None, width: int | None
+) -> None:
+    """Draw one trace as a waterfall. TRACE_ID may be any unique prefix."""
+    try:
+        trace = load_trace(resolve_traces_file(file), trace_id)
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    if html_out is not None:
+        from .._traces.html import write_html
+
+        try:
+            out = write_html(trace, html_out)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_out}: {exc.strerror}") from None
+        click.echo(f"Wrote the waterfall of trace {trace.trace_id} ({len(trace.spans)} spans)")
+        click.echo(f"to {out.resolve()}")
+        return
+    if width is None:
+        width = max(MIN_WIDTH, shutil.get_terminal_size((100, 24)).columns)
+    print_trace(trace, width=width, verbose=verbose)
+
+
+@traces_command.command("push")
+@_file_option
+@click.option(
+    "--exporter",
+    "-e",
+    required=True,
+    metavar="NAMES",
+    help="Backend(s) to replay into, comma-separated (e.g. otlp, zipkin, jaeger).",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    metavar="URL",
+    help="Collector endpoint (as TracingConfig.collector_endpoint); default: the backend's "
+    "own variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT.",
+)
+@click.option("--since", default=None, metavar="WHEN", help="Only runs started since WHEN.")
+@click.option(
+    "--trace",
+    "trace_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this trace (id or unique prefix); repeatable.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Export timeout in seconds (default: OTEL_BSP_EXPORT_TIMEOUT, else 30).",
+)
+def push_command(
+    file: str | None,
+    exporter: str,
+    endpoint: str | None,
+    since: str | None,
+    trace_ids: tuple[str, ...],
+    timeout: float | None,
+) -> None:
+    """Replay recorded traces into a backend, through the export pipeline.
+
+    For runs recorded offline: their spans keep their ids, times, parents, attributes
+    and events. Exit code 0 when every span was exported, 1 otherwise.
+    """
+    from .._traces.push import push_traces
+
+    since_ns = _since(since)
+    path = resolve_traces_file(file)
+
+    async def push() -> Any:
+        return await push_traces(
+            path,
+            exporter=exporter,
+            endpoint=endpoint,
+            since_ns=since_ns,
+            trace_ids=trace_ids,
+            export_timeout=timeout,
+        )
+
+    try:
+        report = anyio.run(push)
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    if report.unreadable:
+        click.echo(f"note: skipped {report.unreadable} unreadable line(s) of {path}", err=True)
+    if report.running:
+        click.echo(
+            f"note: {report.running} run(s) still going: their root spans were not sent",
+            err=True,
+        )
+    if not report.spans:
+        click.echo(f"Nothing to push from {path}" + (" in that period." if since else "."))
+        return
+    verb = "Pushed" if report.ok else "Tried to push"
+    click.echo(f"{verb} {report.spans} spans of {report.traces} traces from {path}")
+    for backend in report.statistics.backends:
+        line = f"  {backend.name}: {backend.exported} exported"
+        if backend.failed or backend.dropped:
+            line += f", {backend.failed} failed, {backend.dropped} dropped"
+        if backend.last_error and backend.exported != report.spans:
+            line += f" ({backend.last_error})"
+        click.echo(line)
+    if report.statistics.dropped:
+        click.echo(f"  {report.statistics.dropped} dropped before export")
+    if report.stopped_early:
+        click.echo("Stopped: a backend failed for good; the rest of the file was not sent.")
+    if not report.ok:
+        raise SystemExit(1)
