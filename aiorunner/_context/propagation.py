@@ -39,6 +39,17 @@ ENV_CARRIER_KEYS = {
 }
 
 
+#: The API's own propagators (the default ``tracecontext,baggage``), by name, so that the
+#: default needs no scan of every installed distribution's entry points (~10 ms at start).
+_BUILTIN_PROPAGATORS = {
+    "tracecontext": (
+        "opentelemetry.trace.propagation.tracecontext",
+        "TraceContextTextMapPropagator",
+    ),
+    "baggage": ("opentelemetry.baggage.propagation", "W3CBaggagePropagator"),
+}
+
+
 @functools.lru_cache(maxsize=16)
 def get_propagator(names: tuple[str, ...]) -> TextMapPropagator:
     """The composite propagator for ``names`` (entry point group
@@ -47,12 +58,18 @@ def get_propagator(names: tuple[str, ...]) -> TextMapPropagator:
     Raises:
         ConfigError: a name is not installed; the message lists what is.
     """
-    from opentelemetry.util._importlib_metadata import entry_points
-
     propagators = []
     for name in names:
         if name == "none":
             continue
+        builtin = _BUILTIN_PROPAGATORS.get(name)
+        if builtin is not None:
+            import importlib
+
+            propagators.append(getattr(importlib.import_module(builtin[0]), builtin[1])())
+            continue
+        from opentelemetry.util._importlib_metadata import entry_points
+
         found = list(entry_points(group="opentelemetry_propagator", name=name))
         if not found:
             installed = sorted(

@@ -28,17 +28,16 @@ Errors, decided here and documented in the README:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BackendError, ConfigError, UnknownBackendError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from importlib.metadata import EntryPoint
 
     from opentelemetry.sdk.trace import ReadableSpan
 
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AIORUNNER_GROUP",
+    "BUILTIN",
     "OTEL_GROUP",
     "BackendInfo",
     "clear_cache",
@@ -60,6 +60,17 @@ __all__ = [
 
 AIORUNNER_GROUP = "aiorunner.backends"
 OTEL_GROUP = "opentelemetry_traces_exporter"
+
+#: The core's own backends. Registered as entry points too (``aiorunner backends`` lists
+#: them), but resolved from this table: the embedded default then needs no scan of every
+#: installed distribution's metadata (importlib.metadata and its email parser, ~10 ms of
+#: a CLI start). A plugin cannot take over these names.
+BUILTIN: dict[str, tuple[str, str]] = {
+    "jsonl": ("aiorunner._export.jsonl", "create_backend"),
+    "console": ("aiorunner._export.console", "create_backend"),
+    "none": ("aiorunner._export.registry", "create_none_backend"),
+    "memory": ("aiorunner.testing", "create_backend"),
+}
 
 logger = logging.getLogger("aiorunner.export")
 
@@ -90,15 +101,31 @@ WELL_KNOWN: dict[str, str] = {
 }
 
 
+def _entry_points_module() -> Any:
+    """OpenTelemetry's cached ``entry_points()`` when the API has it, else the stdlib's.
+
+    Why: reading every installed distribution's entry points costs a few ms, and the
+    OpenTelemetry API has already done it once (to load its context implementation) in
+    any process that traces: sharing its cache makes our lookup free.
+    """
+    try:
+        from opentelemetry.util import _importlib_metadata as shared
+    except ImportError:  # an API older than the cache
+        import importlib.metadata as shared  # type: ignore[no-redef]
+    return shared
+
+
 @functools.cache
 def _group(group: str) -> tuple[EntryPoint, ...]:
-    # entry_points() reads every installed distribution's metadata: do it once per group.
-    return tuple(entry_points(group=group))
+    return tuple(_entry_points_module().entry_points(group=group))
 
 
 def clear_cache() -> None:
     """Forget the cached entry point scans (after installing a plugin at run time)."""
     _group.cache_clear()
+    cached = getattr(_entry_points_module(), "_original_entry_points_cached", None)
+    if cached is not None:
+        cached.cache_clear()
 
 
 def _catalog() -> dict[str, list[EntryPoint]]:
@@ -141,6 +168,8 @@ def _unknown(name: str) -> UnknownBackendError:
             f"Installed backends: {listing}"
         )
     else:
+        import difflib
+
         message = f"unknown backend {name!r}; installed: {listing}"
         candidates = list(dict.fromkeys([*installed, *WELL_KNOWN]))
         close = difflib.get_close_matches(name, candidates, n=3)
@@ -180,6 +209,15 @@ def load_backend(name: str, config: TracingConfig) -> Any:
         ConfigError: the factory rejected the configuration (its message is kept).
         BackendError: the plugin failed to import or to construct.
     """
+    builtin = BUILTIN.get(name)
+    if builtin is not None:
+        import importlib
+
+        factory = getattr(importlib.import_module(builtin[0]), builtin[1])
+        try:
+            return factory(config)
+        except ConfigError as exc:
+            raise ConfigError(f"backend {name!r}: {exc}") from exc
     ep = find_entry_point(name)
     # describe_entry_point() reads the distribution's metadata files: only on errors.
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import importlib.machinery
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -151,7 +150,10 @@ def _pythonpath(env: Mapping[str, str]) -> list[str]:
 def _check_distributions(
     deps: Iterable[str], installed: Mapping[str, str], marker_env: Mapping[str, str] | None
 ) -> list[str]:
-    # packaging costs ~20 ms to import: only scripts with PEP 723 metadata pay it.
+    deps = tuple(deps)
+    if not deps:
+        return []
+    # packaging costs ~15 ms to import: only scripts with PEP 723 dependencies pay it.
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
@@ -216,9 +218,12 @@ def check_with_own_interpreter(
     dists: dict[str, str] = {}
     deps = tuple(dependencies)
     if deps:
+        # importlib.metadata (and the email parser under it) only for PEP 723 dependencies.
+        from importlib.metadata import distributions
+
         from packaging.utils import canonicalize_name
 
-        for dist in importlib.metadata.distributions():
+        for dist in distributions():
             name = dist.metadata["Name"]
             if name:
                 dists.setdefault(canonicalize_name(name), dist.version)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = [
+    "MIN_WIDTH",
     "ReadStats",
     "SpanEvent",
     "SpanRecord",
@@ -53,6 +54,9 @@ __all__ = [
 
 PENDING_ATTRIBUTE = "aiorunner.pending"
 ROOT_SPAN_NAME = "ScriptRunner"
+#: The narrowest terminal waterfall (columns). Here rather than in ``waterfall`` so that
+#: the CLI can declare its ``--width`` option without importing rich.
+MIN_WIDTH = 60
 STATUS_ERROR = 2
 _BLOCK = 1 << 16
 _LINE_START = b'{"resourceSpans"'

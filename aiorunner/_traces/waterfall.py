@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .._exceptions import ConfigError
-from .reader import ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
+from .reader import MIN_WIDTH, ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
 from .tree import load_trace
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MIN_WIDTH", "build_lines", "print_trace", "render_trace", "render_waterfall"]
 
-MIN_WIDTH = 60
 BAR = "█"
 RUNNING_BAR = "▒"
 EVENT = "◆"

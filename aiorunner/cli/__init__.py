@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from .._version import __version__
+
 __all__ = ["main"]
 
 # subcommand name -> (module, attribute, one-line help)
@@ -60,7 +62,7 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="aiorunner")
+@click.version_option(__version__, prog_name="aiorunner")
 def main(**_: Any) -> None:
     """Run scripts as asyncio subprocesses, watch them, and trace every run with
     OpenTelemetry.

@@ -9,11 +9,9 @@ import json
 
 import click
 
-from .._export.registry import AIORUNNER_GROUP, WELL_KNOWN, installed_names, list_backends
-
 __all__ = ["backends_command"]
 
-_GROUP_LABEL = {AIORUNNER_GROUP: "aiorunner", "opentelemetry_traces_exporter": "opentelemetry"}
+_GROUP_LABEL = {"aiorunner.backends": "aiorunner", "opentelemetry_traces_exporter": "opentelemetry"}
 
 
 @click.command("backends")
@@ -31,6 +29,8 @@ def backends_command(as_json: bool, no_import: bool) -> None:
     `opentelemetry_traces_exporter` group (any OTel exporter works by its name). Use a
     name in OTEL_TRACES_EXPORTER (several: comma-separated).
     """
+    from .._export.registry import WELL_KNOWN, installed_names, list_backends
+
     infos = list_backends(check=not no_import)
     installed = set(installed_names())
     missing = {name: package for name, package in WELL_KNOWN.items() if name not in installed}

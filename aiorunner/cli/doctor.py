@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import anyio
 import click
-from rich.console import Console
-from rich.text import Text
-
-from .._config import TracingConfig
-from .._doctor.checks import diagnose, installed_rows
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from rich.console import Console
 
     from .._doctor.checks import DoctorReport
 
@@ -28,6 +24,8 @@ __all__ = ["doctor_command"]
 
 
 def _table(console: Console, rows: Sequence[tuple[str, ...]], styles: tuple[str, ...] = ()) -> None:
+    from rich.text import Text
+
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     for row in rows:
         line = Text("  ")
@@ -41,6 +39,10 @@ def _table(console: Console, rows: Sequence[tuple[str, ...]], styles: tuple[str,
 
 
 def _print(report: DoctorReport, console: Console) -> None:
+    from rich.text import Text
+
+    from .._doctor.checks import installed_rows
+
     console.print(Text("Configuration", style="bold") + Text("  (argument > env > default)"))
     if report.config_error:
         console.print(Text(f"  invalid: {report.config_error}", style="bold red"))
@@ -104,6 +106,12 @@ def doctor_command(
 
     Exit code 0 when traces would arrive, 1 otherwise.
     """
+    import anyio
+    from rich.console import Console
+
+    from .._config import TracingConfig
+    from .._doctor.checks import diagnose
+
     config = TracingConfig(exporter_type=exporter, collector_endpoint=endpoint)
     report = anyio.run(lambda: diagnose(config, timeout=timeout))
     if as_json:

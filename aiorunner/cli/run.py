@@ -34,7 +34,6 @@ import click
 from .._config import TracingConfig
 from .._context.instrument import check_installed
 from .._exceptions import AiorunnerError
-from .._run.runner import ScriptRunner
 
 if TYPE_CHECKING:
     from .._orchestrate.jobs import Job
@@ -340,6 +339,8 @@ def run_command(
     def to_stderr(stream: str, data: bytes) -> None:
         sys.stderr.buffer.write(data)
         sys.stderr.buffer.flush()
+
+    from .._run.runner import ScriptRunner
 
     try:
         runner = ScriptRunner(

@@ -13,20 +13,15 @@ import json
 import shutil
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import click
-from rich.cells import cell_len, set_cell_size
-from rich.console import Console
-from rich.text import Text
 
 from .._exceptions import AiorunnerError, ConfigError
-from .._traces.listing import list_traces
-from .._traces.reader import format_duration, format_time, parse_since, resolve_traces_file
-from .._traces.tree import load_trace
-from .._traces.waterfall import MIN_WIDTH, print_trace
+from .._traces.reader import MIN_WIDTH, parse_since, resolve_traces_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from rich.console import Console
 
     from .._traces.listing import TraceListing
 
@@ -101,12 +96,19 @@ def _fail(exc: AiorunnerError) -> click.ClickException:
 
 def _clip_left(text: str, cells: int) -> str:
     """Keep the end of a path (the file name matters most)."""
+    from rich.cells import cell_len
+
     if cell_len(text) <= cells:
         return text
     return "…" + text[-(cells - 1) :]
 
 
 def _print_listing(listing: TraceListing, console: Console) -> None:
+    from rich.cells import cell_len, set_cell_size
+    from rich.text import Text
+
+    from .._traces.reader import format_duration, format_time
+
     rows = [
         (
             format_time(s.start_ns)[:19],
@@ -148,6 +150,10 @@ def _run_list(
     limit: int,
     as_json: bool,
 ) -> None:
+    from rich.console import Console
+
+    from .._traces.listing import list_traces
+
     since_ns = _since(since)
     path = resolve_traces_file(file)
     try:
@@ -234,6 +240,9 @@ def show_command(
     trace_id: str, file: str | None, verbose: bool, html_out: str | None, width: int | None
 ) -> None:
     """Draw one trace as a waterfall. TRACE_ID may be any unique prefix."""
+    from .._traces.tree import load_trace
+    from .._traces.waterfall import print_trace
+
     try:
         trace = load_trace(resolve_traces_file(file), trace_id)
     except AiorunnerError as exc:
@@ -296,6 +305,8 @@ def push_command(
     For runs recorded offline: their spans keep their ids, times, parents, attributes
     and events. Exit code 0 when every span was exported, 1 otherwise.
     """
+    import anyio
+
     from .._traces.push import push_traces
 
     since_ns = _since(since)
