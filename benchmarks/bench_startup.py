@@ -37,6 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 IMPORT_ASYNCIO = "python -c 'import asyncio'"
 IMPORT_AIORUNNER = "python -c 'import aiorunner'"
+#: What any traced ``aiorunner run`` must import (its CLI, its event loop, its task groups,
+#: the OpenTelemetry SDK), and nothing of aiorunner: the floor under that row.
+FLOOR_IMPORTS = (
+    "import click, asyncio, anyio, anyio.to_thread, anyio._backends._asyncio, "
+    "opentelemetry.sdk.trace, opentelemetry.sdk.resources"
+)
+FLOOR = "floor: import click, asyncio, anyio, opentelemetry.sdk"
 
 
 def _command() -> list[str]:
@@ -78,6 +85,7 @@ def measure(rounds: int) -> dict[str, list[float]]:
             "aiorunner --help": [*aiorunner, "--help"],
             "aiorunner run --help": [*aiorunner, "run", "--help"],
             "python t.py": [python, "t.py"],
+            FLOOR: [python, "-c", FLOOR_IMPORTS],
             "aiorunner run t.py": [*aiorunner, "run", "-q", "t.py"],
         }
         before = os.environ.get("BENCH_STARTUP_BEFORE")
@@ -131,6 +139,11 @@ def main() -> str:
         f"| `import aiorunner` / `import asyncio` | {ratio(IMPORT_AIORUNNER, IMPORT_ASYNCIO)} | 2x |",
         f"| `aiorunner --help` / `python -c pass` | {ratio('aiorunner --help', 'python -c pass')} | 6x |",
         f"| `aiorunner run t.py` - `python t.py` | {added('aiorunner run t.py', 'python t.py')} | 150 ms |",
+        f"| floor (the libraries alone) - `python -c pass` | {added(FLOOR, 'python -c pass')} | |",
+        (
+            f"| `aiorunner run t.py` - floor - `python t.py` | "
+            f"{(median['aiorunner run t.py'] - median[FLOOR] - median['python t.py']) * 1000:.0f} ms | |"
+        ),
         "",
         (
             "Bytecode compiled first, as in an installed wheel. The trivial script traced to the "

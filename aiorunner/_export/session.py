@@ -39,7 +39,6 @@ from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
 from .sampling import TAILBASED, make_sampler
 from .statistics import PipelineStatistics
-from .tail_sampling import TailSampler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -196,6 +195,8 @@ class Session:
                 _adapt_given(backends) if backends is not None else _load_backends(self.config)
             )
             if self.config.sampler == TAILBASED:
+                from .tail_sampling import TailSampler
+
                 tail = TailSampler(
                     rate=float(self.config.sample_rate or 0.0),
                     threshold=float(self.config.tail_latency_threshold or 0.0),

@@ -47,7 +47,6 @@ def precompile() -> None:
         return
     _precompiled = True
     import importlib.util
-    import py_compile
 
     for name in _MODULES:
         source = os.path.join(BOOTSTRAP_DIR, name)
@@ -57,6 +56,8 @@ def precompile() -> None:
             return  # this interpreter keeps no bytecode cache
         if _up_to_date(source, cached):
             continue
+        import py_compile  # only when a file is stale (its import costs ~2 ms)
+
         try:
             py_compile.compile(source, cfile=cached, doraise=True)
         except (OSError, py_compile.PyCompileError, NotImplementedError, ValueError):
