@@ -15,6 +15,7 @@ from traces_fixture import T0, TRACE_A, TRACE_B, TRACE_C, known_trace_lines, wri
 
 from aiorunner import ScriptRunner
 from aiorunner._exceptions import ConfigError, TraceNotFoundError
+from aiorunner._traces.listing import list_traces
 from aiorunner._traces.push import push_traces
 from aiorunner._traces.tree import load_trace
 from aiorunner._traces.waterfall import render_waterfall
@@ -127,17 +128,47 @@ def test_push_to_a_dead_collector_fails_fast(three_runs: Path) -> None:
 def test_push_into_jsonl_copies_the_trace(
     three_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Replayed into another jsonl file, a trace renders exactly as the original; the
-    same file as target is refused."""
-    code, out = push("-e", "jsonl")
-    assert code == 1
-    assert "would append" in out
+    """`--to PATH` copies traces into another file: a trace renders there exactly as in
+    the original, read from $AIORUNNER_TRACES_FILE, which no longer moves the destination
+    too (issue 16.12)."""
     copy = tmp_path / "copy" / "traces.jsonl"
-    monkeypatch.setenv("AIORUNNER_TRACES_FILE", str(copy))
-    code, out = push("-e", "jsonl", "--file", str(three_runs), "--trace", TRACE_A[:29])
+    code, out = push("-e", "jsonl", "--to", str(copy), "--trace", TRACE_A[:29])
     assert code == 0, out
+    assert f"jsonl: 9 exported to {copy}" in out
     original = render_waterfall(load_trace(three_runs, TRACE_A), width=100, verbose=True)
     assert render_waterfall(load_trace(copy, TRACE_A), width=100, verbose=True) == original
+    # --to alone means jsonl; a second push appends.
+    code, out = push("--to", str(copy), "--trace", TRACE_B)
+    assert code == 0, out
+    assert {TRACE_A, TRACE_B} == {s.trace_id for s in list_traces(copy).traces}
+
+
+def test_push_destination_errors_say_what_to_do(three_runs: Path, tmp_path: Path) -> None:
+    """jsonl without --to, --to onto the file being read (or one of its rotated files),
+    --to with a backend that writes no file, and neither --exporter nor --to: each is an
+    error naming the flag to give; nothing is written."""
+    code, out = push("-e", "jsonl")
+    assert code == 1
+    assert "name it with --to PATH" in out
+    assert f"read from {three_runs} (--file)" in out
+    code, out = push("--to", str(three_runs))
+    assert code == 1
+    assert "is the file being read" in out
+    assert "give --to another path" in out
+    rotated = write(three_runs.with_name(three_runs.name + ".1"), *known_trace_lines(TRACE_C))
+    code, out = push("-e", "otlp,jsonl", "--to", str(rotated))
+    assert code == 1
+    assert "is the file being read" in out
+    code, out = push("-e", "otlp", "--to", str(tmp_path / "x.jsonl"))
+    assert code == 1
+    assert "--exporter otlp,jsonl" in out
+    assert "--endpoint URL" in out
+    code, out = push()
+    assert code == 2
+    assert "--exporter otlp" in out
+    assert "--to PATH" in out
+    assert not (tmp_path / "x.jsonl").exists()
+    assert [p.name for p in three_runs.parent.iterdir() if p.suffix != ".1"] == [three_runs.name]
 
 
 def test_push_in_small_chunks_loses_nothing(

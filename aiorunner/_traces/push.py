@@ -7,7 +7,9 @@ times, attributes, events, status, scope and resource (``_otlp_json.decode_reque
 handed to a :class:`Session`'s pipeline as if they had just ended: batching, retries,
 timeouts and per-backend counts are the ones live runs get. Start markers of runs (pending
 root lines) are never sent; a run still going is pushed without its root. Pushing the same
-traces twice sends them twice.
+traces twice sends them twice. A file backend (``jsonl``) writes where ``to`` says,
+never to a file implied by the environment: ``AIORUNNER_TRACES_FILE`` names the file
+read by default, so taking the destination from it too made a copy impossible.
 
 The file is read in a worker thread, a chunk at a time, and each chunk is flushed before
 the next is read, so a big file neither fills memory nor overflows the pipeline's queue;
@@ -27,7 +29,7 @@ import anyio.to_thread
 from .._config import TracingConfig
 from .._exceptions import ConfigError, TraceNotFoundError
 from .listing import list_traces
-from .reader import ReadStats, iter_requests, trace_files
+from .reader import HEX_ID, ReadStats, iter_requests, span_entries, span_record, trace_files
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Sequence
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
     from .._export.session import Session
     from .._export.statistics import PipelineStatistics
+    from .reader import SpanRecord
 
 __all__ = ["PushReport", "push_traces"]
 
@@ -56,6 +59,12 @@ class PushReport:
     statistics: PipelineStatistics
     #: True when a backend failed for good and the rest of the file was not sent.
     stopped_early: bool = False
+    #: Malformed spans skipped (never sent: one would fail its whole batch), and the
+    #: first one's problem.
+    bad_spans: int = 0
+    first_problem: str = ""
+    #: The file a file backend (jsonl) wrote to.
+    to: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,47 +88,90 @@ class _Counts:
     traces: set[str] = field(default_factory=set)
 
 
-def _select(request: dict[str, Any], wanted: set[str] | None, counts: _Counts) -> dict[str, Any]:
-    """A copy of ``request`` holding only the finished spans of the wanted traces."""
-    resources = []
-    for resource_spans in request.get("resourceSpans") or ():
-        scopes = []
-        for scope_spans in resource_spans.get("scopeSpans") or ():
+def _select(
+    request: dict[str, Any], wanted: set[str] | None, counts: _Counts, stats: ReadStats
+) -> dict[str, Any]:
+    """A copy of ``request`` holding only the finished spans of the wanted traces that
+    can be sent: a malformed span (:func:`span_record` refuses it: a time outside OTLP's
+    64 bits, ``null`` for an object) or one whose ids are not OTLP ids is skipped and
+    counted, so that it cannot fail the batch of good spans it would travel in."""
+    resources: list[dict[str, Any]] = []
+    resource_of: Any = None
+    scope_of: Any = None
+    spans: list[Any] = []
+    for resource_spans, scope_spans, span in span_entries(request, stats):
+        try:
+            record = span_record(span, {}, "")
+            problem = _id_problem(record)
+        except (TypeError, ValueError, AttributeError) as exc:
+            problem = str(exc)
+        if problem:
+            name = span.get("name") if isinstance(span, dict) else None
+            stats.bad(f"span {str(name)!r}: {problem}" if name else problem)
+            continue
+        if wanted is not None and record.trace_id not in wanted:
+            continue
+        key = (record.trace_id, record.span_id)
+        if not record.end_ns:
+            counts.pending.add(key)
+            continue
+        counts.pending.discard(key)
+        counts.traces.add(record.trace_id)
+        if resource_spans is not resource_of:
+            resource_of, scope_of = resource_spans, None
+            resources.append({**resource_spans, "scopeSpans": []})
+        if scope_spans is not scope_of:
+            scope_of = scope_spans
             spans = []
-            for span in scope_spans.get("spans") or ():
-                trace_id = str(span.get("traceId", "")).lower()
-                if wanted is not None and trace_id not in wanted:
-                    continue
-                key = (trace_id, str(span.get("spanId", "")).lower())
-                if not int(span.get("endTimeUnixNano") or 0):
-                    counts.pending.add(key)
-                    continue
-                counts.pending.discard(key)
-                spans.append(span)
-                counts.traces.add(trace_id)
-            if spans:
-                scopes.append({**scope_spans, "spans": spans})
-        if scopes:
-            resources.append({**resource_spans, "scopeSpans": scopes})
+            resources[-1]["scopeSpans"].append({**scope_spans, "spans": spans})
+        spans.append(span)
     return {"resourceSpans": resources}
+
+
+def _id_problem(record: SpanRecord) -> str:
+    """Why the span's ids cannot be sent (an OTLP id is 16 or 8 bytes), or ""."""
+    if len(record.trace_id) != 32 or not HEX_ID.match(record.trace_id):
+        return f"traceId {record.trace_id!r} is not 16 bytes of hex or base64"
+    if len(record.span_id) != 16 or not HEX_ID.match(record.span_id):
+        return f"spanId {record.span_id!r} is not 8 bytes of hex or base64"
+    parent = record.parent_span_id
+    if parent and (len(parent) != 16 or not HEX_ID.match(parent)):
+        return f"parentSpanId {parent!r} is not 8 bytes of hex or base64"
+    return ""
+
+
+def _decode(selected: dict[str, Any], stats: ReadStats) -> list[ReadableSpan]:
+    """The selected spans as SDK spans; when the line does not decode as a whole, span
+    by span, skipping (and counting) the ones that do not."""
+    from .._export.otlp_json import decode_request
+
+    errors = (AttributeError, TypeError, ValueError, KeyError)
+    try:
+        return decode_request(selected)
+    except errors:
+        pass
+    decoded: list[ReadableSpan] = []
+    for resource_spans in selected["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                single = {**resource_spans, "scopeSpans": [{**scope_spans, "spans": [span]}]}
+                try:
+                    decoded.extend(decode_request({"resourceSpans": [single]}))
+                except errors as exc:
+                    stats.bad(f"span {str(span.get('name', ''))!r}: {exc!r}")
+    return decoded
 
 
 def _chunks(
     files: Sequence[Path], wanted: set[str] | None, size: int, counts: _Counts, stats: ReadStats
 ) -> Generator[list[ReadableSpan], None, None]:
     """Decoded spans, ``size`` at a time, in file order (runs in a worker thread)."""
-    from .._export.otlp_json import decode_request
-
     buffer: list[ReadableSpan] = []
     for request in iter_requests(files, stats=stats):
-        selected = _select(request, wanted, counts)
+        selected = _select(request, wanted, counts, stats)
         if not selected["resourceSpans"]:
             continue
-        try:
-            buffer.extend(decode_request(selected))
-        except (AttributeError, TypeError, ValueError, KeyError):
-            stats.skipped += 1
-            continue
+        buffer.extend(_decode(selected, stats))
         while len(buffer) >= size:
             yield buffer[:size]
             del buffer[:size]
@@ -171,6 +223,7 @@ async def push_traces(
     *,
     exporter: str,
     endpoint: str | None = None,
+    to: str | os.PathLike[str] | None = None,
     since_ns: int | None = None,
     trace_ids: Sequence[str] = (),
     export_timeout: float | None = None,
@@ -181,11 +234,15 @@ async def push_traces(
     by ``exporter`` (comma-separated), optionally only those started since ``since_ns`` or
     matching ``trace_ids`` prefixes.
 
+    Args:
+        to: the file a file backend (``jsonl``) writes to (created, or appended to);
+            required when ``exporter`` names one, refused otherwise.
+
     Raises:
         TraceNotFoundError: no such file, or a ``trace_ids`` prefix matches no trace or
             several.
-        ConfigError: a backend name is unknown or its configuration is invalid, or the
-            target is the file being read.
+        ConfigError: a backend name is unknown or its configuration is invalid, ``to``
+            is missing for jsonl, given without it, or is the file being read.
     """
     from .._export.session import Session
 
@@ -196,14 +253,27 @@ async def push_traces(
         exporter_type=exporter,
         collector_endpoint=endpoint,
         export_timeout=export_timeout,
+        traces_file=to,
     ).resolve()
     if "jsonl" in config.exporters:
-        same = await anyio.to_thread.run_sync(_same_file, config.traces_file, files)
+        if to is None:
+            raise ConfigError(
+                f"--exporter {exporter} writes to a file: name it with --to PATH (e.g. "
+                "--to copy.jsonl; created, or appended to). The traces are read from "
+                f"{os.fspath(path)} (--file)"
+            )
+        same = await anyio.to_thread.run_sync(_same_file, to, files)
         if same:
             raise ConfigError(
-                f"--exporter jsonl would append {os.fspath(path)} to itself; set "
-                "AIORUNNER_TRACES_FILE to another file to copy traces into it"
+                f"--to {os.fspath(to)} is the file being read ({os.fspath(path)}): it "
+                "would be appended to itself; give --to another path"
             )
+    elif to is not None:
+        raise ConfigError(
+            f"--to {os.fspath(to)} names the file of the jsonl backend, and --exporter "
+            f"{exporter} writes no file: add it (--exporter {exporter},jsonl) or drop "
+            "--to (a collector's address is --endpoint URL)"
+        )
     session = await anyio.to_thread.run_sync(Session, config)
     counts = _Counts()
     stats = ReadStats()
@@ -236,13 +306,23 @@ async def push_traces(
         unreadable=stats.skipped,
         statistics=session.statistics(),
         stopped_early=stopped,
+        bad_spans=stats.bad_spans,
+        first_problem=stats.first_problem,
+        to=None if to is None else os.fspath(to),
     )
 
 
-def _same_file(target: str | os.PathLike[str] | None, files: Sequence[Path]) -> bool:
-    if target is None:
-        return False
+def _same_file(target: str | os.PathLike[str], files: Sequence[Path]) -> bool:
+    """``target`` is one of ``files`` (a destination not created yet is none of them)."""
     try:
-        return any(os.path.samefile(target, f) for f in files)
+        wanted = os.stat(target)
     except OSError:
         return False
+    return any(os.path.samestat(wanted, stat) for stat in map(_stat, files) if stat)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:  # rotated away meanwhile
+        return None

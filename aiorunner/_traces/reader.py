@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ __all__ = [
     "parse_since",
     "records_backward",
     "resolve_traces_file",
+    "span_entries",
+    "span_record",
     "trace_files",
 ]
 
@@ -60,6 +63,9 @@ MIN_WIDTH = 60
 STATUS_ERROR = 2
 _BLOCK = 1 << 16
 _LINE_START = b'{"resourceSpans"'
+# OTLP times are fixed64 and int attributes int64: what lies outside cannot be a span.
+_UINT64_MAX = (1 << 64) - 1
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 HEX_ID = re.compile(r"^[0-9a-f]+$")
 
 
@@ -125,7 +131,10 @@ def _decode_value(value: Any) -> Any:
     if kind == "boolValue":
         return bool(raw)
     if kind == "intValue":
-        return int(raw)
+        number = int(raw)
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            raise ValueError(f"intValue {raw!r} is out of the int64 range")
+        return number
     if kind == "doubleValue":
         return float(raw)
     if kind == "arrayValue":
@@ -158,38 +167,119 @@ def _id(value: Any) -> str:
         return text.lower()
 
 
-def _records_of(request: Mapping[str, Any]) -> Iterator[SpanRecord]:
-    for resource_spans in request.get("resourceSpans") or ():
-        resource = _decode_attributes((resource_spans.get("resource") or {}).get("attributes"))
-        for scope_spans in resource_spans.get("scopeSpans") or ():
-            scope = str((scope_spans.get("scope") or {}).get("name", ""))
-            for span in scope_spans.get("spans") or ():
-                attributes = _decode_attributes(span.get("attributes"))
-                end_ns = int(span.get("endTimeUnixNano") or 0)
-                status = span.get("status") or {}
-                yield SpanRecord(
-                    trace_id=_id(span.get("traceId")),
-                    span_id=_id(span.get("spanId")),
-                    parent_span_id=_id(span.get("parentSpanId")),
-                    name=str(span.get("name", "")),
-                    kind=int(span.get("kind") or 0),
-                    start_ns=int(span.get("startTimeUnixNano") or 0),
-                    end_ns=end_ns,
-                    attributes=attributes,
-                    events=tuple(
-                        SpanEvent(
-                            str(e.get("name", "")),
-                            int(e.get("timeUnixNano") or 0),
-                            _decode_attributes(e.get("attributes")),
-                        )
-                        for e in span.get("events") or ()
-                    ),
-                    status_code=int(status.get("code") or 0),
-                    status_message=str(status.get("message") or ""),
-                    resource=resource,
-                    scope=scope,
-                    pending=end_ns == 0 and attributes.get(PENDING_ATTRIBUTE) is True,
+def _time(span: Mapping[str, Any], key: str) -> int:
+    """A ``*UnixNano`` field: OTLP's fixed64, so an integer in [0, 2**64)."""
+    raw = span.get(key) or 0
+    value = int(raw)
+    if not 0 <= value <= _UINT64_MAX:
+        raise ValueError(f"{key} {raw!r} is not a Unix time in nanoseconds (0 to 2**64-1)")
+    return value
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _entries(container: Any, key: str, what: str) -> list[Any]:
+    """``container[key]``, a JSON array (missing or null: empty); ``what`` names the
+    container in the error."""
+    if not isinstance(container, dict):
+        raise TypeError(f"{what} is {_json_type(container)}, not an object")
+    items = container.get(key) or []
+    if not isinstance(items, list):
+        raise TypeError(f"{key} is {_json_type(items)}, not an array")
+    return items
+
+
+def span_record(span: Any, resource: Mapping[str, Any], scope: str) -> SpanRecord:
+    """
+    One OTLP/JSON span as a :class:`SpanRecord`.
+
+    Raises:
+        TypeError, ValueError: the span is malformed (not an object, a time outside
+            OTLP's unsigned 64 bits, an int attribute outside int64, a number that is
+            not one). Readers skip and count such a span (:class:`ReadStats`), and
+            ``traces push`` never sends it: one bad span must not sink a batch of good
+            ones at the collector.
+    """
+    if not isinstance(span, dict):
+        raise TypeError(f"a span is {_json_type(span)}, not an object")
+    attributes = _decode_attributes(span.get("attributes"))
+    end_ns = _time(span, "endTimeUnixNano")
+    status = span.get("status") or {}
+    return SpanRecord(
+        trace_id=_id(span.get("traceId")),
+        span_id=_id(span.get("spanId")),
+        parent_span_id=_id(span.get("parentSpanId")),
+        name=str(span.get("name", "")),
+        kind=int(span.get("kind") or 0),
+        start_ns=_time(span, "startTimeUnixNano"),
+        end_ns=end_ns,
+        attributes=attributes,
+        events=tuple(
+            SpanEvent(
+                str(e.get("name", "")),
+                _time(e, "timeUnixNano"),
+                _decode_attributes(e.get("attributes")),
+            )
+            for e in _entries(span, "events", "a span")
+        ),
+        status_code=int(status.get("code") or 0),
+        status_message=str(status.get("message") or ""),
+        resource=resource,
+        scope=scope,
+        pending=end_ns == 0 and attributes.get(PENDING_ATTRIBUTE) is True,
+    )
+
+
+def span_entries(request: Mapping[str, Any], stats: ReadStats) -> Iterator[tuple[Any, Any, Any]]:
+    """``(resource_spans, scope_spans, span)`` of every span of ``request``; malformed
+    entries (``{"resourceSpans": [null]}``, a non-array) are skipped and counted in
+    ``stats.bad_spans``."""
+    try:
+        resources = _entries(request, "resourceSpans", "a request")
+    except TypeError as exc:
+        stats.bad(exc)
+        return
+    for resource_spans in resources:
+        try:
+            scopes = _entries(resource_spans, "scopeSpans", "a resourceSpans entry")
+        except TypeError as exc:
+            stats.bad(exc)
+            continue
+        for scope_spans in scopes:
+            try:
+                spans = _entries(scope_spans, "spans", "a scopeSpans entry")
+            except TypeError as exc:
+                stats.bad(exc)
+                continue
+            for span in spans:
+                yield resource_spans, scope_spans, span
+
+
+def _records_of(request: Mapping[str, Any], stats: ReadStats) -> Iterator[SpanRecord]:
+    resource: Mapping[str, Any] = {}
+    resource_of: Any = None
+    for resource_spans, scope_spans, span in span_entries(request, stats):
+        try:
+            if resource_spans is not resource_of:
+                resource = _decode_attributes(
+                    (resource_spans.get("resource") or {}).get("attributes")
                 )
+                resource_of = resource_spans
+            scope = str((scope_spans.get("scope") or {}).get("name", ""))
+            record = span_record(span, resource, scope)
+        except (TypeError, ValueError, AttributeError) as exc:
+            resource_of = None
+            name = span.get("name") if isinstance(span, dict) else None
+            stats.bad(f"span {str(name)!r}: {exc}" if name else exc)
+            continue
+        yield record
 
 
 # ------------------------------------------------------------------------------- files
@@ -234,10 +324,22 @@ def trace_files(path: str | os.PathLike[str]) -> list[Path]:
 
 @dataclass
 class ReadStats:
-    """What reading saw: lines parsed and lines skipped (unreadable, e.g. cut short)."""
+    """What reading saw: lines parsed, lines skipped (unreadable, e.g. cut short) and
+    spans skipped (malformed: a time outside OTLP's 64 bits, ``null`` in place of an
+    object ...), with the first such span's problem, for the note the CLI prints."""
 
     lines: int = 0
     skipped: int = 0
+    bad_spans: int = 0
+    first_problem: str = ""
+
+    def bad(self, problem: Exception | str) -> None:
+        """Count one malformed span (or span container) and remember the first
+        problem."""
+        self.bad_spans += 1
+        if not self.first_problem:
+            text = str(problem)
+            self.first_problem = text if len(text) <= 160 else text[:159] + "…"
 
 
 def _parse_request(line: bytes, stats: ReadStats) -> dict[str, Any] | None:
@@ -265,13 +367,9 @@ def _parse_line(line: bytes, stats: ReadStats) -> list[SpanRecord]:
     request = _parse_request(line, stats)
     if request is None:
         return []
-    try:
-        records = list(_records_of(request))
-    except (TypeError, ValueError, AttributeError):
-        stats.skipped += 1
-        return []
     stats.lines += 1
-    return records
+    # A bad span is skipped and counted on its own: the good ones of its line stay.
+    return list(_records_of(request, stats))
 
 
 def iter_requests(
@@ -294,18 +392,44 @@ def _lines_forward(path: Path) -> Iterator[bytes]:
 
 
 def _lines_backward(path: Path, block: int = _BLOCK) -> Iterator[bytes]:
-    """The lines of ``path`` from the last to the first, reading blocks from the end."""
+    """
+    The lines of ``path`` from the last to the first, reading blocks from the end.
+
+    Linear in the file's size whatever its lines: a line longer than a block is not
+    re-joined block after block (quadratic: a 50 MB line cost 20 s and 200 MB), its
+    start is searched for and the line then read in one piece, so a line costs its
+    length once in memory.
+    """
     with path.open("rb") as stream:
         position = stream.seek(0, os.SEEK_END)
-        tail = b""
+        end = position  # where the line being looked for ends
+        tail = b""  # its part read so far, while that is within one block
+        long = False  # it is longer: read it whole once its start is found
         while position > 0:
             size = min(block, position)
             position -= size
             stream.seek(position)
-            chunk = stream.read(size) + tail
-            lines = chunk.split(b"\n")
-            tail = lines[0]
+            chunk = stream.read(size)
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                if not long and len(tail) + len(chunk) <= block:
+                    tail = chunk + tail
+                else:
+                    long, tail = True, b""
+                continue
+            if long:
+                stream.seek(position + cut + 1)
+                yield stream.read(end - position - cut - 1)
+                long = False
+            else:
+                yield chunk[cut + 1 :] + tail
+            lines = chunk[:cut].split(b"\n")
             yield from reversed(lines[1:])
+            tail = lines[0]
+            end = position + len(tail)
+        if long:
+            stream.seek(0)
+            tail = stream.read(end)
         if tail:
             yield tail
 
@@ -382,8 +506,10 @@ def format_duration(seconds: float) -> str:
         return f"{ms:.1f}ms" if ms < 100 else f"{ms:.0f}ms"
     if seconds < 60:
         return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
-    delta = timedelta(seconds=round(seconds))
-    minutes, secs = divmod(int(delta.total_seconds()), 60)
+    if not math.isfinite(seconds):
+        return "?"
+    # Integer arithmetic: a duration of any size prints (timedelta overflows).
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

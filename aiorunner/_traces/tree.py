@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConfigError, TraceNotFoundError
@@ -50,6 +50,8 @@ class Trace:
     spans: tuple[SpanRecord, ...]
     #: The moment the file was read; a running span's bar ends here.
     now_ns: int
+    #: What reading the file skipped (unreadable lines, malformed spans), for a note.
+    stats: ReadStats = field(default_factory=ReadStats, compare=False)
 
     @property
     def start_ns(self) -> int:
@@ -175,4 +177,5 @@ def load_trace(path: str | os.PathLike[str], trace_id: str, *, now_ns: int | Non
         trace_id_full,
         tuple(sorted(spans.values(), key=_order)),
         time.time_ns() if now_ns is None else now_ns,
+        stats,
     )

@@ -6,6 +6,8 @@ events marked on the bar, and attributes with ``verbose``.
 Rendering is a pure function of the trace and the width (the moment the file was read
 stands in for the end of a running span), so the same trace renders to the same text on
 every machine: tests compare it exactly. Colour is only added when printing to a terminal.
+Every text taken from the file goes through :func:`printable` (a span name cannot clear
+the screen or retitle the terminal).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .._exceptions import ConfigError
+from .printable import printable
 from .reader import MIN_WIDTH, ROOT_SPAN_NAME, format_duration, format_time, resolve_traces_file
 from .tree import load_trace
 
@@ -46,8 +49,8 @@ def _label(span: SpanRecord) -> str:
     the root name ScriptRunner)."""
     script = span.attributes.get("code.filepath")
     if span.name == ROOT_SPAN_NAME and script:
-        return f"{span.name} {os.path.basename(str(script))}"
-    return span.name
+        return f"{span.name} {printable(os.path.basename(str(script)))}"
+    return printable(span.name)
 
 
 def _guide(row: TreeRow) -> str:
@@ -161,7 +164,7 @@ def _details(trace: Trace, span: SpanRecord, width: int, lead: str, service: str
     return [
         Text(lead, style="dim") + Text(part, style="dim")
         for line in lines
-        for part in _wrap(line, room)
+        for part in _wrap(printable(line, newlines=True), room)
     ]
 
 
@@ -183,7 +186,7 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
     first_root = roots[0] if roots else None
     subject = first_root.script if first_root else ""
     head = Text()
-    head.append(f"Trace {trace.trace_id}", style="bold")
+    head.append(f"Trace {printable(trace.trace_id)}", style="bold")
     head.append("  ")
     head.append(trace.status, style=_STYLES[trace.status])
     so_far = " so far" if trace.running else ""
@@ -194,7 +197,8 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
     if service:
         info.append(f"service {service}")
     info.append(f"started {format_time(trace.start_ns)}")
-    lines = [head, *(Text(part, style="dim") for part in _wrap(" · ".join(info), width))]
+    summary = printable(" · ".join(info))
+    lines = [head, *(Text(part, style="dim") for part in _wrap(summary, width))]
     lines.append(Text())
     header = Text(set_cell_size("Span", name_cells) + " ", style="bold")
     header.append(_ruler(trace, bar_cells), style="dim")

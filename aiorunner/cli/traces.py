@@ -5,6 +5,10 @@ collector.
 ``aiorunner traces`` (or ``traces list``) lists runs newest first, ``traces show ID`` draws
 one as a waterfall (or writes it as HTML), and ``traces push`` replays recorded traces into
 any backend through the export pipeline, for traces recorded offline.
+
+What comes from a trace file (span names, script paths, ids, messages) or from a backend
+is printed through ``printable``: control characters show as escapes, never reach the
+terminal as commands.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .._traces.listing import TraceListing
+    from .._traces.reader import ReadStats
 
 __all__ = ["traces_command"]
 
@@ -90,8 +95,31 @@ def _list_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _printable(text: str, *, newlines: bool = False) -> str:
+    from .._traces.printable import printable
+
+    return printable(text, newlines=newlines)
+
+
 def _fail(exc: AiorunnerError) -> click.ClickException:
-    return click.ClickException(str(exc))
+    # Messages quote what the file holds (ambiguous prefixes list its trace ids).
+    return click.ClickException(_printable(str(exc), newlines=True))
+
+
+def _note_skipped(stats: ReadStats, path: object, rest: str = "the other spans are shown") -> None:
+    """One note on stderr per kind of thing reading skipped (the rest was read)."""
+    if stats.skipped:
+        click.echo(
+            f"note: skipped {stats.skipped} unreadable line(s) of {path} "
+            "(cut short by a crash mid-write?)",
+            err=True,
+        )
+    if stats.bad_spans:
+        click.echo(
+            f"note: skipped {stats.bad_spans} malformed span(s) of {path} "
+            f"(first: {_printable(stats.first_problem)}); {rest}",
+            err=True,
+        )
 
 
 def _clip_left(text: str, cells: int) -> str:
@@ -112,11 +140,11 @@ def _print_listing(listing: TraceListing, console: Console) -> None:
     rows = [
         (
             format_time(s.start_ns)[:19],
-            _clip_left(s.script, _SCRIPT_CELLS),
+            _clip_left(_printable(s.script), _SCRIPT_CELLS),
             s.status,
             format_duration(s.duration),
             str(s.span_count),
-            s.trace_id,
+            _printable(s.trace_id),
         )
         for s in listing.traces
     ]
@@ -162,12 +190,7 @@ def _run_list(
         )
     except AiorunnerError as exc:
         raise _fail(exc) from None
-    if listing.stats.skipped:
-        click.echo(
-            f"note: skipped {listing.stats.skipped} unreadable line(s) of {path} "
-            "(cut short by a crash mid-write?)",
-            err=True,
-        )
+    _note_skipped(listing.stats, path)
     if as_json:
         for summary in listing.traces:
             click.echo(json.dumps(summary.to_dict()))
@@ -247,6 +270,7 @@ def show_command(
         trace = load_trace(resolve_traces_file(file), trace_id)
     except AiorunnerError as exc:
         raise _fail(exc) from None
+    _note_skipped(trace.stats, resolve_traces_file(file))
     if html_out is not None:
         from .._traces.html import write_html
 
@@ -254,7 +278,9 @@ def show_command(
             out = write_html(trace, html_out)
         except OSError as exc:
             raise click.ClickException(f"cannot write {html_out}: {exc.strerror}") from None
-        click.echo(f"Wrote the waterfall of trace {trace.trace_id} ({len(trace.spans)} spans)")
+        click.echo(
+            f"Wrote the waterfall of trace {_printable(trace.trace_id)} ({len(trace.spans)} spans)"
+        )
         click.echo(f"to {out.resolve()}")
         return
     if width is None:
@@ -267,9 +293,10 @@ def show_command(
 @click.option(
     "--exporter",
     "-e",
-    required=True,
+    default=None,
     metavar="NAMES",
-    help="Backend(s) to replay into, comma-separated (e.g. otlp, zipkin, jaeger).",
+    help="Backend(s) to replay into, comma-separated (e.g. otlp, zipkin, jaeger, jsonl); "
+    "default with --to: jsonl.",
 )
 @click.option(
     "--endpoint",
@@ -277,6 +304,15 @@ def show_command(
     metavar="URL",
     help="Collector endpoint (as TracingConfig.collector_endpoint); default: the backend's "
     "own variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT.",
+)
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="The file a file backend (jsonl) writes to: created, or appended to. Required "
+    "for jsonl (the file read is --file's).",
 )
 @click.option("--since", default=None, metavar="WHEN", help="Only runs started since WHEN.")
 @click.option(
@@ -294,8 +330,9 @@ def show_command(
 )
 def push_command(
     file: str | None,
-    exporter: str,
+    exporter: str | None,
     endpoint: str | None,
+    to: str | None,
     since: str | None,
     trace_ids: tuple[str, ...],
     timeout: float | None,
@@ -304,11 +341,24 @@ def push_command(
 
     For runs recorded offline: their spans keep their ids, times, parents, attributes
     and events. Exit code 0 when every span was exported, 1 otherwise.
+
+    \b
+    aiorunner traces push --exporter otlp --endpoint http://collector:4317 --since 1d
+    aiorunner traces push --file ci/traces.jsonl --to all.jsonl
     """
     import anyio
 
     from .._traces.push import push_traces
+    from .._traces.reader import ReadStats
 
+    if exporter is None:
+        if to is None:
+            raise click.UsageError(
+                "name the backend(s) to replay into: --exporter otlp (with --endpoint URL "
+                "for another collector), or --to PATH to copy the traces into a file",
+                ctx=click.get_current_context(),
+            )
+        exporter = "jsonl"
     since_ns = _since(since)
     path = resolve_traces_file(file)
 
@@ -317,6 +367,7 @@ def push_command(
             path,
             exporter=exporter,
             endpoint=endpoint,
+            to=to,
             since_ns=since_ns,
             trace_ids=trace_ids,
             export_timeout=timeout,
@@ -326,28 +377,48 @@ def push_command(
         report = anyio.run(push)
     except AiorunnerError as exc:
         raise _fail(exc) from None
-    if report.unreadable:
-        click.echo(f"note: skipped {report.unreadable} unreadable line(s) of {path}", err=True)
+    skipped = ReadStats(
+        skipped=report.unreadable, bad_spans=report.bad_spans, first_problem=report.first_problem
+    )
+    _note_skipped(skipped, path, rest="they were not sent")
     if report.running:
         click.echo(
-            f"note: {report.running} run(s) still going: their root spans were not sent",
+            f"note: {report.running} run(s) still going: their root spans were not sent "
+            "(push them again once they have finished)",
             err=True,
         )
     if not report.spans:
-        click.echo(f"Nothing to push from {path}" + (" in that period." if since else "."))
+        if report.running:
+            why = ": its runs are still going"
+        elif since or trace_ids:
+            why = ": no finished run matches --since/--trace (`aiorunner traces` lists them)"
+        else:
+            why = ": it holds no finished span"
+        click.echo(f"Nothing to push from {path}{why}.")
         return
     verb = "Pushed" if report.ok else "Tried to push"
     click.echo(f"{verb} {report.spans} spans of {report.traces} traces from {path}")
+    failing: list[str] = []
     for backend in report.statistics.backends:
         line = f"  {backend.name}: {backend.exported} exported"
+        if backend.name == "jsonl" and report.to is not None:
+            line += f" to {report.to}"
         if backend.failed or backend.dropped:
             line += f", {backend.failed} failed, {backend.dropped} dropped"
         if backend.last_error and backend.exported != report.spans:
-            line += f" ({backend.last_error})"
+            line += f" ({_printable(backend.last_error)})"
+            failing.append(backend.name)
         click.echo(line)
     if report.statistics.dropped:
         click.echo(f"  {report.statistics.dropped} dropped before export")
     if report.stopped_early:
         click.echo("Stopped: a backend failed for good; the rest of the file was not sent.")
     if not report.ok:
+        names = ",".join(failing) or exporter
+        click.echo(
+            f"To see why: aiorunner doctor --exporter {names}"
+            + (f" --endpoint {endpoint}" if endpoint else "")
+            + ". Pushing again sends every selected span again (--since, --trace select "
+            "fewer)."
+        )
         raise SystemExit(1)
