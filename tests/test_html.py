@@ -3,6 +3,7 @@ parent links, bar geometry, events, details, escaping, and no network access."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -238,47 +239,121 @@ def test_write_html_by_id_from_the_default_file(traces_file: Path, tmp_path: Pat
     assert len(parse(out.read_text(encoding="utf-8")).rows) == 9
 
 
-def _chromium() -> str | None:
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """A headless Chromium: `make test` installs Debian's `chromium` when it is missing,
+    so this is a real browser test that fails, never skips, without one."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
             return found
-    return None
+    pytest.fail(
+        "no headless Chromium for the HTML waterfall's browser tests: run `make test` "
+        "(it installs Debian's chromium package as root), or `apt-get install chromium`"
+    )
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (apt-get install chromium)")
-def test_in_headless_chromium(tmp_path: Path) -> None:
+def dump_dom(chromium: str, url: str, profile: Path, *, width: int = 1400) -> tuple[str, str]:
+    """The DOM after the page's scripts ran, at a window ``width`` pixels wide, and
+    Chromium's log (stderr)."""
+    done = subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},900",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return done.stdout, done.stderr
+
+
+def test_in_headless_chromium(chromium: str, tmp_path: Path) -> None:
     """In a real browser, offline: the script runs without errors, a click on each row
     (what out.html#expand does) opens its details, and without it they stay closed."""
     path = write(tmp_path / "t.jsonl", *known_trace_lines())
     out = write_html(load_trace(path, TRACE_A), tmp_path / "out.html")
 
-    def dump(url: str) -> tuple[Page, str]:
-        done = subprocess.run(
-            [
-                _chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=True,
-        )
-        return parse(done.stdout), done.stderr
-
-    expanded, log = dump(out.as_uri() + "#expand")
+    dom, log = dump_dom(chromium, out.as_uri() + "#expand", tmp_path / "profile")
+    expanded = parse(dom)
     assert "Uncaught" not in log
     assert [r.name for r in expanded.rows][:2] == ["ScriptRunner", "extract_metadata"]
     assert len(expanded.details) == 9
     assert not any(d["hidden"] for d in expanded.details.values())
     ready = [a for t, a in expanded.tags if t == "body"]
     assert ready[0].get("data-ready") == "yes"
-    closed, _ = dump(out.as_uri())
-    assert all(d["hidden"] for d in closed.details.values())
+    dom, _ = dump_dom(chromium, out.as_uri(), tmp_path / "profile")
+    assert all(d["hidden"] for d in parse(dom).details.values())
+
+
+# Appended to a copy of the page: measures, after layout, where each tick label and each
+# bar is, and writes it into the DOM for --dump-dom to carry out.
+_PROBE = """<script>
+var box = function (e) { var r = e.getBoundingClientRect(); return [r.left, r.right]; };
+var out = {
+  ticks: Array.from(document.querySelectorAll('.axis .tick'), box),
+  bars: Array.from(document.querySelectorAll('.row .bar'), box),
+  width: document.documentElement.clientWidth
+};
+var pre = document.createElement('pre');
+pre.id = 'measured';
+pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script></body>"""
+
+
+@pytest.mark.parametrize("width", [1400, 1000])
+def test_time_axis_lines_up_with_the_bars(chromium: str, tmp_path: Path, width: int) -> None:
+    """Laid out by Chromium at 1400 (and 1000) px: the "0s" label starts where the bars
+    start, the ¼, ½ and ¾ labels are centred on bars starting at those times, and the
+    end label ends where the trace ends, each within 2 px (the axis row had a smaller
+    font, so its em-sized columns were narrower: "0s" sat 37 px left of every bar)."""
+    quarters = [
+        span(TRACE_A, f"b00000000000000{i}", "a000000000000001", f"q{i}", i * 1000, (i + 1) * 1000)
+        for i in range(4)
+    ]
+    path = write(
+        tmp_path / "t.jsonl",
+        line(span(TRACE_A, "a000000000000001", None, "ScriptRunner", 0, 4000), *quarters),
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(
+        render_html(load_trace(path, TRACE_A)).replace("</body>", _PROBE), encoding="utf-8"
+    )
+    dom, _ = dump_dom(chromium, page.as_uri(), tmp_path / "profile", width=width)
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom)
+    assert found, dom[-2000:]
+    measured = json.loads(found.group(1))
+    assert measured["width"] == width
+    ticks, bars = measured["ticks"], measured["bars"]
+    assert len(ticks) == 5
+    root, *quarter_bars = bars
+    anchors = [
+        ticks[0][0],  # "0s": its left edge
+        *((left + right) / 2 for left, right in ticks[1:4]),  # centred
+        ticks[4][1],  # the end: its right edge
+    ]
+    starts = [left for left, _ in quarter_bars] + [quarter_bars[-1][1]]
+    assert anchors == pytest.approx(starts, abs=2)
+    assert (root[0], root[1]) == pytest.approx((starts[0], starts[-1]), abs=2)
+    assert starts[-1] - starts[0] > width / 3  # the bars have room: a real layout

@@ -37,12 +37,14 @@ h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .waterfall { border-top: 1px solid #ccc; }
 .row, .axis { display: grid; grid-template-columns: 28em 1fr 6em 5em; align-items: center;
   border-bottom: 1px solid #eee; min-height: 1.7em; }
-.axis { color: #777; font-size: .9em; }
+/* The axis shares the rows' em-sized grid: a smaller font on it would narrow its
+   columns and put the ticks off the bars; only the labels are smaller. */
+.axis { color: #777; }
 .row { cursor: pointer; } .row:hover, .row:focus { background: #f3f6fa; outline: none; }
 .name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .fold { display: inline-block; width: 1.1em; color: #777; user-select: none; }
 .track, .ticks { position: relative; height: 1em; margin: 0 .6em; }
-.tick { position: absolute; transform: translateX(-50%); white-space: nowrap; }
+.tick { position: absolute; transform: translateX(-50%); white-space: nowrap; font-size: .9em; }
 .tick:first-child { transform: none; } .tick:last-child { transform: translateX(-100%); }
 .bar { position: absolute; top: 0; height: 100%; min-width: 2px; border-radius: 2px;
   background: var(--ok); }
