@@ -11,7 +11,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from aiorunner import ConfigError, ScriptRunner
+from aiorunner import ConfigError, ScriptRunner, TracingConfig
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -170,12 +170,13 @@ async def test_otel_propagators_b3(make_script, spans_of, monkeypatch):
     assert printed["B3"] == [f"{TRACE_ID}-{spans['execute_script']['spanId']}-1"]
 
 
-async def test_unknown_propagator_is_a_config_error(make_script, monkeypatch):
-    """An OTEL_PROPAGATORS name that is not installed raises ConfigError naming it and
-    listing the installed ones."""
-    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext,nosuchprop")
+async def test_unknown_propagator_in_code_is_a_config_error(make_script):
+    """A propagator name given in code that is not installed raises ConfigError naming it
+    and listing the installed ones (in OTEL_PROPAGATORS it is a warning: see
+    test_propagation_env)."""
+    config = TracingConfig(propagators=["tracecontext", "nosuchprop"])
     with pytest.raises(ConfigError, match=r"nosuchprop.*installed: .*tracecontext"):
-        await ScriptRunner(make_script("pass")).run()
+        await ScriptRunner(make_script("pass"), config=config).run()
 
 
 # ----------------------------------------------------------------- nested runners

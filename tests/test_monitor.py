@@ -499,8 +499,13 @@ async def test_events_are_thinned_keeping_first_and_last(tmp_path: Path) -> None
     assert stamps[0] == int(samples[0].timestamp * 1e9)
     assert stamps[-1] == int(samples[-1].timestamp * 1e9)
     cpu = events[0][1]
-    assert set(cpu) >= {"cpu.percent", "cpu.user_seconds", "cpu.system_seconds", "process.count"}
-    assert events[1][1]["memory.rss_bytes"] > 0
+    assert set(cpu) >= {
+        "aiorunner.cpu.percent",
+        "aiorunner.cpu.user_seconds",
+        "aiorunner.cpu.system_seconds",
+        "aiorunner.process.count",
+    }
+    assert events[1][1]["aiorunner.memory.rss_bytes"] > 0
     assert len(run.monitor.events(10_000)) == len(samples) * kinds
 
 

@@ -84,14 +84,18 @@ def test_event_attributes_are_named_and_typed() -> None:
     cpu, memory, io = log_of(1).events(3)
     assert cpu[0] == "cpu_monitoring"
     assert set(cpu[1]) == {
-        "cpu.percent",
-        "cpu.user_seconds",
-        "cpu.system_seconds",
-        "process.count",
-        "thread.count",
+        "aiorunner.cpu.percent",
+        "aiorunner.cpu.user_seconds",
+        "aiorunner.cpu.system_seconds",
+        "aiorunner.process.count",
+        "aiorunner.thread.count",
     }
-    assert memory[1] == {"memory.rss_bytes": 1000}
-    assert io[1] == {"io.read_bytes": 0, "io.write_bytes": 0, "fd.count": 3}
+    assert memory[1] == {"aiorunner.memory.rss_bytes": 1000}
+    assert io[1] == {
+        "aiorunner.io.read_bytes": 0,
+        "aiorunner.io.write_bytes": 0,
+        "aiorunner.fd.count": 3,
+    }
     for _, attrs, _ in (cpu, memory, io):
         assert all(isinstance(v, (int, float)) for v in attrs.values())
 

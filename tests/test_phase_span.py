@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
+from aiorunner._context.errors import exception_attributes
 from aiorunner._run.phase_span import PhaseSpan, PhaseSpans
 
 LIMITS = {
@@ -54,7 +55,10 @@ def _drive(span: trace.Span, error: BaseException) -> None:
     span.add_event("cpu_monitoring", {"cpu.percent": 12.5, "cpu.user": 0.25}, timestamp=5)
     span.add_event("memory_monitoring", {"memory.rss": 1 << 20, "note": "abcdefghij"}, 6)
     span.add_event("io_monitoring", {"io.read": 1, "io.write": 2, "io.extra": 3}, timestamp=7)
-    span.record_exception(error, timestamp=8)
+    if isinstance(span, PhaseSpan):
+        span.record_exception(error, timestamp=8)
+    else:  # the SDK's record_exception less the deprecated exception.escaped (see below)
+        span.add_event("exception", exception_attributes(error), timestamp=8)
     span.update_name("execute_script")
     span.set_status(Status(StatusCode.ERROR, "script exited with code 3"))
     span.set_status(Status(StatusCode.UNSET))  # ignored, as by the SDK
@@ -116,3 +120,27 @@ def test_phase_spans_need_a_recording_sampled_sdk_root() -> None:
     assert PhaseSpans.for_run(tracer, root, ctx, None) is None
     root.end()
     assert PhaseSpans.for_run(tracer, root, ctx, limits) is None  # ended: not recording
+
+
+def test_exception_event_is_the_sdks_without_escaped() -> None:
+    """A phase span's exception event is the SDK's record_exception, less the
+    exception.escaped that the semantic conventions deprecated (issue 15)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("aiorunner", "1")
+    root = tracer.start_span("ScriptRunner")
+    phases = PhaseSpans.for_run(tracer, root, trace.set_span_in_context(root), SpanLimits())
+    assert phases is not None
+    try:
+        raise KeyError("row")
+    except KeyError as exc:
+        error = exc
+    for span in (phases.start("lean"), tracer.start_span("sdk")):
+        span.record_exception(error, timestamp=8)
+        span.end()
+    lean, sdk = (dict(s.events[0].attributes or {}) for s in exporter.get_finished_spans())
+    assert sdk.pop("exception.escaped") == "False"
+    assert lean == sdk
+    assert lean["exception.type"] == "KeyError"
+    provider.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 
@@ -60,7 +61,7 @@ async def test_span_tree_in_jsonl_file(make_script, traces_file, spans_of):
     assert root["spanId"] == result.span_id
     assert not root.get("parentSpanId")
     assert root["attrs"]["pipeline.name"] == "daily_etl"
-    assert root["attrs"]["code.filepath"] == str(script)
+    assert root["attrs"]["code.file.path"] == str(script)
     for name in CHILDREN:
         span = by_name[name]
         assert span["parentSpanId"] == result.span_id
@@ -72,16 +73,22 @@ async def test_span_tree_in_jsonl_file(make_script, traces_file, spans_of):
     starts = [int(by_name[n]["startTimeUnixNano"]) for n in CHILDREN]
     assert starts == sorted(starts)
     execute = by_name["execute_script"]["attrs"]
+    assert by_name["execute_script"]["kind"] == 3  # CLIENT: it spawns the process
     assert execute["process.pid"] == result.pid
     assert execute["process.exit.code"] == 0
-    assert execute["process.executable.path"] == sys.executable
+    assert execute["process.executable.path"] == os.path.realpath(sys.executable)
+    assert execute["process.executable.name"] == os.path.basename(os.path.realpath(sys.executable))
+    assert execute["process.working_directory"] == os.getcwd()
     assert execute["process.command_args"][-2:] == ["--day", "2024-10-23"]
+    assert "error.type" not in execute
     meta = by_name["extract_metadata"]["attrs"]
-    assert meta["code.filepath"] == str(script)
+    assert meta["code.file.path"] == str(script)
     assert len(meta["aiorunner.script.sha256"]) == 64
     assert root["resource"]["service.name"] == "aiorunner"
     assert by_name["collect_metrics"]["attrs"]["aiorunner.execution_time_seconds"] > 0
-    assert root.get("status", {}).get("code") in (None, 1)
+    # Success leaves the status UNSET (instrumentation SHOULD NOT set OK).
+    assert root.get("status", {}).get("code") in (None, 0)
+    assert "error.type" not in root["attrs"]
     assert result.export is not None and result.export.ok, result.export
 
 

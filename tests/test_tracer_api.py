@@ -5,6 +5,7 @@ made inside a run joining its trace; read back from the real trace file."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -152,17 +153,22 @@ async def _flush():
 async def test_trace_span_on_every_kind_of_function(spans_in, traces_file):
     """Sync, async, generator and async generator functions: each call is one span
     covering the whole call or iteration, named by the decorator or the function, with
-    code.function/code.namespace; return values pass through."""
+    code.function.name (fully qualified), code.file.path (this file, absolute) and
+    code.line.number; return values pass through."""
     assert process_data(21) == 42
     assert await fetch(1) == 2
     assert list(rows(3)) == [0, 1, 2]
     assert [i async for i in arows(2)] == [0, 1]
     await _flush()
     spans = _by_name(spans_in(traces_file))
-    assert spans["expensive_operation"]["attrs"]["code.function"] == "process_data"
-    assert spans["fetch"]["attrs"]["code.function"] == "fetch"
+    attrs = spans["expensive_operation"]["attrs"]
+    assert attrs["code.function.name"] == f"{__name__}.process_data"
+    assert attrs["code.file.path"] == os.path.abspath(__file__)
+    assert attrs["code.line.number"] == process_data.__wrapped__.__code__.co_firstlineno
+    assert not {"code.function", "code.namespace", "code.filepath"} & set(attrs)
+    assert spans["fetch"]["attrs"]["code.function.name"] == f"{__name__}.fetch"
     assert spans["rows"]["attrs"]["stage"] == "extract"
-    assert spans["stream"]["attrs"]["code.namespace"] == __name__
+    assert spans["stream"]["attrs"]["code.function.name"] == f"{__name__}.arows"
     assert len({s["traceId"] for s in spans.values()}) == 4  # separate calls, separate traces
 
 

@@ -1,43 +1,59 @@
 """
-W3C Trace Context in and out of a run.
+Trace context in and out of a run, through any propagator.
 
 A run's parent comes from, in order: a ``context=`` or ``carrier=`` given to the runner;
-the OpenTelemetry context current in the calling task; ``TRACEPARENT``/``TRACESTATE``/
-``BAGGAGE`` in our own environment (the env-carrier convention, so a script run by
-aiorunner that runs scripts with aiorunner yields one trace). Children get the same three
-variables for their ``execute_script`` span. Propagators are those of ``OTEL_PROPAGATORS``
-(``tracecontext``, ``baggage``, ``b3``, ... as installed), loaded once per name list.
+the OpenTelemetry context current in the calling task; our own environment, read with
+the propagators of ``OTEL_PROPAGATORS`` (``tracecontext,baggage`` by default; ``b3``,
+``b3multi``, ``jaeger``, ``xray``, ... as installed). Children get the same propagators'
+fields for their ``execute_script`` span, so a script run by aiorunner that runs scripts
+with aiorunner yields one trace.
+
+The environment is a carrier by OpenTelemetry's env-carrier rules
+(``opentelemetry.propagators._envcarrier``, used when the installed API has it): a field
+name becomes its variable by upper-casing it and turning every other character than a
+letter, digit or ``_`` into ``_``. So ``traceparent`` is ``TRACEPARENT`` and b3multi's
+``x-b3-traceid`` is ``X_B3_TRACEID``: whatever fields a propagator declares travel,
+not a fixed list of names.
+
+A name in ``OTEL_PROPAGATORS`` that is not installed is a warning (the specification's
+rule for an unknown value): it is left out, the others are used, and with none left the
+default. Given in code (``TracingConfig(propagators=...)``), it is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
+import threading
 from typing import TYPE_CHECKING
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
 from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping, MutableMapping, Sequence
 
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
 
-__all__ = ["ENV_CARRIER_KEYS", "extract_parent", "get_propagator", "inject_env"]
+__all__ = [
+    "DEFAULT_PROPAGATORS",
+    "env_var",
+    "extract_parent",
+    "get_propagator",
+    "inject_env",
+]
 
-#: Environment variable <-> header name, per the OpenTelemetry env-carrier convention.
-ENV_CARRIER_KEYS = {
-    "TRACEPARENT": "traceparent",
-    "TRACESTATE": "tracestate",
-    "BAGGAGE": "baggage",
-    # b3 single header and jaeger, for those who use those propagators
-    "B3": "b3",
-    "UBER_TRACE_ID": "uber-trace-id",
-}
+logger = logging.getLogger("aiorunner.config")
 
+OTEL_PROPAGATORS = "OTEL_PROPAGATORS"
+
+#: The specification's default of ``OTEL_PROPAGATORS``.
+DEFAULT_PROPAGATORS = ("tracecontext", "baggage")
 
 #: The API's own propagators (the default ``tracecontext,baggage``), by name, so that the
 #: default needs no scan of every installed distribution's entry points (~10 ms at start).
@@ -49,43 +65,197 @@ _BUILTIN_PROPAGATORS = {
     "baggage": ("opentelemetry.baggage.propagation", "W3CBaggagePropagator"),
 }
 
+#: Propagator name -> the distribution that registers it, for the "pip install" hint.
+KNOWN_PACKAGES = {
+    "b3": "opentelemetry-propagator-b3",
+    "b3multi": "opentelemetry-propagator-b3",
+    "jaeger": "opentelemetry-propagator-jaeger",
+    "xray": "opentelemetry-propagator-aws-xray",
+    "xray-lambda": "opentelemetry-propagator-aws-xray",
+    "ottrace": "opentelemetry-propagator-ot-trace",
+    "gcp_trace": "opentelemetry-propagator-gcp",
+}
+
+#: Fields of the common propagators, removed from a child's inherited environment
+#: whatever propagators are in use: a child whose own SDK reads another format than
+#: ours must not find the context we inherited (it would skip the run's spans).
+_WELL_KNOWN_FIELDS = (
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "uber-trace-id",
+    "x-amzn-trace-id",
+    "ot-tracer-traceid",
+    "ot-tracer-spanid",
+    "ot-tracer-sampled",
+)
+
+try:  # opentelemetry-api >= 1.39 ships the env carrier; older ones: the same rules here
+    from opentelemetry.propagators._envcarrier import (  # type: ignore[import-not-found,unused-ignore]
+        EnvironmentGetter as _EnvironmentGetter,
+    )
+    from opentelemetry.propagators._envcarrier import (  # type: ignore[import-not-found,unused-ignore]
+        EnvironmentSetter as _EnvironmentSetter,
+    )
+    from opentelemetry.propagators._envcarrier import (  # type: ignore[import-not-found,unused-ignore]
+        _normalize_key,
+    )
+except ImportError:  # pragma: no cover - exercised with an older API only
+    from opentelemetry.propagators.textmap import Getter, Setter
+
+    _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+    def _normalize_key(key: str) -> str:
+        if not key:
+            return "_"
+        result = _NOT_NAME.sub("_", key).upper()
+        return "_" + result if result[0].isdigit() else result
+
+    class _EnvironmentGetter(Getter["Mapping[str, str]"]):  # type: ignore[no-redef]
+        def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+            value = carrier.get(_normalize_key(key))
+            return None if value is None else [value]
+
+        def keys(self, carrier: Mapping[str, str]) -> list[str]:
+            return [k for k in carrier if _normalize_key(k) == k]
+
+    class _EnvironmentSetter(Setter["MutableMapping[str, str]"]):  # type: ignore[no-redef]
+        def set(self, carrier: MutableMapping[str, str], key: str, value: str) -> None:
+            carrier[_normalize_key(key)] = value
+
+
+_GETTER = _EnvironmentGetter()
+_SETTER = _EnvironmentSetter()
+
+
+def env_var(field: str) -> str:
+    """The environment variable that carries a propagator's ``field``
+    (``x-b3-traceid`` -> ``X_B3_TRACEID``)."""
+    return str(_normalize_key(field))
+
+
+class _Loaded:
+    """A composite propagator and what ``inject_env`` needs of it, built once."""
+
+    __slots__ = ("missing", "propagator", "stale_vars", "used")
+
+    def __init__(
+        self, propagator: TextMapPropagator, used: tuple[str, ...], missing: tuple[str, ...]
+    ) -> None:
+        self.propagator = propagator
+        self.used = used
+        self.missing = missing
+        fields = set(_WELL_KNOWN_FIELDS) | set(propagator.fields)
+        #: Variables a child must not inherit: ours replace them.
+        self.stale_vars = tuple(sorted({env_var(f) for f in fields}))
+
+
+def _installed() -> list[str]:
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    return sorted(
+        {ep.name for ep in entry_points(group="opentelemetry_propagator")}
+        | set(_BUILTIN_PROPAGATORS)
+        | {"none"}
+    )
+
+
+def _load_one(name: str) -> TextMapPropagator | None:
+    builtin = _BUILTIN_PROPAGATORS.get(name)
+    if builtin is not None:
+        import importlib
+
+        cls = getattr(importlib.import_module(builtin[0]), builtin[1])
+        return cls()  # type: ignore[no-any-return]
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    found = list(entry_points(group="opentelemetry_propagator", name=name))
+    if not found:
+        return None
+    return found[0].load()()  # type: ignore[no-any-return]
+
 
 @functools.lru_cache(maxsize=16)
-def get_propagator(names: tuple[str, ...]) -> TextMapPropagator:
-    """The composite propagator for ``names`` (entry point group
-    ``opentelemetry_propagator``).
-
-    Raises:
-        ConfigError: a name is not installed; the message lists what is.
-    """
-    propagators = []
+def _load(names: tuple[str, ...]) -> _Loaded:
+    propagators: list[TextMapPropagator] = []
+    used: list[str] = []
+    missing: list[str] = []
     for name in names:
         if name == "none":
+            used.append(name)
             continue
-        builtin = _BUILTIN_PROPAGATORS.get(name)
-        if builtin is not None:
-            import importlib
+        propagator = _load_one(name)
+        if propagator is None:
+            missing.append(name)
+        else:
+            propagators.append(propagator)
+            used.append(name)
+    if missing and not used:
+        # Nothing usable left: the specification's default.
+        return _Loaded(_load(DEFAULT_PROPAGATORS).propagator, DEFAULT_PROPAGATORS, tuple(missing))
+    return _Loaded(CompositePropagator(propagators), tuple(used), tuple(missing))
 
-            propagators.append(getattr(importlib.import_module(builtin[0]), builtin[1])())
-            continue
-        from opentelemetry.util._importlib_metadata import entry_points
 
-        found = list(entry_points(group="opentelemetry_propagator", name=name))
-        if not found:
-            installed = sorted(
-                {ep.name for ep in entry_points(group="opentelemetry_propagator")} | {"none"}
-            )
-            hint = " (pip install opentelemetry-propagator-b3)" if name.startswith("b3") else ""
+def _hint(names: Sequence[str]) -> str:
+    packages = sorted({KNOWN_PACKAGES[n] for n in names if n in KNOWN_PACKAGES})
+    return f" (pip install {' '.join(packages)})" if packages else ""
+
+
+_warned: set[tuple[str, ...]] = set()
+_warned_lock = threading.Lock()
+
+
+def _missing_message(names: tuple[str, ...], loaded: _Loaded, *, explicit: bool) -> str:
+    missing = ", ".join(repr(n) for n in loaded.missing)
+    plural = "s" if len(loaded.missing) > 1 else ""
+    where = f"propagators={list(names)!r}" if explicit else f"{OTEL_PROPAGATORS}={','.join(names)}"
+    return (
+        f"{where} names unknown propagator{plural} {missing}{_hint(loaded.missing)}; "
+        f"installed: {', '.join(_installed())}"
+    )
+
+
+def get_propagator(names: Sequence[str], *, explicit: bool = False) -> TextMapPropagator:
+    """The composite propagator for ``names`` (entry point group
+    ``opentelemetry_propagator``; the API's own two without a scan), loaded once per list.
+
+    A name that is not installed is left out with one WARNING per process and list
+    (variable, value, what is used instead, the package to install); with no name left,
+    the default ``tracecontext,baggage`` is used.
+
+    Args:
+        names: propagator names, as ``OTEL_PROPAGATORS`` lists them.
+        explicit: the names were given in code (``TracingConfig(propagators=...)``): an
+            unknown one raises instead.
+
+    Raises:
+        ConfigError: ``explicit`` and a name is not installed; the message lists what is.
+    """
+    key = tuple(names)
+    loaded = _load(key)
+    if loaded.missing:
+        if explicit:
             raise ConfigError(
-                f"OTEL_PROPAGATORS names unknown propagator {name!r}{hint}; "
-                f"installed: {', '.join(installed)}"
+                _missing_message(key, loaded, explicit=True)
+                + "; install it or remove it from propagators="
             )
-        propagators.append(found[0].load()())
-    return CompositePropagator(propagators)
-
-
-def carrier_from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {header: environ[var] for var, header in ENV_CARRIER_KEYS.items() if environ.get(var)}
+        with _warned_lock:
+            first = key not in _warned
+            _warned.add(key)
+        if first:
+            logger.warning(
+                "%s; using %s instead; install the package or remove the name from %s",
+                _missing_message(key, loaded, explicit=False),
+                ",".join(loaded.used) or "none",
+                OTEL_PROPAGATORS,
+            )
+    return loaded.propagator
 
 
 def extract_parent(
@@ -95,26 +265,27 @@ def extract_parent(
     carrier: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Context | None:
-    """The context a run's root span should take its parent (and baggage) from."""
+    """The context a run's root span should take its parent (and baggage) from, or None
+    for the calling task's current context."""
     if context is not None:
         return context
-    propagator = get_propagator(tuple(propagators))
+    propagator = get_propagator(propagators)
     if carrier is not None:
         return propagator.extract({k.lower(): v for k, v in carrier.items()})
     if trace.get_current_span().get_span_context().is_valid:
         return None  # the current context of the calling task
-    env_carrier = carrier_from_env(os.environ if environ is None else environ)
-    if env_carrier:
-        return propagator.extract(env_carrier)
+    extracted = propagator.extract(os.environ if environ is None else environ, getter=_GETTER)
+    if trace.get_current_span(extracted).get_span_context().is_valid or baggage.get_all(extracted):
+        return extracted
     return None
 
 
 def inject_env(propagators: Sequence[str], context: Context, env: dict[str, str]) -> None:
-    """Write the context as TRACEPARENT/TRACESTATE/BAGGAGE (and friends) into ``env``,
-    replacing what the parent environment had."""
-    headers: dict[str, str] = {}
-    get_propagator(tuple(propagators)).inject(headers, context=context)
-    for var, header in ENV_CARRIER_KEYS.items():
+    """Write the context into ``env`` as the propagators' fields (env-carrier names:
+    ``TRACEPARENT``, ``X_B3_TRACEID``, ...), replacing any such variable ``env``
+    inherited, ours or of another common format."""
+    get_propagator(propagators)  # warns once for unknown names
+    loaded = _load(tuple(propagators))
+    for var in loaded.stale_vars:
         env.pop(var, None)
-        if header in headers:
-            env[var] = headers[header]
+    loaded.propagator.inject(env, context=context, setter=_SETTER)

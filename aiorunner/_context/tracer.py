@@ -24,6 +24,7 @@ import anyio.to_thread
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from .errors import error_type_of, record_exception
 from .propagation import extract_parent, get_propagator
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class SpanContextManager:
         self._name = name
         self._attributes = dict(attributes or {})
         self._cm: Any = None
+        self._span: Span = trace.INVALID_SPAN
         self._session_token: contextvars.Token[Session | None] | None = None
 
     def _start(self, target: Target) -> Span:
@@ -87,10 +89,12 @@ class SpanContextManager:
             self._name,
             context=parent,
             attributes=self._attributes,
-            record_exception=True,
+            # Recorded in __exit__, without the deprecated exception.escaped (errors.py).
+            record_exception=False,
             set_status_on_exception=True,
         )
         span: Span = self._cm.__enter__()
+        self._span = span
         return span
 
     def __enter__(self) -> Span:
@@ -103,6 +107,9 @@ class SpanContextManager:
         tb: TracebackType | None,
     ) -> bool | None:
         cm, self._cm = self._cm, None
+        if isinstance(exc, Exception):  # what the SDK's use_span sets ERROR status for
+            record_exception(self._span, exc)
+            self._span.set_attribute("error.type", error_type_of(type(exc)))
         result: bool | None = cm.__exit__(exc_type, exc, tb)
         token, self._session_token = self._session_token, None
         if token is not None:
@@ -223,7 +230,8 @@ def _start_detached(
 
 
 def _record_failure(span: Span, exc: BaseException) -> None:
-    span.record_exception(exc)
+    record_exception(span, exc)
+    span.set_attribute("error.type", error_type_of(type(exc)))
     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
@@ -255,8 +263,16 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
     def decorate(func: F) -> F:
         span_name = name or func.__qualname__
         attrs = dict(attributes or {})
-        attrs.setdefault("code.function", func.__qualname__)
-        attrs.setdefault("code.namespace", func.__module__)
+        # Semantic conventions (code.md): the fully qualified name, the absolute file and
+        # the line of the function (code.function/code.namespace are deprecated).
+        attrs.setdefault("code.function.name", f"{func.__module__}.{func.__qualname__}")
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            # Absolute for imported modules and the main script (Python >= 3.9); not a
+            # file for code from exec() or the REPL ("<string>", "<stdin>").
+            if not code.co_filename.startswith("<"):
+                attrs.setdefault("code.file.path", code.co_filename)
+            attrs.setdefault("code.line.number", code.co_firstlineno)
 
         def cm() -> SpanContextManager:
             return SpanContextManager(_default_tracer, span_name, attrs, atracer=_adefault_tracer)

@@ -35,6 +35,7 @@ from .adapters import BackendAdapter, adapt, broken
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
 from .registry import load_backend
+from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
 from .sampling import TAILBASED, make_sampler
@@ -84,7 +85,9 @@ def _provider(config: TracingConfig, limits: SpanLimits) -> TracerProvider:
         attributes["service.name"] = config.service_name
     provider = TracerProvider(
         sampler=make_sampler(config),
-        resource=_resource(attributes),
+        # What the resource detectors found (host, OS, runtime, instance id,
+        # OTEL_EXPERIMENTAL_RESOURCE_DETECTORS; see resource.py), ours over it.
+        resource=make_resource(attributes),
         shutdown_on_exit=False,  # the session drains itself at exit, within a deadline
         span_limits=limits,
     )

@@ -195,30 +195,46 @@ def _has_io(sample: Sample) -> bool:
     return sample.open_fds is not None or any(getattr(sample, f) is not None for f in IO_FIELDS)
 
 
+#: The keys of the monitoring events. Ours, under ``aiorunner.``: the semantic
+#: conventions own ``cpu.*``, ``process.*``, ``thread.*`` (and have no key for these
+#: figures; theirs, such as ``process.cpu.time``, are metric names), so a backend that
+#: knows the registry must not read ours as its own.
+CPU_PERCENT = "aiorunner.cpu.percent"
+CPU_USER = "aiorunner.cpu.user_seconds"
+CPU_SYSTEM = "aiorunner.cpu.system_seconds"
+CTX_VOLUNTARY = "aiorunner.cpu.ctx_switches_voluntary"
+CTX_INVOLUNTARY = "aiorunner.cpu.ctx_switches_involuntary"
+PROCESS_COUNT = "aiorunner.process.count"
+THREAD_COUNT = "aiorunner.thread.count"
+MEMORY_RSS = "aiorunner.memory.rss_bytes"
+FD_COUNT = "aiorunner.fd.count"
+_IO_KEYS = {name: "aiorunner.io." + name[3:] for name in IO_FIELDS}  # aiorunner.io.read_bytes
+
+
 def _sample_events(sample: Sample, has_io: bool) -> list[Event]:
     ts = int(sample.timestamp * 1e9)
     cpu: dict[str, float | int] = {
-        "cpu.percent": round(sample.cpu_percent, 2),
-        "cpu.user_seconds": round(sample.cpu_user, 6),
-        "cpu.system_seconds": round(sample.cpu_system, 6),
-        "process.count": sample.processes,
-        "thread.count": sample.threads,
+        CPU_PERCENT: round(sample.cpu_percent, 2),
+        CPU_USER: round(sample.cpu_user, 6),
+        CPU_SYSTEM: round(sample.cpu_system, 6),
+        PROCESS_COUNT: sample.processes,
+        THREAD_COUNT: sample.threads,
     }
     if sample.ctx_switches_voluntary is not None:
-        cpu["cpu.ctx_switches_voluntary"] = sample.ctx_switches_voluntary
-        cpu["cpu.ctx_switches_involuntary"] = sample.ctx_switches_involuntary or 0
+        cpu[CTX_VOLUNTARY] = sample.ctx_switches_voluntary
+        cpu[CTX_INVOLUNTARY] = sample.ctx_switches_involuntary or 0
     events: list[Event] = [
         ("cpu_monitoring", cpu, ts),
-        ("memory_monitoring", {"memory.rss_bytes": sample.rss_bytes}, ts),
+        ("memory_monitoring", {MEMORY_RSS: sample.rss_bytes}, ts),
     ]
     if has_io:
         io: dict[str, float | int] = {}
-        for name in IO_FIELDS:
+        for name, key in _IO_KEYS.items():
             value = getattr(sample, name)
             if value is not None:
-                io["io." + name[3:]] = value  # io_read_bytes -> io.read_bytes
+                io[key] = value
         if sample.open_fds is not None:
-            io["fd.count"] = sample.open_fds
+            io[FD_COUNT] = sample.open_fds
         events.append(("io_monitoring", io, ts))
     return events
 

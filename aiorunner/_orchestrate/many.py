@@ -275,17 +275,19 @@ class _Batch:
                     "job.skipped" if result.skipped else "job.cancelled",
                     {"aiorunner.job": node.name, "aiorunner.reason": result.error or ""},
                 )
+        # Success leaves the status UNSET: instrumentation SHOULD NOT set OK
+        # (semantic conventions, recording-errors.md); a failure gets error.type too.
         if cancelled:
+            root.set_attribute("error.type", "cancelled")
             root.set_status(Status(StatusCode.ERROR, "run_many was cancelled"))
         elif len(done) - counts["succeeded"]:
+            root.set_attribute("error.type", "jobs_failed")
             root.set_status(
                 Status(
                     StatusCode.ERROR,
                     f"{len(done) - counts['succeeded']} of {len(done)} jobs did not succeed",
                 )
             )
-        else:
-            root.set_status(Status(StatusCode.OK))
         root.end()
         timeout = session.config.export_timeout
         with anyio.move_on_after((timeout or 30.0) + 1.0):

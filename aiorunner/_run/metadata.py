@@ -49,8 +49,9 @@ class ScriptInfo:
         return [str(d) for d in deps]
 
     def span_attributes(self) -> dict[str, Any]:
+        """The ``extract_metadata`` span's ``aiorunner.script.*`` attributes (the run
+        adds ``code.file.path``, the absolute path)."""
         attrs: dict[str, Any] = {
-            "code.filepath": self.path,
             "aiorunner.script.size_bytes": self.size,
             "aiorunner.script.sha256": self.sha256,
             "aiorunner.script.line_count": self.line_count,

@@ -30,6 +30,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.status import Status, StatusCode
 
+from .._context.errors import exception_attributes
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -206,8 +208,11 @@ class PhaseSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        # The SDK's own wording of the event (it only calls add_event).
-        SdkSpan.record_exception(self, exception, attributes, timestamp, escaped)  # type: ignore[arg-type]
+        # The SDK's event without the deprecated exception.escaped (see _context.errors).
+        event = exception_attributes(exception)
+        if attributes:
+            event.update(attributes)  # type: ignore[arg-type]
+        self.add_event("exception", event, timestamp)
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         # As the SDK: OK is final, UNSET changes nothing.

@@ -8,10 +8,12 @@ live readings) and what one run does stay readable on their own.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import resource
+import shutil
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ from opentelemetry.trace import Status, StatusCode
 from .. import _offload
 from .._context.bootstrap import precompile
 from .._context.channel import open_channel
+from .._context.errors import record_exception
 from .._context.propagation import inject_env
 from .._redact import Scrubber, redact_args, secret_values
 from .._result import ExportReport
@@ -73,10 +76,33 @@ class _Outcome:
     stderr_truncated: int = 0
     metrics: dict[str, float | int] = field(default_factory=dict)
     export: ExportReport | None = None
+    #: The ``error.type`` of the first failure (see ``ERROR_TYPES``).
+    error_type: str | None = None
 
 
 #: On ``execute_script`` under run_many: seconds the run waited for a process slot.
 SLOT_WAIT_ATTRIBUTE = "aiorunner.slot_wait_seconds"
+
+#: ``error.type`` of a failed run, on the span that failed and on the root (semantic
+#: conventions, ``docs/cli/cli-spans.md`` and ``docs/general/recording-errors.md``): low
+#: cardinality, documented in the README. Besides these: the exit code of a script that
+#: exited with one other than 0 (``"1"``, ``"2"``, ...) and the name of the signal that
+#: killed it (``"SIGKILL"``, ``"SIGSEGV"``, ...).
+ERROR_TYPES = (
+    "timeout",  # the run's timeout= ended it
+    "cancelled",  # the caller cancelled the run (Ctrl-C, fail_fast, an outer timeout)
+    "memory_limit",  # max_memory_bytes crossed
+    "cpu_limit",  # max_cpu_seconds crossed
+    "script_unavailable",  # not found, a directory, not readable
+    "syntax_error",  # a Python script that does not compile
+    "pep723_invalid",  # its inline metadata does not parse
+    "dependency_missing",  # an import or PEP 723 dependency the interpreter lacks
+    "dependency_check_failed",  # the target interpreter could not be asked
+    "cwd_missing",  # cwd= does not exist
+    "not_executable",  # a non-Python script without the x bit
+    "spawn_failed",  # exec failed (ENOENT interpreter, E2BIG, ...)
+    "export_incomplete",  # upload_traces only: not every span was exported in time
+)
 
 
 class _Failure(Exception):
@@ -108,6 +134,9 @@ class _Run:
         self.session: Session | None = None
         self.execution_time = 0.0
         self.script_path = runner.script
+        #: The program exec'd, links resolved (what /proc/<pid>/exe shows): the
+        #: interpreter of a Python script, else the script itself.
+        self.executable: str | None = None
         self.cwd_path = runner.cwd or "."
         self.cwd_ok = True
         self._scrubber: Scrubber | None = None
@@ -135,10 +164,19 @@ class _Run:
             self._scrubber = Scrubber(secret_values(self.runner.args, env))
         return self._scrubber(text)
 
-    def fail(self, span: Span, message: str, exc: BaseException | None = None) -> None:
-        self.outcome.error = self.outcome.error or message
+    def fail(
+        self, span: Span, message: str, error_type: str, exc: BaseException | None = None
+    ) -> None:
+        """Mark ``span`` (and, at the end, the run) failed: ERROR status with ``message``
+        and ``error.type`` ``error_type`` (one of ``ERROR_TYPES``, an exit code or a
+        signal name). The run's error is the first failure's."""
+        outcome = self.outcome
+        if outcome.error is None:
+            outcome.error = message
+            outcome.error_type = error_type
         if exc is not None:
-            span.record_exception(exc)
+            record_exception(span, exc)
+        span.set_attribute("error.type", error_type)
         span.set_status(Status(StatusCode.ERROR, self.scrub(message)))
 
     async def execute(self) -> None:
@@ -180,6 +218,12 @@ class _Run:
             except ScriptProblem as exc:
                 info = exc
             t_meta_end = time.time_ns()
+            if isinstance(info, ScriptInfo):
+                self.executable = (
+                    _executable(interpreter, runner.env.get("PATH", os.environ.get("PATH")))
+                    if info.is_python
+                    else os.path.realpath(self.script_path)
+                )
             report: _deps.DependencyReport | SyntaxError | None = None
             if isinstance(info, ScriptInfo) and info.is_python and runner.validate_dependencies:
                 report = check_dependencies(info, interpreter, own, inventory, runner.env)
@@ -192,20 +236,20 @@ class _Run:
         info, t_meta, t_meta_end, report, t_deps_end = await _offload.run_sync(
             work, abandon_on_cancel=True
         )
-        self.root.set_attribute("code.filepath", self.script_path)
+        # One absolute path, on the root and on extract_metadata.
+        self.root.set_attribute("code.file.path", self.script_path)
         # Attributes given at start: one call into the SDK per span rather than several.
-        meta_span = self.span(
-            "extract_metadata",
-            start_time=t_meta,
-            attributes=info.span_attributes() if isinstance(info, ScriptInfo) else None,
-        )
+        meta_attributes: dict[str, Any] = {"code.file.path": self.script_path}
+        if isinstance(info, ScriptInfo):
+            meta_attributes.update(info.span_attributes())
+        meta_span = self.span("extract_metadata", start_time=t_meta, attributes=meta_attributes)
         if isinstance(info, ScriptProblem):
-            self.fail(meta_span, str(info), info)
+            self.fail(meta_span, str(info), "script_unavailable", info)
             meta_span.end(end_time=t_meta_end)
             raise _Failure
         self.outcome.info = info
         if info.pep723_error:
-            meta_span.add_event("pep723_invalid", {"error": info.pep723_error})
+            meta_span.add_event("pep723_invalid", {"aiorunner.pep723.error": info.pep723_error})
         meta_span.end(end_time=t_meta_end)
 
         deps_span = self.span(
@@ -218,16 +262,16 @@ class _Run:
         )
         try:
             if isinstance(inventory, str):  # the probe itself failed
-                self.fail(deps_span, inventory)
+                self.fail(deps_span, inventory, "dependency_check_failed")
                 raise _Failure
             if isinstance(report, SyntaxError):
                 message = f"syntax error in {info.path} line {report.lineno}: {report.msg}" + (
                     f"\n    {report.text.rstrip()}" if report.text else ""
                 )
-                self.fail(deps_span, message, report)
+                self.fail(deps_span, message, "syntax_error", report)
                 raise _Failure
             if info.pep723_error and runner.validate_dependencies:
-                self.fail(deps_span, info.pep723_error)
+                self.fail(deps_span, info.pep723_error, "pep723_invalid")
                 raise _Failure
             if isinstance(report, _deps.DependencyReport):
                 deps_span.set_attribute("aiorunner.dependencies.imports", list(report.imports))
@@ -236,7 +280,7 @@ class _Run:
                         "aiorunner.dependencies.missing",
                         [*report.missing_modules, *report.missing_distributions],
                     )
-                    self.fail(deps_span, report.describe(interpreter))
+                    self.fail(deps_span, report.describe(interpreter), "dependency_missing")
                     raise _Failure
         finally:
             deps_span.end(end_time=t_deps_end)
@@ -251,7 +295,7 @@ class _Run:
         span = self.span(
             "setup_environment",
             attributes={
-                "aiorunner.cwd": self.cwd_path,
+                "process.working_directory": self.cwd_path,
                 "aiorunner.env.overridden": sorted(runner.env),
             },
         )
@@ -260,7 +304,9 @@ class _Run:
         self.child_env = env
         if not self.cwd_ok:
             self.fail(
-                span, f"working directory does not exist: {runner.cwd}; create it or fix cwd="
+                span,
+                f"working directory does not exist: {runner.cwd}; create it or fix cwd=",
+                "cwd_missing",
             )
             span.end()
             raise _Failure
@@ -296,25 +342,33 @@ class _Run:
     async def _execute_script(self, info: ScriptInfo) -> None:
         runner = self.runner
         outcome = self.outcome
-        span = self.span(
-            "execute_script",
-            kind=trace.SpanKind.INTERNAL,
+        # The CLI caller span of the semantic conventions (docs/cli/cli-spans.md): kind
+        # CLIENT, the process.* attributes; named execute_script (the seed's tree; the
+        # conventions allow another low-cardinality name).
+        attributes: dict[str, Any] = {"process.working_directory": self.cwd_path}
+        if self.slot_wait:
             # run_many: how long this run waited for a process slot (the gap before it).
-            attributes={SLOT_WAIT_ATTRIBUTE: self.slot_wait} if self.slot_wait else None,
-        )
+            attributes[SLOT_WAIT_ATTRIBUTE] = self.slot_wait
+        span = self.span("execute_script", kind=trace.SpanKind.CLIENT, attributes=attributes)
         self.exec_span = span
         exec_ctx = trace.set_span_in_context(span, self.root_ctx)
         inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)
         argv = self._argv(info, self.child_env.get("TRACEPARENT"))
         outcome.command = tuple(argv)
+        executable = self.executable or argv[0]
         span.set_attributes(
-            {"process.executable.path": argv[0], "process.command_args": redact_args(argv)}
+            {
+                "process.executable.name": os.path.basename(executable),
+                "process.executable.path": executable,
+                "process.command_args": redact_args(argv),
+            }
         )
         if not info.is_python and not info.executable:
             self.fail(
                 span,
                 f"script is not executable: {info.path}; make it executable (chmod +x) "
                 "or pass interpreter= to run it with one",
+                "not_executable",
             )
             span.end()
             raise _Failure
@@ -348,7 +402,7 @@ class _Run:
         except OSError as exc:
             if channel is not None:
                 channel.close()
-            self.fail(span, f"cannot start {argv[0]}: {exc.strerror or exc}", exc)
+            self.fail(span, f"cannot start {argv[0]}: {exc.strerror or exc}", "spawn_failed", exc)
             span.end()
             raise _Failure from None
         outcome.pid = child.pid
@@ -400,7 +454,7 @@ class _Run:
             with anyio.CancelScope(shield=True), anyio.move_on_after(runner.kill_grace + 2):
                 await child.terminate_group(runner.kill_grace)
             self._record_exit(child, span, monitor, t_start)
-            self.fail(span, "run was cancelled; its process group was terminated")
+            self.fail(span, "run was cancelled; its process group was terminated", "cancelled")
             span.end()
             raise
         finally:
@@ -412,25 +466,24 @@ class _Run:
         code = child.returncode
         assert code is not None
         if limit_reason:
-            self.fail(span, f"{limit_reason[0]}; the run was killed")
+            kind = "memory_limit" if limit_reason[0].startswith("memory") else "cpu_limit"
+            self.fail(span, f"{limit_reason[0]}; the run was killed", kind)
         elif outcome.timed_out:
             self.fail(
                 span,
                 f"script timed out after {runner.timeout:g} s; its process group got SIGTERM"
                 f" (SIGKILL after {runner.kill_grace:g} s grace)",
+                "timeout",
             )
         elif code < 0:
-            try:
-                name = __import__("signal").Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            self.fail(span, f"script was killed by signal {-code} ({name})")
+            name = _signal_name(-code)
+            self.fail(span, f"script was killed by signal {-code} ({name})", name)
         elif code != 0:
             self._fail_exit(span, code, child)
         if outcome.error is not None:
             tail = child.stderr.last_lines(STDERR_EVENT_BYTES)
             if tail:
-                span.add_event("script.stderr", {"stderr.tail": self.scrub(tail)})
+                span.add_event("script.stderr", {"aiorunner.stderr.tail": self.scrub(tail)})
         span.end()
 
     def _record_exit(
@@ -451,6 +504,9 @@ class _Run:
             if code < 0:
                 outcome.signal = -code
                 attributes["aiorunner.signal"] = -code
+                # process.exit.code is required on a CLI span; a signal death has none
+                # of its own, so the shell's: 128 + the signal number (what $? shows).
+                attributes["process.exit.code"] = 128 - code
             else:
                 outcome.exit_code = code
                 attributes["process.exit.code"] = code
@@ -500,7 +556,7 @@ class _Run:
             last = [line for line in stderr.splitlines() if line.strip()][-1:]
             if last:
                 message += f": {last[0].strip()[:500]}"
-        self.fail(span, message)
+        self.fail(span, message, str(code))
 
     def _make_monitor(self, pid: int, reader: Reader | None) -> Any:
         runner = self.runner
@@ -536,16 +592,24 @@ class _Run:
             attributes["aiorunner.script.sha256"] = outcome.info.sha256
         if outcome.exit_code is not None:
             attributes["process.exit.code"] = outcome.exit_code
+        elif outcome.signal is not None:
+            attributes["process.exit.code"] = 128 + outcome.signal  # as on execute_script
+            attributes["aiorunner.signal"] = outcome.signal
         if outcome.timed_out:
             attributes["aiorunner.timed_out"] = True
+        if outcome.error is not None:
+            # The first failure's type; a cancellation that came before any is "cancelled".
+            attributes["error.type"] = outcome.error_type or (
+                "cancelled" if outcome.cancelled else "_OTHER"
+            )
         if attributes:
             root.set_attributes(attributes)
         if outcome.error is not None:
             root.set_status(
                 Status(StatusCode.ERROR, self.scrub(outcome.error.splitlines()[0][:1000]))
             )
-        else:
-            root.set_status(Status(StatusCode.OK))
+        # A run that succeeded leaves the root's status UNSET: instrumentation SHOULD NOT
+        # set OK (recording-errors.md); OK is for the application to say.
         upload = self.span("upload_traces")
         if session is None or not session.enabled:
             upload.end()
@@ -577,6 +641,7 @@ class _Run:
                 {"aiorunner.export.ok": first.ok, "aiorunner.export.spans": first.exported}
             )
             if not first.ok:
+                upload.set_attribute("error.type", "export_incomplete")
                 upload.set_status(Status(StatusCode.ERROR, first.describe()))
             upload.end()
             root.end()
@@ -597,6 +662,26 @@ class _Run:
         end_upload(report)  # does nothing when the export thread did it
         outcome.export = report
         session._run_export_log.record(report, self.runner.script, trace_id)
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``SIG64`` for a number without a name (real-time signals)."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+@functools.lru_cache(maxsize=32)
+def _executable(interpreter: str, path: str | None) -> str:
+    """The interpreter's full path, links resolved (as ``/proc/<pid>/exe`` shows it): a
+    bare name is looked up in ``path`` as exec does. File system calls: off the loop."""
+    found = interpreter
+    if not os.path.dirname(interpreter):
+        found = shutil.which(interpreter, path=path) or interpreter
+    return os.path.realpath(found)
 
 
 _environ_snapshot: tuple[dict[bytes, bytes], dict[str, str]] | None = None

@@ -20,6 +20,7 @@ the spans, then propagates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -299,10 +300,14 @@ class ScriptRunner:
             tracer = session.tracer()
             tracing = True
         propagators = tuple(config.propagators or ())
-        if propagators not in _loaded_propagators:
+        # An unknown name given in code raises; one from OTEL_PROPAGATORS warns.
+        explicit = config.sources.get("propagators") == "argument"
+        if (propagators, explicit) not in _loaded_propagators:
             # Loading propagators scans entry points (file system): not on the loop.
-            await anyio.to_thread.run_sync(get_propagator, propagators)
-            _loaded_propagators.add(propagators)
+            await anyio.to_thread.run_sync(
+                functools.partial(get_propagator, propagators, explicit=explicit)
+            )
+            _loaded_propagators.add((propagators, explicit))
         parent = extract_parent(
             propagators,
             context=context if context is not None else self.context,
@@ -333,7 +338,9 @@ class ScriptRunner:
             if isinstance(exc, Exception):
                 raise
             outcome.cancelled = True
-            outcome.error = outcome.error or "run was cancelled"
+            if outcome.error is None:
+                outcome.error = "run was cancelled"
+                outcome.error_type = "cancelled"
             with anyio.CancelScope(shield=True):
                 await run.finish(session, cancelled=True)
             raise

@@ -115,7 +115,7 @@ def _value(value: Any) -> str:
 
 def _script(span: SpanRecord) -> str:
     """A run's root also names its script (pipeline runs all share the root name)."""
-    script = span.attributes.get("code.filepath")
+    script = span.script_path
     if span.name != ROOT_SPAN_NAME or not script:
         return ""
     return f' <span class="script">{escape(os.path.basename(str(script)))}</span>'

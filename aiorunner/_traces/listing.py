@@ -91,8 +91,8 @@ class _Accumulator:
     root_error: str | None = None
     error: str | None = None
     errors: int = 0
-    #: A ``code.filepath`` seen on any span: names a running run whose start marker
-    #: carries no script yet (extract_metadata has it).
+    #: A ``code.file.path`` (``code.filepath`` in older files) seen on any span: names
+    #: a running run whose start marker carries no script yet (extract_metadata has it).
     filepath: str | None = None
     pending: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
@@ -104,8 +104,8 @@ class _Accumulator:
         if record.start_ns and (not self.start_ns or record.start_ns < self.start_ns):
             self.start_ns = record.start_ns
         self.end_ns = max(self.end_ns, record.end_ns)
-        if self.filepath is None and record.attributes.get("code.filepath"):
-            self.filepath = str(record.attributes["code.filepath"])
+        if self.filepath is None and record.script_path:
+            self.filepath = record.script_path
         failed = record.status_code == STATUS_ERROR
         if failed:
             self.errors += 1
@@ -144,7 +144,7 @@ class _Accumulator:
 def _script_of(root: SpanRecord | None, filepath: str | None) -> str:
     if root is None:
         return filepath or ""
-    if root.name == ROOT_SPAN_NAME and "code.filepath" not in root.attributes and filepath:
+    if root.name == ROOT_SPAN_NAME and root.script_path is None and filepath:
         return filepath
     return root.script
 

@@ -113,11 +113,18 @@ class SpanRecord:
         return str(self.resource.get("service.name", ""))
 
     @property
+    def script_path(self) -> str | None:
+        """The absolute script path of a run's span: ``code.file.path`` (semantic
+        conventions), or ``code.filepath`` in files written before issue 15."""
+        value = self.attributes.get("code.file.path") or self.attributes.get("code.filepath")
+        return str(value) if value else None
+
+    @property
     def script(self) -> str:
         """What the list shows: the run's script path, else the span name."""
-        # code.filepath is absolute and set once the script was found; aiorunner.script
+        # code.file.path is absolute and set once the script was found; aiorunner.script
         # (the path as given) is on the root from its first moment, so running runs too.
-        value = self.attributes.get("code.filepath") or self.attributes.get("aiorunner.script")
+        value = self.script_path or self.attributes.get("aiorunner.script")
         return str(value) if value else self.name
 
 

@@ -47,7 +47,7 @@ _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "produce
 def _label(span: SpanRecord) -> str:
     """A span's name; a run's root also names its script (runs in a pipeline all have
     the root name ScriptRunner)."""
-    script = span.attributes.get("code.filepath")
+    script = span.script_path
     if span.name == ROOT_SPAN_NAME and script:
         return f"{span.name} {printable(os.path.basename(str(script)))}"
     return printable(span.name)
