@@ -6,13 +6,30 @@ given" and is filled by :meth:`TracingConfig.resolve` from the environment (the 
 variables mean what the OpenTelemetry specification says) or the default. ``resolve()``
 also records the source of every value in ``sources`` so ``aiorunner doctor`` can say why a
 value is what it is. Times are seconds as ``float``; OTEL_* milliseconds are converted here.
+
+Bad values are treated by who wrote them:
+
+- an explicit argument (``TracingConfig(...)``, a command-line flag) raises
+  :class:`ConfigError`: the caller wrote it and can fix it now;
+- an ``OTEL_*`` variable that cannot be parsed or is out of range is ignored, as the
+  specification asks ("SHOULD generate a warning and gracefully ignore the setting"): one
+  WARNING per process and variable value (:func:`report_env_problem`) names the variable,
+  the value, what is used instead and the fix; the default is used and the run goes on.
+  ``TracingConfig.ignored`` keeps them, and ``aiorunner doctor`` reports them as problems;
+- ``AIORUNNER_*`` variables are ours, not the specification's: a bad one raises, like an
+  argument.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import logging
+import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -21,9 +38,17 @@ from ._exceptions import ConfigError
 from ._redact import redact_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["TracingConfig", "check_names"]
+__all__ = [
+    "EnvProblem",
+    "TracingConfig",
+    "check_names",
+    "collect_env_problems",
+    "report_env_problem",
+]
+
+logger = logging.getLogger("aiorunner.config")
 
 # Environment variables, one constant each (names from the OpenTelemetry specification).
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
@@ -37,37 +62,33 @@ OTEL_BSP_MAX_QUEUE_SIZE = "OTEL_BSP_MAX_QUEUE_SIZE"
 OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
 OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
 OTEL_BSP_EXPORT_TIMEOUT = "OTEL_BSP_EXPORT_TIMEOUT"
+OTEL_ATTRIBUTE_COUNT_LIMIT = "OTEL_ATTRIBUTE_COUNT_LIMIT"
+OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT = "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
 OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT = "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"
+OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT = "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"
 OTEL_SPAN_EVENT_COUNT_LIMIT = "OTEL_SPAN_EVENT_COUNT_LIMIT"
+OTEL_SPAN_LINK_COUNT_LIMIT = "OTEL_SPAN_LINK_COUNT_LIMIT"
+OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT = "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT"
+OTEL_LINK_ATTRIBUTE_COUNT_LIMIT = "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT"
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_ZIPKIN_ENDPOINT = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
+#: Declarative configuration (the specification's in-development name, and the name the
+#: Python SDK reads now). aiorunner does not read such a file: setting either warns.
+OTEL_EXPERIMENTAL_CONFIG_FILE = "OTEL_EXPERIMENTAL_CONFIG_FILE"
+OTEL_CONFIG_FILE = "OTEL_CONFIG_FILE"
 AIORUNNER_TRACES_FILE = "AIORUNNER_TRACES_FILE"
 AIORUNNER_MONITOR_INTERVAL = "AIORUNNER_MONITOR_INTERVAL"
 AIORUNNER_IN_SCRIPT_TRACING = "AIORUNNER_IN_SCRIPT_TRACING"
 AIORUNNER_TAIL_THRESHOLD = "AIORUNNER_TAIL_SAMPLING_THRESHOLD"
 AIORUNNER_INSTRUMENT = "AIORUNNER_INSTRUMENT"
 
-#: Limits the SDK reads from the environment itself: checked here so a bad value is a
-#: ConfigError naming the variable, not a ValueError from deep inside the SDK.
-_SDK_LIMIT_VARS = (
-    "OTEL_SPAN_LINK_COUNT_LIMIT",
-    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
-    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
-    "OTEL_ATTRIBUTE_COUNT_LIMIT",
-    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-)
-#: Exporter variables every OTLP backend reads (checked early here, with the same rules).
-_EXPORTER_TIMEOUT_VARS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-_EXPORTER_CHOICES = {
-    "OTEL_EXPORTER_OTLP_PROTOCOL": ("grpc", "http/protobuf", "http/json"),
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("grpc", "http/protobuf", "http/json"),
-    "OTEL_EXPORTER_OTLP_COMPRESSION": ("gzip", "none"),
-    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": ("gzip", "none"),
-}
-OTEL_EXPORTER_ZIPKIN_ENDPOINT = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
-
 DEFAULT_TRACES_FILE = os.path.join(".aiorunner", "traces.jsonl")
+
+#: A Timeout of 0 means "no limit" (specification, "Timeout"); like the specification
+#: allows, it is stored as a very long time: the largest 32-bit number of milliseconds
+#: (24.8 days), so that every deadline computed from it still works.
+NO_LIMIT_MS = 2**31 - 1
 
 SAMPLERS = (
     "always_on",
@@ -78,12 +99,178 @@ SAMPLERS = (
     "parentbased_traceidratio",
     "tailbased",
 )
+#: The samplers that read OTEL_TRACES_SAMPLER_ARG / sample_rate (the others ignore it).
+SAMPLERS_WITH_ARG = ("traceidratio", "parentbased_traceidratio", "tailbased")
+
+#: The span limits beyond ``max_attributes``/``max_events``, by ``SpanLimits`` keyword: the
+#: variable that sets each, and the variable it falls back to (then the default).
+SPAN_LIMITS: dict[str, tuple[str, str | None, int | None]] = {
+    "max_links": (OTEL_SPAN_LINK_COUNT_LIMIT, None, 128),
+    "max_event_attributes": (OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT, OTEL_ATTRIBUTE_COUNT_LIMIT, 128),
+    "max_link_attributes": (OTEL_LINK_ATTRIBUTE_COUNT_LIMIT, OTEL_ATTRIBUTE_COUNT_LIMIT, 128),
+    "max_attribute_length": (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, None, None),
+    "max_span_attribute_length": (
+        OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+        OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+        None,
+    ),
+}
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
+# --------------------------------------------------------------------- ignored values
+
+
+@dataclass(frozen=True)
+class EnvProblem:
+    """
+    One environment value that was ignored, and why.
+
+    ``value`` is as it may be shown (header values and URL credentials masked).
+    ``message`` is the one WARNING logged for it: the variable, the value, the reason, what
+    is used instead and the fix.
+    """
+
+    variable: str
+    value: str
+    #: Why it cannot be used ("is not an integer"), a phrase following ``VAR='value'``.
+    reason: str
+    #: What is used in its place ("the default 2048").
+    instead: str
+    #: How to fix it ("set OTEL_BSP_MAX_QUEUE_SIZE to an integer >= 1, or unset it").
+    fix: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.variable}={self.value!r} {self.reason}; using {self.instead} instead. "
+            f"Fix: {self.fix}"
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        return {**dataclasses.asdict(self), "message": self.message}
+
+
+_logged_lock = threading.Lock()
+_logged: set[tuple[str, str]] = set()
+_collector: contextvars.ContextVar[tuple[list[EnvProblem], bool] | None] = contextvars.ContextVar(
+    "aiorunner_env_problems", default=None
+)
+
+
+def report_env_problem(problem: EnvProblem) -> None:
+    """
+    Report an ignored environment value: one WARNING on the ``aiorunner.config`` logger per
+    process for each variable and value (a thousand runs under one bad variable log it
+    once), and a record in the active :func:`collect_env_problems` list, if any.
+
+    Backends report their own variables' problems through this (``aiorunner.backend``
+    re-exports it), so the same variable is never warned about twice.
+    """
+    active = _collector.get()
+    if active is not None:
+        problems, log = active
+        if not any((p.variable, p.value) == (problem.variable, problem.value) for p in problems):
+            problems.append(problem)
+        if not log:
+            return
+    key = (problem.variable, problem.value)
+    with _logged_lock:
+        if key in _logged:
+            return
+        _logged.add(key)
+    logger.warning("%s", problem.message)
+
+
+@contextlib.contextmanager
+def collect_env_problems(*, log: bool = True) -> Iterator[list[EnvProblem]]:
+    """
+    Collect every :class:`EnvProblem` reported in this context (worker threads started
+    with ``anyio.to_thread`` included: they copy the context), e.g. to show them in
+    ``aiorunner doctor``. ``log=False`` collects without logging.
+    """
+    problems: list[EnvProblem] = []
+    token = _collector.set((problems, log))
+    try:
+        yield problems
+    finally:
+        _collector.reset(token)
+
+
+def shown_value(variable: str, raw: str) -> str:
+    """``raw`` as a message may show it: header lists as their names only, URL
+    credentials and tokens masked."""
+    if "HEADERS" in variable.upper():
+        # Names only; an entry without "=" may be a bare token: not even its text.
+        return (
+            ",".join(
+                f"{part.partition('=')[0].strip()}=[secure]" if "=" in part else "[secure]"
+                for part in raw.split(",")
+                if part.strip()
+            )
+            or "[secure]"
+        )
+    return redact_text(raw)
+
+
+class _Invalid(Exception):
+    """A value that cannot be used: ``reason`` follows ``VAR='value'`` in a message,
+    ``accepted`` says what would be (for the fix)."""
+
+    def __init__(self, reason: str, accepted: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.accepted = accepted
+
+
+def _is_spec_variable(var: str) -> bool:
+    """OTEL_* variables follow the specification (warn and ignore); ours raise."""
+    return var.startswith("OTEL_")
+
+
+class _EnvReader:
+    """Reads variables for one ``resolve()``: an empty value is unset (specification,
+    "Parsing empty value"); a bad OTEL_* value becomes an :class:`EnvProblem`."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[EnvProblem] = []
+        self._read: dict[str, Any] = {}
+
+    def raw(self, var: str) -> str | None:
+        value = self.env.get(var)
+        return value if value is not None and value.strip() else None
+
+    def ignore(self, var: str, raw: str, reason: str, instead: str, fix: str) -> None:
+        self.problems.append(EnvProblem(var, shown_value(var, raw), reason, instead, fix))
+
+    def read(self, var: str, parse: Callable[[str], Any], instead: str) -> Any | None:
+        """The parsed value of ``var``; None when unset or ignored (then ``instead`` is
+        what the caller uses, for the message). A variable is parsed, and reported, once
+        per resolve, however many settings fall back to it."""
+        if var in self._read:
+            return self._read[var]
+        raw = self.raw(var)
+        value = None
+        if raw is not None:
+            try:
+                value = parse(raw)
+            except _Invalid as exc:
+                if not _is_spec_variable(var):
+                    raise ConfigError(f"{var}={raw!r} {exc.reason}") from None
+                fix = f"set {var} to {exc.accepted}, or unset it"
+                self.ignore(var, raw, exc.reason, instead, fix)
+        self._read[var] = value
+        return value
+
+
+# --------------------------------------------------------------------------- parsers
+
+
 def _parse_bool(var: str, raw: str) -> bool:
+    """Our own booleans (AIORUNNER_*): true/false, 1/0, yes/no, on/off."""
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -92,36 +279,61 @@ def _parse_bool(var: str, raw: str) -> bool:
     raise ConfigError(f"{var}={raw!r} is not a boolean; use true or false")
 
 
-def _parse_int(minimum: int) -> Callable[[str, str], int]:
-    def parse(var: str, raw: str) -> int:
+def _our_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise _Invalid("is not a boolean; use true or false", "true or false")
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        accepted = f"an integer >= {minimum}"
         try:
             value = int(raw.strip())
         except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not an integer") from None
+            raise _Invalid("is not an integer", accepted) from None
         if value < minimum:
-            raise ConfigError(f"{var}={raw!r} must be an integer >= {minimum}")
+            raise _Invalid(f"must be an integer >= {minimum}", accepted)
         return value
 
     return parse
 
 
-def _parse_millis(var: str, raw: str) -> float:
+def _millis(raw: str) -> float:
+    """A Duration: milliseconds >= 0, returned in seconds."""
+    accepted = "a number of milliseconds >= 0"
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a number of milliseconds") from None
-    if value < 0:
-        raise ConfigError(f"{var}={raw!r} must be a non-negative number of milliseconds")
+        raise _Invalid("is not a number of milliseconds", accepted) from None
+    if not 0 <= value < math.inf:
+        raise _Invalid("must be a non-negative number of milliseconds", accepted)
     return value / 1000.0
 
 
-def _parse_seconds(var: str, raw: str) -> float:
+def _timeout_millis(raw: str) -> float:
+    """A Timeout: milliseconds >= 0 where 0 means no limit; returned in seconds."""
+    accepted = "a number of milliseconds >= 0 (0 means no limit)"
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{var}={raw!r} must be a positive number of seconds")
+        raise _Invalid("is not a number of milliseconds", accepted) from None
+    if not 0 <= value < math.inf:
+        raise _Invalid("must be a non-negative number of milliseconds", accepted)
+    return (value or NO_LIMIT_MS) / 1000.0
+
+
+def _seconds(raw: str) -> float:
+    accepted = "a positive number of seconds"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _Invalid("is not a number of seconds", accepted) from None
+    if not 0 < value < math.inf:
+        raise _Invalid("must be a positive number of seconds", accepted)
     return value
 
 
@@ -129,27 +341,41 @@ def _parse_list(var: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _parse_str(var: str, raw: str) -> str:
+def _list(raw: str) -> tuple[str, ...]:
+    return _parse_list("", raw)
+
+
+def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _parse_sampler(var: str, raw: str) -> str:
+def _sampler(raw: str) -> str:
     value = raw.strip().lower()
     if value not in SAMPLERS:
-        raise ConfigError(f"{var}={raw!r} is not a known sampler; accepted: {', '.join(SAMPLERS)}")
+        raise _Invalid("is not a known sampler", f"one of {', '.join(SAMPLERS)}")
     return value
 
 
-def _parse_float(var: str, raw: str) -> float:
+def _ratio(raw: str) -> float:
+    accepted = "a number between 0 and 1, such as 0.25"
     try:
-        return float(raw.strip())
+        value = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a number") from None
+        raise _Invalid("is not a number", accepted) from None
+    if not 0 <= value <= 1:
+        raise _Invalid("must be between 0 and 1", accepted)
+    return value
 
 
-def parse_key_values(var: str, raw: str) -> dict[str, str]:
-    """Parse the ``k1=v1,k2=v2`` form of OTEL_RESOURCE_ATTRIBUTES and OTLP headers
-    (values percent-decoded, as the specification asks)."""
+def _parse_sampler(var: str, raw: str) -> str:
+    """A sampler name given in code: a ConfigError when unknown."""
+    try:
+        return _sampler(raw)
+    except _Invalid as exc:
+        raise ConfigError(f"{var}={raw!r} {exc.reason}; accepted: {', '.join(SAMPLERS)}") from None
+
+
+def _key_values(raw: str) -> dict[str, str]:
     from urllib.parse import unquote
 
     result: dict[str, str] = {}
@@ -158,9 +384,31 @@ def parse_key_values(var: str, raw: str) -> dict[str, str]:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{var}: {part.strip()!r} is not of the form key=value")
+            raise _Invalid(
+                f"has {part.strip()!r}, which is not of the form key=value",
+                "key1=value1,key2=value2 (values percent-encoded)",
+            )
         result[unquote(key.strip())] = unquote(value.strip())
     return result
+
+
+def parse_key_values(var: str, raw: str) -> dict[str, str]:
+    """Parse the ``k1=v1,k2=v2`` form of OTEL_RESOURCE_ATTRIBUTES and OTLP headers
+    (values percent-decoded, as the specification asks).
+
+    Raises:
+        ConfigError: an entry is not ``key=value``.
+    """
+    try:
+        return _key_values(raw)
+    except _Invalid:
+        bad = next(p.strip() for p in raw.split(",") if p.strip() and not _is_pair(p))
+        raise ConfigError(f"{var}: {bad!r} is not of the form key=value") from None
+
+
+def _is_pair(part: str) -> bool:
+    key, sep, _ = part.partition("=")
+    return bool(sep and key.strip())
 
 
 # A DNS name, an IPv4 address, or an IPv6 address (urlparse strips its brackets).
@@ -172,7 +420,18 @@ _JAEGER_AGENT_PORTS = (5775, 6831, 6832)
 
 
 def validate_endpoint(name: str, value: str) -> str:
-    """Check that an endpoint is a URL with a scheme and a host (or a host:port)."""
+    """Check that an endpoint is a URL with a scheme and a host (or a host:port).
+
+    Raises:
+        ConfigError: it is not, or it is a legacy Jaeger agent (UDP) endpoint.
+    """
+    try:
+        return _endpoint(value)
+    except _Invalid as exc:
+        raise ConfigError(f"{name}={value!r} {exc.reason}; {exc.accepted}") from None
+
+
+def _endpoint(value: str) -> str:
     candidate = value.strip()
     parsed = urlparse(candidate if "://" in candidate else f"http://{candidate}")
     try:
@@ -181,48 +440,64 @@ def validate_endpoint(name: str, value: str) -> str:
         port = -1
     host_ok = bool(parsed.hostname) and _HOST.fullmatch(parsed.hostname or "") is not None
     if parsed.scheme == "udp" or port in _JAEGER_AGENT_PORTS:
-        raise ConfigError(
-            f"{name}={value!r} is a legacy Jaeger agent endpoint ({port or 'udp'}): "
-            "UDP/Thrift, which aiorunner does not speak; Jaeger accepts OTLP "
-            f"natively: set {name} to http://localhost:4317 (OTLP/gRPC) or "
-            "http://localhost:4318 (OTLP/HTTP) on your Jaeger host"
+        raise _Invalid(
+            f"is a legacy Jaeger agent endpoint ({port or 'udp'}): UDP/Thrift, which "
+            "aiorunner does not speak",
+            "Jaeger accepts OTLP natively: use http://localhost:4317 (OTLP/gRPC) or "
+            "http://localhost:4318 (OTLP/HTTP) on your Jaeger host",
         )
     if not host_ok or port == -1 or parsed.scheme not in ("http", "https", "grpc"):
-        raise ConfigError(
-            f"{name}={value!r} is not a valid endpoint; use a URL such as "
-            "http://localhost:4317 (scheme http or https, a host and an optional port)"
+        raise _Invalid(
+            "is not a valid endpoint",
+            "use a URL such as http://localhost:4317 (scheme http or https, a host and an "
+            "optional port)",
         )
     return candidate
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return "no limit"
+    return str(value)
 
 
 @dataclass(frozen=True)
 class _Spec:
     env: str | None
-    parse: Callable[[str, str], Any] | None
+    parse: Callable[[str], Any] | None
     default: Any
+    #: What a message says is used instead of a bad value, when not "the default X".
+    instead: str | None = None
 
 
-# field name -> where it comes from when not given explicitly
+# field name -> where it comes from when not given explicitly. Fields whose environment
+# rules are more than "one variable, else the default" (exporter_type, sampler and
+# sample_rate, max_attributes, enabled, span_limits) are resolved by hand in resolve().
 _SPECS: dict[str, _Spec] = {
     "enabled": _Spec(None, None, True),
-    "exporter_type": _Spec(OTEL_TRACES_EXPORTER, _parse_list, ("jsonl",)),
+    "exporter_type": _Spec(None, None, ("jsonl",)),
     "collector_endpoint": _Spec(None, None, None),
-    "service_name": _Spec(OTEL_SERVICE_NAME, _parse_str, "aiorunner"),
-    "resource_attributes": _Spec(OTEL_RESOURCE_ATTRIBUTES, parse_key_values, {}),
-    "sampler": _Spec(OTEL_TRACES_SAMPLER, _parse_sampler, "parentbased_always_on"),
-    "sample_rate": _Spec(OTEL_TRACES_SAMPLER_ARG, _parse_float, 1.0),
-    "tail_latency_threshold": _Spec(AIORUNNER_TAIL_THRESHOLD, _parse_seconds, 10.0),
-    "propagators": _Spec(OTEL_PROPAGATORS, _parse_list, ("tracecontext", "baggage")),
-    "max_attributes": _Spec(OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, _parse_int(0), 128),
-    "max_events": _Spec(OTEL_SPAN_EVENT_COUNT_LIMIT, _parse_int(0), 128),
-    "batch_size": _Spec(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, _parse_int(1), 512),
-    "max_queue_size": _Spec(OTEL_BSP_MAX_QUEUE_SIZE, _parse_int(1), 2048),
-    "schedule_delay": _Spec(OTEL_BSP_SCHEDULE_DELAY, _parse_millis, 5.0),
-    "export_timeout": _Spec(OTEL_BSP_EXPORT_TIMEOUT, _parse_millis, 30.0),
-    "traces_file": _Spec(AIORUNNER_TRACES_FILE, _parse_str, DEFAULT_TRACES_FILE),
-    "monitor_interval": _Spec(AIORUNNER_MONITOR_INTERVAL, _parse_seconds, 0.5),
-    "in_script_tracing": _Spec(AIORUNNER_IN_SCRIPT_TRACING, _parse_bool, True),
-    "instrument": _Spec(AIORUNNER_INSTRUMENT, _parse_list, ()),
+    "service_name": _Spec(OTEL_SERVICE_NAME, _text, "aiorunner"),
+    "resource_attributes": _Spec(
+        OTEL_RESOURCE_ATTRIBUTES, _key_values, {}, "no resource attributes from it"
+    ),
+    "sampler": _Spec(None, None, "parentbased_always_on"),
+    "sample_rate": _Spec(None, None, 1.0),
+    "tail_latency_threshold": _Spec(AIORUNNER_TAIL_THRESHOLD, _seconds, 10.0),
+    "propagators": _Spec(OTEL_PROPAGATORS, _list, ("tracecontext", "baggage")),
+    "max_attributes": _Spec(None, None, 128),
+    "max_events": _Spec(OTEL_SPAN_EVENT_COUNT_LIMIT, _int(0), 128),
+    "batch_size": _Spec(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, _int(1), 512),
+    "max_queue_size": _Spec(OTEL_BSP_MAX_QUEUE_SIZE, _int(1), 2048),
+    "schedule_delay": _Spec(OTEL_BSP_SCHEDULE_DELAY, _millis, 5.0, "the default 5000 ms"),
+    "export_timeout": _Spec(OTEL_BSP_EXPORT_TIMEOUT, _timeout_millis, 30.0, "the default 30000 ms"),
+    "traces_file": _Spec(AIORUNNER_TRACES_FILE, _text, DEFAULT_TRACES_FILE),
+    "monitor_interval": _Spec(AIORUNNER_MONITOR_INTERVAL, _seconds, 0.5),
+    "in_script_tracing": _Spec(AIORUNNER_IN_SCRIPT_TRACING, _our_bool, True),
+    "instrument": _Spec(AIORUNNER_INSTRUMENT, _list, ()),
+    "span_limits": _Spec(None, None, None),
     "backend_options": _Spec(None, None, {}),
 }
 
@@ -236,19 +511,30 @@ class TracingConfig:
     ``collector_endpoint``, ``service_name``, ``sample_rate``, ``max_attributes``,
     ``max_events``, ``batch_size``, ``export_timeout_ms``). Leave a field ``None`` to take
     it from the environment or the default; call :meth:`resolve` (sessions do) to get a
-    config with every value filled and ``sources`` saying where each came from.
+    config with every value filled, ``sources`` saying where each came from and
+    ``ignored`` listing the environment values that could not be used.
 
     Args:
         enabled: ``False`` turns tracing off; runs still work and fill ``RunResult``.
             ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` do the same.
         exporter_type: one backend name or several (``"otlp"``, ``["otlp", "console"]``).
+            When neither this nor ``OTEL_TRACES_EXPORTER`` names one: ``otlp`` if an OTLP
+            endpoint variable is set (the specification's default), else ``jsonl``.
         collector_endpoint: endpoint handed to the backends (overrides the exporters'
             own endpoint variables).
         export_timeout_ms: the seed's name for ``export_timeout`` (in milliseconds).
-        export_timeout: the deadline of one export, retries included, in seconds.
+        export_timeout: the deadline of one export, retries included, in seconds; ``0``
+            means no limit (kept as :data:`NO_LIMIT_MS`, 24.8 days).
         schedule_delay: seconds a span may wait in the queue before a batch leaves.
-        sampler / sample_rate: an OpenTelemetry sampler name and its argument.
+        sampler / sample_rate: an OpenTelemetry sampler name and its argument (read only
+            by the samplers that take one: ``*traceidratio`` and ``tailbased``).
         tail_latency_threshold: for ``tailbased``: runs slower than this are always kept.
+        max_attributes: attributes per span (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``, else
+            ``OTEL_ATTRIBUTE_COUNT_LIMIT``, else 128).
+        span_limits: the other span limits, by ``SpanLimits`` keyword (``max_links``,
+            ``max_event_attributes``, ``max_link_attributes``, ``max_attribute_length``,
+            ``max_span_attribute_length``; ``None`` is no limit); the keys not given come
+            from their OTEL_* variables.
         traces_file: the embedded ``jsonl`` backend's file.
         monitor_interval: seconds between two samples of the script's process tree.
         in_script_tracing: spans a Python script makes with the OpenTelemetry API join the
@@ -278,8 +564,11 @@ class TracingConfig:
     monitor_interval: float | None = None
     in_script_tracing: bool | None = None
     instrument: Sequence[str] | None = None
+    span_limits: Mapping[str, int | None] | None = None
     backend_options: Mapping[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The environment values :meth:`resolve` ignored (each also logged once).
+    ignored: tuple[EnvProblem, ...] = field(default=(), compare=False, repr=False)
 
     def __repr__(self) -> str:
         # Secrets print as [secure]: backend options such as headers or API keys, and
@@ -319,15 +608,17 @@ class TracingConfig:
     def resolve(self, environ: Mapping[str, str] | None = None) -> TracingConfig:
         """
         Return a copy with every field filled (argument > environment > default) and
-        validated, and ``sources`` naming where each value came from.
+        validated, ``sources`` naming where each value came from, and ``ignored`` the
+        environment values that could not be used (each logged once as a WARNING, and
+        replaced by what the next source gives).
 
         Raises:
-            ConfigError: a value (given or from the environment) is invalid; the message
-                names the field or variable and the accepted values.
+            ConfigError: an explicit argument, or an ``AIORUNNER_*`` variable, is
+                invalid; the message names the field or variable and what is accepted.
         """
         if self.resolved:
             return self
-        env = os.environ if environ is None else environ
+        reader = _EnvReader(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -338,19 +629,40 @@ class TracingConfig:
             )
         for name, spec in _SPECS.items():
             given = explicit[name]
+            value = None
             if given is not None:
-                values[name] = given
-                sources[name] = "argument"
-            elif spec.env is not None and spec.parse is not None and env.get(spec.env):
-                values[name] = spec.parse(spec.env, env[spec.env])
-                sources[name] = f"env {spec.env}"
+                values[name], sources[name] = given, "argument"
+                continue
+            if spec.env is not None and spec.parse is not None:
+                instead = spec.instead or f"the default {_show(spec.default)}"
+                value = reader.read(spec.env, spec.parse, instead)
+            if value is not None:
+                values[name], sources[name] = value, f"env {spec.env}"
             else:
-                values[name] = spec.default
-                sources[name] = "default"
-        disabled = env.get(OTEL_SDK_DISABLED)
-        if explicit["enabled"] is None and disabled and _parse_bool(OTEL_SDK_DISABLED, disabled):
-            values["enabled"] = False
-            sources["enabled"] = f"env {OTEL_SDK_DISABLED}"
+                values[name], sources[name] = spec.default, "default"
+        if explicit["enabled"] is None:
+            _env_disabled(reader, values, sources)
+        if explicit["exporter_type"] is None:
+            values["exporter_type"], sources["exporter_type"] = _env_exporters(reader)
+        if explicit["sampler"] is None:
+            _env_sampler(reader, values, sources, rate_given=explicit["sample_rate"] is not None)
+        if explicit["sample_rate"] is None:
+            _env_sample_rate(reader, values, sources)
+        if explicit["max_attributes"] is None:
+            _env_max_attributes(reader, values, sources)
+        values["span_limits"] = _span_limits(reader, explicit["span_limits"])
+        for var in (OTEL_EXPERIMENTAL_CONFIG_FILE, OTEL_CONFIG_FILE):
+            raw = reader.raw(var)
+            if raw is not None:
+                reader.ignore(
+                    var,
+                    raw,
+                    "names a declarative configuration file, which aiorunner does not read",
+                    "the other OTEL_* variables",
+                    "configure aiorunner through the OTEL_* variables, TracingConfig or the "
+                    f"flags of `aiorunner run`, and unset {var}",
+                )
+
         _check_types(values)
         if isinstance(values["exporter_type"], str):
             values["exporter_type"] = _parse_list("exporter_type", values["exporter_type"])
@@ -368,18 +680,10 @@ class TracingConfig:
             values["collector_endpoint"] = validate_endpoint(
                 "collector_endpoint", values["collector_endpoint"]
             )
-        _check_environment(env)
         values["sampler"] = _parse_sampler("sampler", str(values["sampler"]))
-        if sources["sampler"] == "default" and sources["sample_rate"] == "argument":
-            # The seed's TracingConfig(sample_rate=0.1) means "sample 10 %".
-            values["sampler"] = "parentbased_traceidratio"
-            sources["sampler"] = "argument sample_rate"
-        rate_name = (
-            "sample_rate" if sources["sample_rate"] == "argument" else OTEL_TRACES_SAMPLER_ARG
-        )
-        rate = _check_number(rate_name, values["sample_rate"], minimum=0)
+        rate = _check_number("sample_rate", values["sample_rate"], minimum=0)
         if rate > 1:
-            raise ConfigError(f"{rate_name}={values['sample_rate']!r} must be between 0 and 1")
+            raise ConfigError(f"sample_rate={values['sample_rate']!r} must be between 0 and 1")
         values["sample_rate"] = float(rate)
         for name in ("max_attributes", "max_events"):
             values[name] = int(_check_number(name, values[name], minimum=0, integer=True))
@@ -387,6 +691,9 @@ class TracingConfig:
             values[name] = int(_check_number(name, values[name], minimum=1, integer=True))
         for name in ("schedule_delay", "export_timeout"):
             values[name] = float(_check_number(name, values[name], minimum=0))
+        if values["export_timeout"] in (0, NO_LIMIT_MS / 1000.0):
+            values["export_timeout"] = NO_LIMIT_MS / 1000.0
+            sources["export_timeout"] += " (0: no limit)"
         for name in ("monitor_interval", "tail_latency_threshold"):
             values[name] = float(_check_number(name, values[name], minimum=0, strict=True))
         values["batch_size"] = min(values["batch_size"], values["max_queue_size"])
@@ -401,7 +708,153 @@ class TracingConfig:
         values["enabled"] = bool(values["enabled"])
         values["export_timeout_ms"] = round(values["export_timeout"] * 1000)
         sources["export_timeout_ms"] = sources["export_timeout"]
-        return TracingConfig(**values, sources=sources)
+        sources["span_limits"] = (
+            "argument"
+            if explicit["span_limits"] is not None
+            else "env"
+            if any(reader.raw(v) for v, _, _ in SPAN_LIMITS.values())
+            else "default"
+        )
+        for problem in reader.problems:
+            report_env_problem(problem)
+        return TracingConfig(**values, sources=sources, ignored=tuple(reader.problems))
+
+
+def _env_disabled(reader: _EnvReader, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """OTEL_SDK_DISABLED is a Boolean: true only for a case-insensitive ``true``; any
+    other value than ``false`` is warned about and read as false (specification)."""
+    raw = reader.raw(OTEL_SDK_DISABLED)
+    if raw is None:
+        return
+    word = raw.strip().lower()
+    if word == "true":
+        values["enabled"], sources["enabled"] = False, f"env {OTEL_SDK_DISABLED}"
+    elif word != "false":
+        reader.ignore(
+            OTEL_SDK_DISABLED,
+            raw,
+            "is not a boolean (only 'true' disables the SDK)",
+            "false (tracing stays on)",
+            f"set {OTEL_SDK_DISABLED} to true or false, or unset it",
+        )
+
+
+def _env_exporters(reader: _EnvReader) -> tuple[tuple[str, ...], str]:
+    """OTEL_TRACES_EXPORTER, else the default: ``otlp`` when an OTLP endpoint variable is
+    set (the specification's default exporter; platforms that inject only the endpoint
+    get their traces), else the embedded ``jsonl`` file. Unknown names are the
+    registry's to find (it knows what is installed)."""
+    raw = reader.raw(OTEL_TRACES_EXPORTER)
+    names = _list(raw) if raw is not None else ()
+    if raw is not None and "none" in names and len(names) > 1:
+        rest = tuple(dict.fromkeys(n for n in names if n != "none"))
+        reader.ignore(
+            OTEL_TRACES_EXPORTER,
+            raw,
+            "mixes 'none' with other backends",
+            f"{','.join(rest)} (without 'none')",
+            "name the backends alone, or 'none' alone to turn export off",
+        )
+        names = rest
+    if names:
+        return names, f"env {OTEL_TRACES_EXPORTER}"
+    endpoint = otlp_endpoint_variable(reader.env, reader)
+    if endpoint is not None:
+        return ("otlp",), f"default: {endpoint} is set"
+    return ("jsonl",), "default"
+
+
+def otlp_endpoint_variable(env: Mapping[str, str], reader: _EnvReader | None = None) -> str | None:
+    """The OTLP endpoint variable whose value selects the ``otlp`` default, if any (the
+    traces one first); an invalid value is ignored (reported through ``reader``)."""
+    found = None
+    bad: list[tuple[str, str, _Invalid]] = []
+    for var in (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT):
+        raw = env.get(var, "")
+        if not raw.strip():
+            continue
+        try:
+            _endpoint(raw)
+        except _Invalid as invalid:
+            bad.append((var, raw, invalid))
+            continue
+        found = found or var
+    if reader is not None:
+        instead = f"otlp (through {found})" if found else "the embedded jsonl file"
+        for var, raw, why in bad:
+            reader.ignore(var, raw, why.reason, instead, f"set {var}: {why.accepted}; or unset it")
+    return found
+
+
+def _env_sampler(
+    reader: _EnvReader, values: dict[str, Any], sources: dict[str, str], *, rate_given: bool
+) -> None:
+    sampler = reader.read(OTEL_TRACES_SAMPLER, _sampler, f"the default {values['sampler']}")
+    if sampler is not None:
+        values["sampler"], sources["sampler"] = sampler, f"env {OTEL_TRACES_SAMPLER}"
+    elif rate_given:
+        # The seed's TracingConfig(sample_rate=0.1) means "sample 10 %".
+        values["sampler"], sources["sampler"] = "parentbased_traceidratio", "argument sample_rate"
+
+
+def _env_sample_rate(reader: _EnvReader, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """OTEL_TRACES_SAMPLER_ARG, read only by the samplers that take an argument (the
+    specification: "Each Sampler type defines its own expected input, if any")."""
+    sampler = str(values["sampler"])
+    if sampler in SAMPLERS_WITH_ARG:
+        rate = reader.read(OTEL_TRACES_SAMPLER_ARG, _ratio, "the default 1.0")
+        if rate is not None:
+            values["sample_rate"], sources["sample_rate"] = rate, f"env {OTEL_TRACES_SAMPLER_ARG}"
+    elif reader.raw(OTEL_TRACES_SAMPLER_ARG) is not None:
+        sources["sample_rate"] = f"default ({OTEL_TRACES_SAMPLER_ARG} is not read by {sampler})"
+
+
+def _env_max_attributes(
+    reader: _EnvReader, values: dict[str, Any], sources: dict[str, str]
+) -> None:
+    """OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, else the general OTEL_ATTRIBUTE_COUNT_LIMIT, else
+    128 (the SDK's precedence for span attributes)."""
+    general = reader.read(OTEL_ATTRIBUTE_COUNT_LIMIT, _int(0), "the default 128")
+    fallback, source, shown = 128, "default", "the default 128"
+    if general is not None:
+        fallback, source = general, f"env {OTEL_ATTRIBUTE_COUNT_LIMIT}"
+        shown = f"{general} (from {OTEL_ATTRIBUTE_COUNT_LIMIT})"
+    value = reader.read(OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, _int(0), shown)
+    if value is not None:
+        fallback, source = value, f"env {OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT}"
+    values["max_attributes"], sources["max_attributes"] = fallback, source
+
+
+def _span_limits(reader: _EnvReader, given: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """Every limit of SPAN_LIMITS: given in code (checked), else its variable, else its
+    fallback variable, else the default. Passed to ``SpanLimits`` explicitly, so that the
+    SDK never reads (and raises on) these variables itself."""
+    if given is not None:
+        if not isinstance(given, dict) and not hasattr(given, "items"):
+            raise ConfigError(
+                f"span_limits={given!r} must be a mapping such as {{'max_links': 32}}"
+            )
+        for key, value in given.items():
+            if key not in SPAN_LIMITS:
+                raise ConfigError(
+                    f"span_limits: {key!r} is not a span limit; accepted: {', '.join(SPAN_LIMITS)}"
+                )
+            if value is not None:
+                _check_number(f"span_limits[{key!r}]", value, minimum=0, integer=True)
+    limits: dict[str, int | None] = {}
+    for key, (var, fallback_var, default) in SPAN_LIMITS.items():
+        if given is not None and key in given:
+            limits[key] = given[key]
+            continue
+        fallback = default
+        shown = "no limit (the default)" if default is None else f"the default {default}"
+        if fallback_var is not None:
+            general = reader.read(fallback_var, _int(0), shown)
+            if general is not None:
+                fallback, shown = general, f"{general} (from {fallback_var})"
+        value = reader.read(var, _int(0), shown)
+        limits[key] = value if value is not None else fallback
+    return limits
 
 
 def check_names(names: Iterable[Any], *, field: str = "instrument") -> tuple[str, ...]:
@@ -436,27 +889,6 @@ def _masked(key: str, value: Any, *, inside_headers: bool = False) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     return value
-
-
-def _check_environment(env: Mapping[str, str]) -> None:
-    """Check the OTEL_* variables that the SDK or the exporters read on their own."""
-    for var in (
-        OTEL_EXPORTER_OTLP_ENDPOINT,
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-        OTEL_EXPORTER_ZIPKIN_ENDPOINT,
-    ):
-        if env.get(var):
-            validate_endpoint(var, env[var])
-    for var in _SDK_LIMIT_VARS:
-        if env.get(var):
-            _parse_int(0)(var, env[var])
-    for var in _EXPORTER_TIMEOUT_VARS:
-        if env.get(var):
-            _parse_millis(var, env[var])
-    for var, choices in _EXPORTER_CHOICES.items():
-        raw = env.get(var)
-        if raw and raw.strip().lower() not in choices:
-            raise ConfigError(f"{var}={raw!r} is not supported; accepted: {', '.join(choices)}")
 
 
 def _check_types(values: dict[str, Any]) -> None:

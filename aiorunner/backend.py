@@ -10,7 +10,10 @@ The factory takes the resolved :class:`TracingConfig` and returns either an asyn
 :class:`Backend` (awaited on the pipeline's event loop) or any synchronous OpenTelemetry
 ``SpanExporter`` (run in a worker thread). It should raise :class:`ConfigError` with a
 message naming the missing variable or bad value; the registry reports it with the
-backend's name and distribution.
+backend's name and distribution. A bad value of an ``OTEL_*`` variable it reads is the
+exception: the specification asks to warn and use the default, so report it with
+``report_env_problem(EnvProblem(variable, value, reason, instead, fix))`` (one WARNING
+per process, shown by ``aiorunner doctor``) and carry on.
 
 ``export`` reports what happened with an :class:`ExportResult` instead of raising: the
 pipeline retries ``retryable`` results with backoff inside the export timeout, reports
@@ -24,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Union, runtime_checkable
 
-from ._config import TracingConfig
+from ._config import EnvProblem, TracingConfig, report_env_problem
 from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -35,9 +38,11 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "ConfigError",
+    "EnvProblem",
     "ExportResult",
     "ExportStatus",
     "TracingConfig",
+    "report_env_problem",
 ]
 
 

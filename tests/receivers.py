@@ -13,8 +13,8 @@ the test (port 0) and stopped in ``finally``::
   pool). ``endpoint`` is ``http://127.0.0.1:PORT``. ``accept_gzip=False`` makes the server
   refuse gzip-compressed calls (UNIMPLEMENTED), which is how a test proves a client used it:
   gRPC strips ``grpc-encoding`` from the metadata a servicer sees.
-- ``OtlpHttpReceiver``: ``POST /v1/traces`` (``path=``), protobuf bodies, ``Content-Encoding:
-  gzip``/``deflate``; answers 200 with an ``ExportTraceServiceResponse``, errors with a
+- ``OtlpHttpReceiver``: ``POST /v1/traces`` (``path=``), protobuf or OTLP/JSON bodies
+  (hex ids and integer enums required), ``Content-Encoding: gzip``/``deflate``; answers 200 with an ``ExportTraceServiceResponse``, errors with a
   ``google.rpc.Status`` body as the OTLP specification says. ``endpoint`` is the base URL,
   ``url`` the traces URL.
 - ``ZipkinReceiver``: ``POST /api/v2/spans`` with a Zipkin v2 JSON list (optionally gzip),
@@ -39,6 +39,7 @@ exporter under test may run on it); ``wait_for_spans_sync`` is for threads and s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import gzip
@@ -56,6 +57,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import grpc
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -694,7 +696,7 @@ class _HttpReceiver(_Receiver[S]):
                 ReceivedRequest(path, headers, content_type, encoding, len(raw), status),
                 accepted=False,
             )
-            return (status, extra or {}, *self._error_body(status, message))
+            return (status, extra or {}, *self._error_body(status, message, content_type))
 
         verdict = self._hold(self._judge(headers))
         if path != self.path:
@@ -721,37 +723,86 @@ class _HttpReceiver(_Receiver[S]):
             ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(spans)),
             accepted=True,
         )
-        return self._ok_body(verdict)
+        return self._ok_body(verdict, content_type)
 
     def _decode(self, content_type: str | None, body: bytes) -> list[Any]:
         raise NotImplementedError
 
-    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+    def _ok_body(
+        self, verdict: _Verdict, content_type: str | None = None
+    ) -> tuple[int, dict[str, str], bytes, str]:
         raise NotImplementedError
 
-    def _error_body(self, status: int, message: str) -> tuple[bytes, str]:
+    def _error_body(
+        self, status: int, message: str, content_type: str | None = None
+    ) -> tuple[bytes, str]:
         return message.encode(), "text/plain"
 
 
 class OtlpHttpReceiver(_HttpReceiver[ReceivedSpan]):
-    """An OTLP/HTTP (protobuf) receiver on 127.0.0.1 (see the module docstring)."""
+    """An OTLP/HTTP receiver on 127.0.0.1 (see the module docstring): protobuf bodies, or
+    OTLP/JSON ones (``Content-Type: application/json``), answered in the same encoding."""
 
     path = "/v1/traces"
 
     def _decode(self, content_type: str | None, body: bytes) -> list[ReceivedSpan]:
+        if content_type == "application/json":
+            return decode_otlp(_parse_otlp_json(body))
         if content_type != "application/x-protobuf":
-            raise ValueError(f"Content-Type {content_type!r} is not application/x-protobuf")
+            raise ValueError(
+                f"Content-Type {content_type!r} is not application/x-protobuf or application/json"
+            )
         request = trace_service_pb2.ExportTraceServiceRequest()
         request.ParseFromString(body)
         return decode_otlp(request)
 
-    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+    def _ok_body(
+        self, verdict: _Verdict, content_type: str | None = None
+    ) -> tuple[int, dict[str, str], bytes, str]:
         response = _export_response(verdict.reject_count, verdict.reject_message)
+        if content_type == "application/json":
+            return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
         return 200, {}, response.SerializeToString(), "application/x-protobuf"
 
-    def _error_body(self, status: int, message: str) -> tuple[bytes, str]:
+    def _error_body(
+        self, status: int, message: str, content_type: str | None = None
+    ) -> tuple[bytes, str]:
         status_message = status_pb2.Status(code=_HTTP_TO_RPC_CODE.get(status, 2), message=message)
+        if content_type == "application/json":
+            return json_format.MessageToJson(status_message).encode(), "application/json"
         return status_message.SerializeToString(), "application/x-protobuf"
+
+
+def _hex_id_to_base64(holder: dict[str, Any], key: str, size: int) -> None:
+    """OTLP/JSON ids are hex (not protobuf JSON's base64): refuse anything else."""
+    value = holder.get(key)
+    if value in (None, ""):
+        return
+    if not isinstance(value, str) or len(value) != 2 * size:
+        raise ValueError(f"{key} {value!r} is not {2 * size} hex digits (OTLP/JSON ids are hex)")
+    holder[key] = base64.b64encode(bytes.fromhex(value)).decode()  # ValueError unless hex
+
+
+def _parse_otlp_json(body: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+    """An OTLP/JSON body, strictly as the specification encodes it: lowerCamelCase keys
+    (protobuf's parser refuses unknown ones), hex ids, enums as integers."""
+    data = json.loads(body)
+    for resource_spans in data.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                if "kind" in span and not isinstance(span["kind"], int):
+                    raise ValueError(f"kind {span['kind']!r} is not an integer (OTLP/JSON enums)")
+                for key, size in (("traceId", 16), ("spanId", 8), ("parentSpanId", 8)):
+                    _hex_id_to_base64(span, key, size)
+                for link in span.get("links", ()):
+                    for key, size in (("traceId", 16), ("spanId", 8)):
+                        _hex_id_to_base64(link, key, size)
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(data, request)
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc)) from exc
+    return request
 
 
 class ZipkinReceiver(_HttpReceiver[dict[str, Any]]):
@@ -779,5 +830,7 @@ class ZipkinReceiver(_HttpReceiver[dict[str, Any]]):
                 raise ValueError("timestamp is an integer of microseconds")
         return spans
 
-    def _ok_body(self, verdict: _Verdict) -> tuple[int, dict[str, str], bytes, str]:
+    def _ok_body(
+        self, verdict: _Verdict, content_type: str | None = None
+    ) -> tuple[int, dict[str, str], bytes, str]:
         return 202, {}, b"", "text/plain"

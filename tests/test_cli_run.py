@@ -86,11 +86,23 @@ def test_usage_errors_exit_2(args):
     assert "Error" in proc.stderr or "Usage" in proc.stderr
 
 
-def test_bad_env_var_is_usage_error(make_script):
-    """An invalid OTEL_* value is reported naming the variable, exit 2."""
-    proc = aiorunner("run", str(make_script("print(1)")), env={"OTEL_BSP_SCHEDULE_DELAY": "soon"})
+def test_bad_env_var_warns_and_the_script_runs(make_script):
+    """An invalid OTEL_* value in the environment is one warning naming the variable, the
+    value, what is used instead and the fix; the script runs (exit 0). The same value as
+    a flag is the caller's own: a usage error (exit 2) naming the flag."""
+    script = str(make_script("print('ran')"))
+    proc = aiorunner("run", script, env={"OTEL_BSP_SCHEDULE_DELAY": "soon"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ran\n"
+    assert (
+        "OTEL_BSP_SCHEDULE_DELAY='soon' is not a number of milliseconds; using the default "
+        "5000 ms instead. Fix: set OTEL_BSP_SCHEDULE_DELAY to a number of milliseconds >= 0, "
+        "or unset it"
+    ) in proc.stderr
+    proc = aiorunner("run", "--bsp_schedule_delay", "soon", script)
     assert proc.returncode == 2
-    assert "OTEL_BSP_SCHEDULE_DELAY" in proc.stderr
+    assert "--bsp_schedule_delay='soon' is not a number of milliseconds" in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_missing_script_exit_1(tmp_path):

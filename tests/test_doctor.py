@@ -248,12 +248,75 @@ def test_disabled_tracing_is_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "tracing is turned off (env OTEL_SDK_DISABLED)" in out
 
 
-def test_invalid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bad OTEL_* value is reported with the variable and the accepted values."""
+def test_invalid_configuration() -> None:
+    """A bad explicit value (--endpoint) makes the configuration invalid: exit 1, the
+    option named and what is accepted."""
+    code, out = doctor("--endpoint", "not a url at all")
+    assert code == 1
+    assert "invalid: collector_endpoint='not a url at all' is not a valid endpoint" in out
+
+
+def test_ignored_environment_values_are_problems(
+    monkeypatch: pytest.MonkeyPatch, traces_file: Path
+) -> None:
+    """Bad OTEL_* values, which a run warns about and replaces by the default, are each a
+    problem here (exit 1), with the value, what is used instead and the fix, and the
+    backends are still checked (the jsonl file would take the spans)."""
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    monkeypatch.setenv("OTEL_EXPERIMENTAL_CONFIG_FILE", "/etc/otel.yaml")
     code, out = doctor()
     assert code == 1
-    assert "invalid: OTEL_TRACES_SAMPLER='sometimes' is not a known sampler" in out
+    assert "Ignored settings" in out
+    assert "✗ OTEL_TRACES_SAMPLER='sometimes' is not a known sampler" in out
+    assert "used instead: the default parentbased_always_on" in out
+    assert "✗ OTEL_BSP_MAX_QUEUE_SIZE='lots' is not an integer" in out
+    assert "fix: set OTEL_BSP_MAX_QUEUE_SIZE to an integer >= 1, or unset it" in out
+    assert "✗ OTEL_EXPERIMENTAL_CONFIG_FILE='/etc/otel.yaml' names a declarative" in out
+    assert f"✓ jsonl  → {traces_file}" in out
+    assert "settings above are ignored" in out
+
+
+def test_unknown_exporter_from_the_environment_is_a_problem(
+    monkeypatch: pytest.MonkeyPatch, traces_file: Path
+) -> None:
+    """OTEL_TRACES_EXPORTER naming a backend that is not installed: reported with the
+    package to install, and the check runs on what a run would use (the rest)."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jsonl,zipkin_proto")
+    code, out = doctor("--json")
+    assert code == 1
+    report = json.loads(out)
+    [problem] = report["ignored"]
+    assert problem["variable"] == "OTEL_TRACES_EXPORTER"
+    assert "opentelemetry-exporter-zipkin-proto-http" in problem["message"]
+    assert [c["name"] for c in report["checks"]] == ["jsonl"]
+    assert "runs use jsonl" in report["exporter_rule"]
+
+
+@pytest.mark.parametrize(
+    ("env", "rule"),
+    [
+        ({}, "jsonl: no exporter is named and no OTLP endpoint is set"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "ENDPOINT"},
+            "otlp: no exporter is named and OTEL_EXPORTER_OTLP_ENDPOINT is set",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "jsonl"}, "jsonl: named by OTEL_TRACES_EXPORTER"),
+    ],
+)
+def test_doctor_says_which_rule_chose_the_exporter(
+    monkeypatch: pytest.MonkeyPatch, otlp_grpc_receiver: OtlpGrpcReceiver, env, rule
+) -> None:
+    """The report names the rule behind the exporters: the jsonl default, the otlp
+    default an endpoint variable selects (and the test span then reaches that
+    collector), or OTEL_TRACES_EXPORTER."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, otlp_grpc_receiver.endpoint if value == "ENDPOINT" else value)
+    code, out = doctor()
+    assert code == 0, out
+    assert f"Exporters  {rule}" in out
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+        assert [s.name for s in otlp_grpc_receiver.wait_for_spans_sync(1)] == ["aiorunner.doctor"]
 
 
 def test_unknown_backend_and_missing_factory_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,10 @@
 ``aiorunner doctor``: would traces arrive, and if not, what exactly to change.
 
 The seed's "No Traces Appearing" checklist, automated: the effective configuration and
-where each value came from (secrets masked), the installed backends and whether each
-imports, then for every configured backend a real test: one span named
+where each value came from (secrets masked), the environment values that were ignored (a
+run warns about each once and goes on with the default; here each is a problem), which
+rule chose the exporters, the installed backends and whether each imports, then for every
+configured backend a real test: one span named
 ``aiorunner.doctor`` exported through the backend itself (so TLS, compression, headers and
 the wire protocol are the ones runs use), not merely a TCP connect. When the export fails,
 the endpoint is probed to name the fix (``_doctor_probe``): nothing listening, a gRPC
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from .._config import TracingConfig, looks_secret
+from .._config import EnvProblem, TracingConfig, collect_env_problems, looks_secret
 from .._exceptions import BackendError, ConfigError, UnknownBackendError
 from .probe import Endpoint, explain, redact_url
 
@@ -100,7 +102,7 @@ def _environment(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 def _settings_rows(config: TracingConfig) -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(config):
-        if f.name in ("sources", "export_timeout_ms"):
+        if f.name in ("sources", "ignored", "export_timeout_ms"):
             continue
         value = getattr(config, f.name)
         if f.name == "backend_options":
@@ -143,17 +145,29 @@ class DoctorReport:
     installed: list[BackendInfo] = field(default_factory=list)
     checks: list[BackendCheck] = field(default_factory=list)
     config_error: str | None = None
+    #: Environment values a run would ignore (with a warning), each a problem here.
+    ignored: list[EnvProblem] = field(default_factory=list)
+    #: Which rule chose the exporters ("named by OTEL_TRACES_EXPORTER", the default...).
+    exporter_rule: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when traces would arrive: the configuration is valid and every configured
-        backend took the test span (or, for files, can be written)."""
-        return self.config_error is None and bool(self.checks) and all(c.ok for c in self.checks)
+        """True when traces would arrive as configured: the configuration is valid, no
+        environment value is ignored, and every configured backend took the test span
+        (or, for files, can be written)."""
+        return (
+            self.config_error is None
+            and not self.ignored
+            and bool(self.checks)
+            and all(c.ok for c in self.checks)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "config_error": self.config_error,
+            "ignored": [problem.to_dict() for problem in self.ignored],
+            "exporter_rule": self.exporter_rule,
             "settings": [{"name": n, "value": v, "source": s} for n, v, s in self.settings],
             "environment": dict(self.environment),
             "installed": [info.to_dict() for info in self.installed],
@@ -174,7 +188,21 @@ async def diagnose(
     Check ``config`` (default: from the environment) end to end, each configured backend
     concurrently, each within about ``timeout`` seconds.
     """
-    from .._export.registry import list_backends
+    with collect_env_problems(log=False) as ignored:
+        # Everything below reports here instead of logging: what the config and every
+        # backend's factory ignored (worker threads share the list: anyio copies the
+        # context into them).
+        report = await _diagnose(config, environ, timeout, ignored)
+    return dataclasses.replace(report, ignored=list(ignored))
+
+
+async def _diagnose(
+    config: TracingConfig | None,
+    environ: Mapping[str, str] | None,
+    timeout: float,
+    ignored: list[EnvProblem],
+) -> DoctorReport:
+    from .._export.registry import backend_names, list_backends
 
     env = dict(os.environ if environ is None else environ)
     installed = await anyio.to_thread.run_sync(list_backends)
@@ -184,6 +212,12 @@ async def diagnose(
     except ConfigError as exc:
         return DoctorReport([], environment, installed, [], config_error=str(exc))
     settings = _settings_rows(resolved)
+    names = resolved.exporters
+    if resolved.enabled and resolved.sources.get("exporter_type") != "argument":
+        # What a run would use: OTEL_TRACES_EXPORTER names that are not installed left
+        # out (reported in ignored), the default when none is left.
+        names = await anyio.to_thread.run_sync(backend_names, resolved)
+    rule = exporter_rule(resolved, names)
     if not resolved.enabled:
         source = resolved.sources.get("enabled", "")
         if "none" in resolved.exporters:
@@ -196,16 +230,44 @@ async def diagnose(
             fix="unset OTEL_SDK_DISABLED and set OTEL_TRACES_EXPORTER to a backend "
             "(jsonl, the default, needs nothing else)",
         )
-        return DoctorReport(settings, environment, installed, [check])
+        return DoctorReport(settings, environment, installed, [check], exporter_rule=rule)
     checks: dict[str, BackendCheck] = {}
 
     async def run(name: str) -> None:
         checks[name] = await check_backend(name, resolved, timeout=timeout)
 
     async with anyio.create_task_group() as tg:
-        for name in resolved.exporters:
+        for name in names:
             tg.start_soon(run, name)
-    return DoctorReport(settings, environment, installed, [checks[n] for n in resolved.exporters])
+    return DoctorReport(
+        settings, environment, installed, [checks[n] for n in names], exporter_rule=rule
+    )
+
+
+def exporter_rule(config: TracingConfig, used: Sequence[str]) -> str:
+    """Which rule chose the exporters of a resolved ``config`` (and what runs use, when a
+    name was left out)."""
+    source = config.sources.get("exporter_type", "")
+    named = ",".join(config.exporters)
+    if source == "argument":
+        rule = f"{named}: named explicitly (--exporter, or TracingConfig(exporter_type=...))"
+    elif source.startswith("env "):
+        rule = f"{named}: named by {source[4:]}"
+    elif source.startswith("default: "):
+        variable = source[len("default: ") :].removesuffix(" is set")
+        rule = (
+            f"otlp: no exporter is named and {variable} is set (the specification's "
+            "default exporter is otlp)"
+        )
+    else:
+        rule = (
+            "jsonl: no exporter is named and no OTLP endpoint is set (the embedded default; "
+            "OTEL_EXPORTER_OTLP_ENDPOINT alone would select otlp, OTEL_TRACES_EXPORTER "
+            "names backends)"
+        )
+    if tuple(used) != config.exporters and config.enabled:
+        rule += f"; runs use {','.join(used)} (see the ignored settings)"
+    return rule
 
 
 async def check_backend(

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._config import OTEL_TRACES_EXPORTER, EnvProblem, otlp_endpoint_variable, report_env_problem
 from .._exceptions import BackendError, ConfigError, UnknownBackendError
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ __all__ = [
     "BUILTIN",
     "OTEL_GROUP",
     "BackendInfo",
+    "backend_names",
     "clear_cache",
     "create_none_backend",
     "describe_entry_point",
@@ -197,6 +200,90 @@ def find_entry_point(name: str) -> EntryPoint:
     if not found:
         raise _unknown(name)
     return found[0]
+
+
+def _installed(name: str) -> bool:
+    return name in BUILTIN or name in _catalog()
+
+
+def backend_names(config: TracingConfig) -> tuple[str, ...]:
+    """
+    The backends a session of the resolved ``config`` loads, in order.
+
+    Names given in code (``exporter_type``) are kept as they are: an unknown one raises
+    :class:`UnknownBackendError` when it is loaded. Names from ``OTEL_TRACES_EXPORTER``
+    follow the specification ("if the user provides a value the implementation does not
+    recognize, the implementation MUST generate a warning and gracefully ignore the
+    setting"): each one that is not installed is reported once
+    (:func:`~aiorunner._config.report_env_problem`: the name, the package that provides it
+    when it is a well-known one, what is used instead) and the others still export; when
+    none is left, the default applies. The ``otlp`` default that an OTLP endpoint selects
+    falls back to ``jsonl`` when ``aiorunner-otlp`` is not installed, also with a warning.
+    """
+    names = tuple(dict.fromkeys(config.exporters))
+    source = config.sources.get("exporter_type", "")
+    if source == "argument" or not names:
+        return names
+    if source.startswith("env"):
+        kept = tuple(name for name in names if _installed(name))
+        missing = [name for name in names if name not in kept]
+        if not missing:
+            return names
+        default = _default_names()
+        instead = ",".join(kept) if kept else f"the default {','.join(default)}"
+        # One problem for the variable's value (warned once), naming every missing name.
+        report_env_problem(
+            EnvProblem(
+                OTEL_TRACES_EXPORTER,
+                ",".join(names),
+                "; and ".join(_missing_reason(name) for name in missing),
+                instead,
+                "; ".join(_missing_fix(name) for name in missing),
+            )
+        )
+        return kept or default
+    if names == ("otlp",) and not _installed("otlp"):
+        # The default an OTLP endpoint variable chose (see TracingConfig).
+        var = otlp_endpoint_variable(os.environ) or "OTEL_EXPORTER_OTLP_ENDPOINT"
+        report_env_problem(
+            EnvProblem(
+                var,
+                os.environ.get(var, ""),
+                "selects the otlp exporter (the specification's default when an OTLP "
+                f"endpoint is set), which is not installed: it is provided by {_OTLP}",
+                "the embedded jsonl file",
+                f"install {_OTLP}, or name the exporter in {OTEL_TRACES_EXPORTER}",
+            )
+        )
+        return ("jsonl",)
+    return names
+
+
+def _default_names() -> tuple[str, ...]:
+    """What an unset OTEL_TRACES_EXPORTER means here and now."""
+    if otlp_endpoint_variable(os.environ) is not None and _installed("otlp"):
+        return ("otlp",)
+    return ("jsonl",)
+
+
+def _missing_reason(name: str) -> str:
+    if name in WELL_KNOWN:
+        return f"names {name!r}, which is not installed: it is provided by {WELL_KNOWN[name]}"
+    import difflib
+
+    installed = installed_names()
+    reason = f"names {name!r}, which is no installed backend (installed: {', '.join(installed)})"
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*installed, *WELL_KNOWN])), n=3)
+    if close:
+        reason += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+    return reason
+
+
+def _missing_fix(name: str) -> str:
+    remove = f"remove {name!r} from OTEL_TRACES_EXPORTER"
+    if name in WELL_KNOWN:
+        return f"install {WELL_KNOWN[name]}, or {remove}"
+    return f"{remove} (`aiorunner backends` lists the installed names)"
 
 
 def load_backend(name: str, config: TracingConfig) -> Any:

@@ -2,8 +2,8 @@
 ``aiorunner doctor``: print the effective configuration, the installed backends and, for
 each configured backend, whether a test span gets through, with the fix when it does not.
 
-Exit code 0 when traces would arrive, 1 when they would not (so it works as a CI step),
-2 for a usage error.
+Exit code 0 when traces would arrive as configured, 1 when they would not or when an
+environment value is ignored (so it works as a CI step), 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -55,6 +55,23 @@ def _print(report: DoctorReport, console: Console) -> None:
     else:
         console.print("  no OTEL_*, AIORUNNER_* or vendor variable is set")
     console.print()
+    if report.ignored:
+        console.print(
+            Text("Ignored settings", style="bold red")
+            + Text("  (a run warns about each, uses what is said instead, and goes on)")
+        )
+        for problem in report.ignored:
+            console.print(
+                Text("  ✗ ", style="bold red")
+                + Text(f"{problem.variable}={problem.value!r} ", style="bold")
+                + Text(problem.reason)
+            )
+            console.print(Text(f"      used instead: {problem.instead}"))
+            console.print(Text("      fix: ", style="bold yellow") + Text(problem.fix))
+        console.print()
+    if report.exporter_rule:
+        console.print(Text("Exporters", style="bold") + Text(f"  {report.exporter_rule}"))
+        console.print()
     console.print(Text("Installed backends", style="bold"))
     rows = installed_rows(report.installed)
     if rows:
@@ -70,6 +87,13 @@ def _print(report: DoctorReport, console: Console) -> None:
     console.print()
     if report.ok:
         console.print(Text("Traces would arrive.", style="bold green"))
+    elif report.ignored and not report.config_error and all(c.ok for c in report.checks):
+        console.print(
+            Text(
+                "Traces would arrive, but not as configured: settings above are ignored.",
+                style="bold red",
+            )
+        )
     else:
         console.print(Text("Traces would NOT arrive: see the fix above.", style="bold red"))
 

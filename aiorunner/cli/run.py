@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._config import TracingConfig
+from .._config import TracingConfig, collect_env_problems, report_env_problem
 from .._context.instrument import check_installed
 from .._exceptions import AiorunnerError
+from .otel_options import format_help, given, otel_environment, otel_options, usage_message
 
 if TYPE_CHECKING:
     from .._orchestrate.jobs import Job
@@ -80,6 +81,9 @@ class _RunCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["aiorunner.raw_args"] = list(args)
         return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        format_help(self, ctx, formatter)
 
 
 _TRAILING_JOBS = ("-j", "--jobs")
@@ -233,9 +237,11 @@ def _many_scripts(
     is_flag=True,
     help="Do not trace inside Python scripts (their OpenTelemetry spans are not collected).",
 )
+@otel_options
 @click.pass_context
 def run_command(
     ctx: click.Context,
+    /,
     script: str | None,
     args: tuple[str, ...],
     jobs: int | None,
@@ -257,6 +263,7 @@ def run_command(
     quiet: bool,
     instrument: tuple[str, ...],
     no_in_script_tracing: bool,
+    **otel_flags: str | None,
 ) -> None:
     """Run SCRIPT with ARGS as a traced subprocess, or many scripts at once.
 
@@ -280,6 +287,9 @@ def run_command(
       aiorunner run --jobs-file jobs.toml --trace batch
     """
     env = parse_env_pairs(env_pairs)
+    flags = given(otel_flags)
+    # --exporter_otlp_endpoint URL and the like set their variable for this command.
+    ctx.with_resource(otel_environment(flags))
     overrides: dict[str, Any] = {}
     if exporter:
         overrides["exporter_type"] = exporter
@@ -290,7 +300,7 @@ def run_command(
     if no_in_script_tracing:
         overrides["in_script_tracing"] = False
     try:
-        config = TracingConfig.from_env(**overrides)
+        config = _config_from_env(overrides, flags)
         if instrument and interpreter is None:
             check_installed(config.instrument or ())
     except AiorunnerError as exc:
@@ -378,6 +388,25 @@ def run_command(
     click.echo(summary_line(result), err=True)
     sys.stdout.flush()
     raise SystemExit(result.shell_exit_code)
+
+
+def _config_from_env(overrides: dict[str, Any], flags: dict[str, str]) -> TracingConfig:
+    """The run's config. A bad OTEL_* value from the environment is warned about (once) and
+    replaced by the default; the same value given as a flag is a usage error, so with
+    flags the backends are built here too (the run's session: their own variables are
+    checked), before the script starts."""
+    with collect_env_problems(log=False) as problems:
+        config = TracingConfig.from_env(**overrides)
+        if flags and config.enabled:
+            from .._export.session import get_default_session
+
+            get_default_session(config)
+    flagged = [problem for problem in problems if problem.variable in flags]
+    if flagged:
+        raise click.UsageError("; ".join(usage_message(problem) for problem in flagged))
+    for problem in problems:
+        report_env_problem(problem)
+    return config
 
 
 # -- many scripts --------------------------------------------------------------------------

@@ -298,6 +298,33 @@ def _limit(settings: dict[str, str], key: str) -> int | None:
     return int(value) if value else None
 
 
+def _span_limits(settings: dict[str, str]) -> dict[str, int]:
+    """Every ``SpanLimits`` argument, so the SDK reads none of the OTEL_*_LIMIT variables
+    itself: it raises on a malformed one, which the runner has already warned about and
+    replaced by its default (a malformed value here means the default too; -1 is
+    ``SpanLimits.UNSET``, no limit)."""
+
+    def env(name: str, default: int) -> int:
+        raw = os.environ.get(name, "").strip()
+        return int(raw) if raw.isdigit() else default
+
+    general = env("OTEL_ATTRIBUTE_COUNT_LIMIT", 128)
+    length = env("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", -1)
+    attrs, events = _limit(settings, "attrs"), _limit(settings, "events")
+    return {
+        "max_attributes": general,
+        "max_span_attributes": env("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", general)
+        if attrs is None
+        else attrs,
+        "max_events": env("OTEL_SPAN_EVENT_COUNT_LIMIT", 128) if events is None else events,
+        "max_links": env("OTEL_SPAN_LINK_COUNT_LIMIT", 128),
+        "max_event_attributes": env("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", general),
+        "max_link_attributes": env("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", general),
+        "max_attribute_length": length,
+        "max_span_attribute_length": env("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", length),
+    }
+
+
 def _make_provider(settings: dict[str, str]) -> Any:
     from opentelemetry import trace as trace_api
     from opentelemetry.sdk.resources import Resource
@@ -339,10 +366,7 @@ def _make_provider(settings: dict[str, str]) -> Any:
         sampler=ParentBased(ALWAYS_ON),
         # The runner gives received spans its session's resource.
         resource=Resource({}),
-        span_limits=SpanLimits(
-            max_span_attributes=_limit(settings, "attrs"),
-            max_events=_limit(settings, "events"),
-        ),
+        span_limits=SpanLimits(**_span_limits(settings)),
     )
     if getattr(provider, "_disabled", False):
         # OTEL_SDK_DISABLED inherited: the runner traces this run (it would not have

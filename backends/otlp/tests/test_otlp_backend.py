@@ -22,6 +22,7 @@ from blockbuster import blockbuster_ctx
 from receivers import OtlpGrpcReceiver, OtlpHttpReceiver
 
 from aiorunner import ConfigError, TracingConfig
+from aiorunner._config import collect_env_problems
 from aiorunner.backend import Backend, ExportStatus
 
 SECRET = "s3cr3t-K3y-value"
@@ -61,6 +62,24 @@ def assert_trace_arrived(received, sent) -> None:
     assert (child.status_code, child.status_message) == ("ERROR", "exit code 3")
     assert root.service_name == "otlp-test"
     assert root.scope == "aiorunner-otlp-tests"
+
+
+async def test_http_json_protocol_delivers_the_trace(otlp_http_receiver, spans, monkeypatch):
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/json: the otlp backend POSTs OTLP/JSON (Content-Type
+    application/json, hex ids, integer enums: the receiver refuses anything else) and the
+    trace arrives whole; a partial success answered in JSON is reported."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http_receiver.endpoint)
+    backend = create_backend(config())
+    assert backend.settings.protocol == "http/json"
+    assert (await backend.export(spans, timeout=5)).ok
+    [request] = otlp_http_receiver.requests
+    assert request.content_type == "application/json"
+    assert_trace_arrived(otlp_http_receiver, spans)
+    otlp_http_receiver.reject_spans(1, "too old")
+    result = await backend.export(spans, timeout=5)
+    assert result.status is ExportStatus.PERMANENT
+    assert "rejected 1 of 2 spans: too old" in str(result.error)
 
 
 async def test_grpc_export_delivers_the_trace(otlp_grpc_receiver, spans, monkeypatch):
@@ -409,10 +428,16 @@ def test_jaeger_legacy_port_is_refused_with_directions(port):
 
 
 def test_jaeger_thrift_variables_are_explained(monkeypatch):
-    """OTEL_EXPORTER_JAEGER_AGENT_HOST belongs to the removed Thrift exporter: say so."""
+    """OTEL_EXPORTER_JAEGER_AGENT_HOST belongs to the removed Thrift exporter: one warning
+    says so and names the OTLP endpoint to set; the backend is built with the default."""
     monkeypatch.setenv("OTEL_EXPORTER_JAEGER_AGENT_HOST", "jaeger")
-    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_JAEGER_AGENT_HOST.*4317"):
-        create_jaeger_backend(config())
+    with collect_env_problems() as problems:
+        backend = create_jaeger_backend(config())
+    assert backend.settings.endpoint == "http://localhost:4317"
+    [problem] = problems
+    assert problem.variable == "OTEL_EXPORTER_JAEGER_AGENT_HOST"
+    assert "removed Jaeger Thrift exporter" in problem.message
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://JAEGER_HOST:4317" in problem.message
 
 
 async def test_jaeger_and_tempo_send_otlp(otlp_grpc_receiver, otlp_http_receiver, spans):

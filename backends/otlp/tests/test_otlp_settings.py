@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from receivers import OtlpHttpReceiver
 
 from aiorunner import ConfigError, TracingConfig
+from aiorunner._config import collect_env_problems
 
 SECRET = "hunter2-very-secret"
 
@@ -94,25 +95,54 @@ async def test_protocol_variables(otlp_http_receiver, spans, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("var", "value", "expected"),
+    ("var", "value", "expected", "instead"),
     [
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift", "accepted: grpc, http/protobuf"),
-        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json", "http/json"),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "accepted: gzip, none"),
-        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "ten", "milliseconds"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5", "positive number of milliseconds"),
-        ("OTEL_EXPORTER_OTLP_INSECURE", "maybe", "accepted: true, false"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://host:99999", "invalid port"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift", "accepted: grpc, http/protobuf, http/json",
+         ("protocol", "grpc")),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "accepted: gzip, none", ("compression", "none")),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "ten", "milliseconds", ("timeout", 10.0)),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5", "non-negative number of milliseconds",
+         ("timeout", 10.0)),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "maybe", "only 'true' is true", ("insecure", True)),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://host:99999", "invalid port",
+         ("endpoint", "http://localhost:4317")),
     ],
-)
-def test_malformed_values_name_the_variable(monkeypatch, var, value, expected):
-    """A malformed value is a ConfigError naming the variable, the value and what fits."""
+)  # fmt: skip
+def test_malformed_variables_are_ignored_with_one_warning(
+    monkeypatch, var, value, expected, instead
+):
+    """A malformed or unsupported variable does not stop the backend: it is reported once
+    (naming the variable, the value, what is used instead and what fits) and the default
+    is used, as the specification asks."""
     monkeypatch.setenv(var, value)
-    with pytest.raises(ConfigError) as caught:
-        resolve_settings(TracingConfig().resolve({}))
-    assert var in str(caught.value)
-    assert value in str(caught.value)
-    assert expected in str(caught.value)
+    with collect_env_problems() as problems:
+        settings = resolve_settings(TracingConfig().resolve({}))
+    [problem] = problems
+    assert (problem.variable, problem.value) == (var, value)
+    assert expected in problem.message
+    assert "instead. Fix: set " + var in problem.message
+    assert getattr(settings, instead[0]) == instead[1]
+
+
+def test_timeout_zero_means_no_limit(monkeypatch):
+    """OTEL_EXPORTER_OTLP_TIMEOUT=0 is a Timeout of 0: no limit (a very long time), no
+    warning."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0")
+    with collect_env_problems() as problems:
+        settings = resolve_settings(TracingConfig().resolve({}))
+    assert problems == []
+    assert settings.timeout == (2**31 - 1) / 1000
+
+
+def test_signal_variable_ignored_falls_back_to_the_generic_one(monkeypatch):
+    """A bad OTEL_EXPORTER_OTLP_TRACES_TIMEOUT is passed over for OTEL_EXPORTER_OTLP_TIMEOUT,
+    and the warning says so."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")
+    with collect_env_problems() as problems:
+        settings = resolve_settings(TracingConfig().resolve({}))
+    assert settings.timeout == 2.5
+    assert "using OTEL_EXPORTER_OTLP_TIMEOUT instead" in problems[0].message
 
 
 def test_headers_are_parsed_percent_decoded_and_signal_wins(monkeypatch):
@@ -132,12 +162,20 @@ def test_headers_are_parsed_percent_decoded_and_signal_wins(monkeypatch):
 
 
 def test_malformed_headers_never_echo_a_value(monkeypatch):
-    """A header entry without '=' is an error naming the variable and the entry's position,
-    never its text (it may be a bare token)."""
+    """A header entry without '=' makes the variable ignored, with a warning naming the
+    variable and the entry's position, never its text (it may be a bare token); given as
+    a backend option it is an error, with the same care."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"x-ok=1,{SECRET}")
+    with collect_env_problems() as problems:
+        settings = resolve_settings(config())
+    assert dict(settings.headers) == {}
+    [problem] = problems
+    assert problem.message.startswith("OTEL_EXPORTER_OTLP_HEADERS='x-ok=[secure],[secure]' ")
+    assert "entry 2 is not of the form key=value" in problem.message
+    assert SECRET not in problem.message
     with pytest.raises(ConfigError) as caught:
-        resolve_settings(config())
-    assert "OTEL_EXPORTER_OTLP_HEADERS: entry 2" in str(caught.value)
+        resolve_settings(config(backend_options={"otlp_headers": f"x-ok=1,{SECRET}"}))
+    assert "entry 2" in str(caught.value)
     assert SECRET not in str(caught.value)
     with pytest.raises(ConfigError, match="'bad name' is not a valid header name") as caught:
         parse_headers("X", "bad name=" + SECRET)
@@ -202,15 +240,23 @@ def test_grpc_transport_security_follows_the_scheme(monkeypatch):
     [("grpc", "http://localhost:4318", "4317"), ("http/protobuf", "http://localhost:4317", "4318")],
 )
 def test_protocol_and_port_mismatch_is_explained(monkeypatch, protocol, endpoint, advice):
-    """gRPC pointed at 4318 (or HTTP at 4317), the most common OTLP mistake, is caught."""
+    """gRPC pointed at 4318 (or HTTP at 4317), the most common OTLP mistake, is caught:
+    from the variables, a warning with the fix (the endpoint is used as given); given as
+    collector_endpoint, a ConfigError."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    with pytest.raises(ConfigError) as caught:
+    with collect_env_problems() as problems:
         create_backend(config())
-    message = str(caught.value)
-    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message
-    assert f"port {advice}" in message
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in message
+    [problem] = problems
+    for message in (problem.message,):
+        assert message.startswith("OTEL_EXPORTER_OTLP_ENDPOINT=")
+        assert f"port {advice}" in message
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL" in message
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    with pytest.raises(ConfigError) as caught:
+        create_backend(config(collector_endpoint=endpoint))
+    assert "collector_endpoint" in str(caught.value)
+    assert f"port {advice}" in str(caught.value)
 
 
 def test_backend_options_are_explicit_arguments(monkeypatch):
@@ -240,7 +286,13 @@ def test_backend_options_are_explicit_arguments(monkeypatch):
 
 
 def test_client_key_without_certificate_is_refused(monkeypatch, tmp_path):
-    """mTLS needs both the client key and the client certificate."""
+    """mTLS needs both the client key and the client certificate: a lone variable is
+    ignored with a warning naming both; lone backend options raise."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(tmp_path / "key.pem"))
+    with collect_env_problems() as problems:
+        settings = resolve_settings(config())
+    assert settings.client_key is None
+    assert "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" in problems[0].message
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_CLIENT_KEY")
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"):
-        resolve_settings(config())
+        resolve_settings(config(backend_options={"otlp_client_key": str(tmp_path / "k.pem")}))

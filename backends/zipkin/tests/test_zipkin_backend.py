@@ -12,6 +12,7 @@ from aiorunner_zipkin import ZipkinBackend, create_backend, resolve_settings
 from receivers import ZipkinReceiver
 
 from aiorunner import ConfigError, TracingConfig
+from aiorunner._config import collect_env_problems
 from aiorunner.backend import Backend, ExportStatus
 
 
@@ -161,27 +162,41 @@ async def test_shutdown_refuses_later_exports(zipkin_receiver, spans):
     [
         ("http://localhost:4318", "OTLP/HTTP port"),
         ("http://localhost:9411/api/v1/spans", "v1 API"),
-        ("ftp://zipkin:9411", "not a valid Zipkin endpoint"),
+        ("ftp://zipkin:9411", "is not a valid"),
     ],
 )
-def test_bad_endpoints_are_explained(value, expected):
-    """An OTLP port, Zipkin's v1 API or a non-HTTP URL is a ConfigError naming the variable
-    (given straight to the backend: the core's config check may catch some earlier)."""
+def test_bad_endpoints_are_explained(value, expected, caplog):
+    """An OTLP port, Zipkin's v1 API or a non-HTTP URL: given explicitly
+    (collector_endpoint) a ConfigError naming it; in OTEL_EXPORTER_ZIPKIN_ENDPOINT one
+    WARNING naming the variable, the value and the fix, and the default endpoint is used."""
     with pytest.raises(ConfigError) as caught:
-        resolve_settings(
+        resolve_settings(TracingConfig(collector_endpoint=value).resolve({}), environ={})
+    assert "collector_endpoint" in str(caught.value)
+    assert expected in str(caught.value)
+    with collect_env_problems() as problems:
+        settings = resolve_settings(
             TracingConfig().resolve({}), environ={"OTEL_EXPORTER_ZIPKIN_ENDPOINT": value}
         )
-    assert "OTEL_EXPORTER_ZIPKIN_ENDPOINT" in str(caught.value)
-    assert expected in str(caught.value)
+    assert settings.endpoint == "http://localhost:9411/api/v2/spans"
+    [problem] = problems
+    assert (problem.variable, problem.value) == ("OTEL_EXPORTER_ZIPKIN_ENDPOINT", value)
+    assert expected in problem.message
+    assert "using the default http://localhost:9411/api/v2/spans instead" in problem.message
 
 
-def test_defaults_and_bad_timeout(monkeypatch):
-    """Default endpoint and timeout; a non-numeric timeout names the variable."""
+def test_defaults_and_timeouts(monkeypatch):
+    """Default endpoint and timeout; a non-numeric timeout is reported naming the variable
+    and the default 10 s is used; 0 means no limit (the specification's Timeout)."""
     settings = resolve_settings(config())
     assert (settings.endpoint, settings.timeout) == ("http://localhost:9411/api/v2/spans", 10.0)
     monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "soon")
-    with pytest.raises(ConfigError, match="OTEL_EXPORTER_ZIPKIN_TIMEOUT='soon'"):
-        resolve_settings(config())
+    with collect_env_problems() as problems:
+        assert resolve_settings(config()).timeout == 10.0
+    assert [p.message.split(";")[0] for p in problems] == [
+        "OTEL_EXPORTER_ZIPKIN_TIMEOUT='soon' is not a non-negative number of milliseconds"
+    ]
+    monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "0")
+    assert resolve_settings(config()).timeout > 24 * 86400
 
 
 def test_entry_point():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from aiorunner.backend import ConfigError, TracingConfig
+from aiorunner.backend import ConfigError, EnvProblem, TracingConfig, report_env_problem
 
 from ._backend import OtlpBackend
 from ._settings import GRPC, HTTP_PROTOBUF, PROTOCOLS, OtlpSettings, redact_url, resolve_settings
@@ -96,7 +96,8 @@ def create_otlp_backend(
 
 
 def create_backend(config: TracingConfig) -> OtlpBackend:
-    """``otlp``: gRPC, or HTTP/protobuf when ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` says so."""
+    """``otlp``: gRPC, or HTTP with protobuf or JSON bodies when
+    ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` says ``http/protobuf`` or ``http/json``."""
     return create_otlp_backend(config, name="otlp")
 
 
@@ -111,15 +112,27 @@ def create_http_backend(config: TracingConfig) -> OtlpBackend:
 
 
 def _refuse_port(settings: OtlpSettings, ports: Mapping[int, str], product: str) -> None:
+    """A port of the product's other interfaces: an explicit endpoint raises; one from an
+    OTEL_* variable is reported (used as given: nothing else would be right either)."""
     port = settings.port
-    if port is not None and port in ports:
-        raise ConfigError(
-            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}, "
-            f"{product}'s {ports[port]} ({port}), which does not take OTLP. {product} accepts "
-            "OTLP natively: point at port 4317 for OTLP/gRPC (e.g. "
-            "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317) or port 4318 for OTLP/HTTP "
-            "(with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)"
+    if port is None or port not in ports:
+        return
+    reason = f"is {product}'s {ports[port]} ({port}), which does not take OTLP"
+    fix = (
+        f"{product} accepts OTLP natively: point at port 4317 for OTLP/gRPC (e.g. "
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317) or port 4318 for OTLP/HTTP "
+        "(with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)"
+    )
+    source = settings.sources.get("endpoint", "")
+    if source.startswith("env "):
+        report_env_problem(
+            EnvProblem(source[4:], redact_url(settings.endpoint), reason, "it as given", fix)
         )
+        return
+    raise ConfigError(
+        f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}, "
+        f"{product}'s {ports[port]} ({port}), which does not take OTLP. {fix}"
+    )
 
 
 def create_jaeger_backend(config: TracingConfig) -> OtlpBackend:
@@ -127,13 +140,17 @@ def create_jaeger_backend(config: TracingConfig) -> OtlpBackend:
     env = os.environ
     settings = resolve_settings(config, environ=env)
     if settings.sources.get("endpoint") == "default":
-        stale = [var for var in JAEGER_THRIFT_VARS if env.get(var)]
-        if stale:
-            raise ConfigError(
-                f"{', '.join(stale)} configure OpenTelemetry's removed Jaeger Thrift "
-                "exporter and are not used; Jaeger receives OTLP: set "
-                "OTEL_EXPORTER_OTLP_ENDPOINT=http://JAEGER_HOST:4317 (gRPC) or "
-                "http://JAEGER_HOST:4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+        for var in (var for var in JAEGER_THRIFT_VARS if env.get(var)):
+            report_env_problem(
+                EnvProblem(
+                    var,
+                    redact_url(env[var]),
+                    "configures OpenTelemetry's removed Jaeger Thrift exporter",
+                    f"the default OTLP endpoint {settings.endpoint}",
+                    "Jaeger receives OTLP: set OTEL_EXPORTER_OTLP_ENDPOINT=http://JAEGER_HOST:4317 "
+                    "(gRPC) or http://JAEGER_HOST:4318 with "
+                    f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf, and unset {var}",
+                )
             )
     _refuse_port(settings, JAEGER_LEGACY_PORTS, "Jaeger")
     return OtlpBackend("jaeger", settings)

@@ -1,5 +1,11 @@
 """
-OTLP/HTTP transport: one protobuf POST per batch, the answer mapped to a result.
+OTLP/HTTP transport: one POST per batch (protobuf, or OTLP/JSON for ``http/json``), the
+answer mapped to a result.
+
+The JSON body is the protobuf message ``opentelemetry-exporter-otlp-proto-common`` encodes,
+in protobuf's JSON mapping with the changes OTLP/JSON makes to it (specification, "JSON
+Protobuf Encoding"): trace and span ids as hex, not base64; enums as numbers. Field names
+are lowerCamelCase and 64-bit integers decimal strings, both as the mapping has them.
 
 Runs in a worker thread (urllib3 blocks). No retries, no redirects: the pipeline retries
 what is worth retrying (429, 502, 503, 504, connection failures, timeouts, honouring
@@ -9,8 +15,10 @@ what is worth retrying (429, 502, 503, 504, connection failures, timeouts, honou
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
+import json
 import math
 import threading
 import time
@@ -32,7 +40,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from aiorunner.backend import ExportResult
 
-from ._settings import OtlpSettings, redact_url
+from ._settings import HTTP_JSON, OtlpSettings, redact_url
 from ._version import USER_AGENT
 
 if TYPE_CHECKING:
@@ -51,7 +59,8 @@ _HINTS = {
     "OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended",
     405: "this URL does not accept POST; check the endpoint path",
     413: "the batch is too large for the server; lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-    415: "the server does not take OTLP protobuf here; is it an OTLP/HTTP endpoint?",
+    415: "the server does not take this OTLP encoding here; is it an OTLP/HTTP endpoint? "
+    "(OTEL_EXPORTER_OTLP_PROTOCOL chooses http/protobuf or http/json)",
 }
 
 
@@ -94,8 +103,41 @@ def _status_message(content_type: str, body: bytes) -> str:
         with contextlib.suppress(DecodeError):  # not a Status after all: show the text
             status.ParseFromString(body)
             return str(status.message)
+    if "json" in content_type:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(body)["message"])
     text = body[:300].decode("utf-8", "replace").strip()
     return " ".join(text.split())
+
+
+def _hex_ids(ids: dict[str, object], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = ids.get(key)
+        if isinstance(value, str):
+            ids[key] = base64.b64decode(value).hex()
+
+
+def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
+    """One OTLP/JSON ``ExportTraceServiceRequest`` body (see the module docstring)."""
+    from google.protobuf import json_format
+
+    data = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    for resource_spans in data.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _hex_ids(span, ("traceId", "spanId", "parentSpanId"))
+                for link in span.get("links", ()):
+                    _hex_ids(link, ("traceId", "spanId"))
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _rejected_json(data: bytes) -> tuple[int, str]:
+    """(rejected spans, message) of an OTLP/JSON ExportTraceServiceResponse."""
+    try:
+        partial = json.loads(data).get("partialSuccess") or {}
+        return int(partial.get("rejectedSpans") or 0), str(partial.get("errorMessage") or "")
+    except (ValueError, AttributeError, TypeError):
+        return 0, ""  # a 2xx with an odd body is still a success
 
 
 class HttpTransport:
@@ -106,7 +148,9 @@ class HttpTransport:
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
         self._closed = False
-        headers = {"content-type": "application/x-protobuf", "user-agent": USER_AGENT}
+        self._json = settings.protocol == HTTP_JSON
+        content_type = "application/json" if self._json else "application/x-protobuf"
+        headers = {"content-type": content_type, "user-agent": USER_AGENT}
         headers.update(settings.headers)
         if settings.compression == "gzip":
             headers["content-encoding"] = "gzip"
@@ -143,7 +187,7 @@ class HttpTransport:
 
     def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
         """POST one batch within ``timeout`` seconds; never raises for export failures."""
-        body = encode_spans(spans).SerializeToString()
+        body = encode_json(spans) if self._json else encode_spans(spans).SerializeToString()
         if self._settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         pool = self._connect()
@@ -187,7 +231,16 @@ class HttpTransport:
         data = response.data or b""
         redact = self._settings.redact
         if 200 <= status < 300:
-            if data and "protobuf" in content_type:
+            if data and "json" in content_type:
+                rejected, why = _rejected_json(data)
+                if rejected:
+                    return ExportResult.permanent(
+                        redact(
+                            f"{self.where} accepted the request but rejected {rejected} of "
+                            f"{count} spans: {why or 'no reason given'}"
+                        )
+                    )
+            elif data and "protobuf" in content_type:
                 answer = ExportTraceServiceResponse()
                 try:
                     answer.ParseFromString(data)

@@ -9,7 +9,15 @@ says, so the same environment works for every OpenTelemetry SDK:
   ``/v1/traces`` appended, while ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as is;
 - ``*_TIMEOUT`` is in milliseconds (the Python SDK reads seconds: we follow the spec);
 - ``*_HEADERS`` is ``key=value,key2=value2`` with percent-encoded values;
-- ``*_INSECURE`` only matters for a gRPC endpoint written without ``http://``/``https://``.
+- ``*_INSECURE`` only matters for a gRPC endpoint written without ``http://``/``https://``;
+  like every Boolean of the specification it is true only for ``true``;
+- ``*_PROTOCOL`` is ``grpc``, ``http/protobuf`` or ``http/json`` (OTLP/JSON bodies).
+
+A variable that cannot be used (malformed, out of range, not supported) is ignored as the
+specification asks: one WARNING (``aiorunner.backend.report_env_problem``) names it, what is
+used instead (the next variable or the default) and the fix, and the backend is built. An
+explicit value (``collector_endpoint``, an ``otlp_*`` option, a preset's own variable) that
+cannot be used raises :class:`ConfigError`.
 
 Precedence, highest first: ``TracingConfig.collector_endpoint`` and the ``otlp_*`` backend
 options (explicit arguments), then a preset's own endpoint (a vendor variable), then the
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from aiorunner.backend import ConfigError, TracingConfig
+from aiorunner.backend import ConfigError, EnvProblem, TracingConfig, report_env_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -62,12 +70,16 @@ OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE = "OTEL_EXPORTER_OTLP_TRACES_CLIENT
 GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
 HTTP_JSON = "http/json"
-PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+PROTOCOLS = (GRPC, HTTP_PROTOBUF, HTTP_JSON)
+HTTP_PROTOCOLS = (HTTP_PROTOBUF, HTTP_JSON)
 COMPRESSIONS = ("gzip", "none")
 
 DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
 DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_TIMEOUT = 10.0
+#: A Timeout variable of 0 means no limit (specification, "Timeout"): a very long time,
+#: the largest 32-bit number of milliseconds, as the core's TracingConfig keeps it.
+NO_LIMIT = (2**31 - 1) / 1000.0
 TRACES_PATH = "/v1/traces"
 
 # A header name is an HTTP token; gRPC metadata keys are its lowercase subset.
@@ -76,6 +88,82 @@ _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 _USERINFO = re.compile(r"(?<=//)[^/@]*@")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+def _ignore(var: str, raw: str, problem: str, instead: str, fix: str) -> None:
+    """Report one unusable variable (logged once per process; see aiorunner.backend)."""
+    if "HEADERS" in var:
+        # Names only; an entry without "=" may be a bare token: not even its text.
+        shown = ",".join(
+            f"{part.partition('=')[0].strip()}=[secure]" if "=" in part else "[secure]"
+            for part in raw.split(",")
+            if part.strip()
+        )
+    else:
+        shown = redact_url(raw)
+    report_env_problem(EnvProblem(var, shown or "[secure]", problem, instead, fix))
+
+
+def _reason(exc: ConfigError, var: str, raw: str) -> str:
+    """A ConfigError's text as the reason of an EnvProblem: without its leading
+    ``VAR='value'`` (or ``VAR:``), which the problem's message starts with."""
+    text = str(exc)
+    for prefix in (f"{var}={redact_url(raw)!r} ", f"{var}={raw!r} ", f"{var}: "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def _from_env(
+    env: Mapping[str, str],
+    signal_var: str,
+    generic_var: str,
+    parse: Any,
+    *,
+    default: str | None,
+    accepted: str,
+) -> tuple[str, Any] | None:
+    """``(variable, parsed value)`` of the first of the signal-specific and the generic
+    variable that is set and usable; an unusable one is reported and passed over (the
+    specification: "gracefully ignore the setting"), so the next one or the default
+    applies."""
+    generic_set = bool(env.get(generic_var, "").strip())
+    for var in (signal_var, generic_var):
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            return var, parse(var, raw)
+        except ConfigError as exc:
+            if var == signal_var and generic_set:
+                instead = generic_var
+            else:
+                instead = f"the default {default}" if default else "none"
+            _ignore(
+                var, raw, _reason(exc, var, raw), instead, f"set {var} to {accepted}, or unset it"
+            )
+    return None
+
+
+def _env_insecure(env: Mapping[str, str]) -> bool:
+    """OTEL_EXPORTER_OTLP_[TRACES_]INSECURE, a Boolean: true only for ``true``; another
+    value than ``false`` is reported and read as false (the specification's rule)."""
+    found = _signal_then_generic(
+        env, OTEL_EXPORTER_OTLP_TRACES_INSECURE, OTEL_EXPORTER_OTLP_INSECURE
+    )
+    if found is None:
+        return False
+    var, raw = found
+    word = raw.strip().lower()
+    if word not in ("true", "false"):
+        _ignore(
+            var,
+            raw,
+            "is not a boolean (only 'true' is true)",
+            "false (TLS for a host:port without a scheme)",
+            f"set {var} to true or false, or unset it",
+        )
+    return word == "true"
 
 
 def _signal_then_generic(
@@ -144,15 +232,16 @@ def _parse_bool(source: str, raw: Any) -> bool:
 
 
 def _parse_timeout_ms(source: str, raw: str) -> float:
+    """A Timeout variable: milliseconds >= 0, where 0 means no limit; in seconds."""
     try:
         millis = float(raw)
     except ValueError:
         raise ConfigError(
             f"{source}={raw!r} is not a number of milliseconds; e.g. {source}=10000 for 10 s"
         ) from None
-    if not millis > 0 or millis == float("inf"):
-        raise ConfigError(f"{source}={raw!r} must be a positive number of milliseconds")
-    return millis / 1000.0
+    if not 0 <= millis < float("inf"):
+        raise ConfigError(f"{source}={raw!r} must be a non-negative number of milliseconds")
+    return millis / 1000.0 if millis else NO_LIMIT
 
 
 def _parse_choice(source: str, raw: str, choices: Collection[str]) -> str:
@@ -313,55 +402,78 @@ def resolve_settings(
             )
         sources["protocol"] = "backend option otlp_protocol"
     else:
-        found = _signal_then_generic(
-            env, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL
-        )
         chosen, sources["protocol"] = default_protocol, "default"
-        if found is not None:
-            var, raw = found
-            value = _parse_protocol(var, raw, PROTOCOLS)
-            if value in protocols:
-                chosen, sources["protocol"] = value, f"env {var}"
+        found = _from_env(
+            env,
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+            lambda var, raw: _parse_protocol(var, raw, PROTOCOLS),
+            default=default_protocol,
+            accepted=", ".join(PROTOCOLS),
+        )
+        # A protocol this backend does not take (an HTTP-only preset) is passed over.
+        if found is not None and found[1] in protocols:
+            chosen, sources["protocol"] = found[1], f"env {found[0]}"
 
     # endpoint
     if isinstance(endpoint, Mapping):
         endpoint = endpoint.get(chosen)
     if isinstance(default_endpoint, Mapping):
         default_endpoint = default_endpoint.get(chosen)
-    is_http = chosen == HTTP_PROTOBUF
-    signal = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "").strip()
-    generic = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
-    url: str
+    is_http = chosen in HTTP_PROTOCOLS
+    url: str | None = None
     if config.collector_endpoint:
         source = "collector_endpoint"
         url = _endpoint(source, config.collector_endpoint, is_http, append=True)
     elif endpoint is not None:
         source, raw_url = endpoint
         url = _endpoint(source, raw_url, is_http, append=True)
-    elif signal:
-        source = f"env {OTEL_EXPORTER_OTLP_TRACES_ENDPOINT}"
-        url = _endpoint(
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, signal, is_http, append=False, bare=True
-        )
-    elif generic:
-        source = f"env {OTEL_EXPORTER_OTLP_ENDPOINT}"
-        url = _endpoint(
-            OTEL_EXPORTER_OTLP_ENDPOINT, generic, is_http, append=True, always=True, bare=True
-        )
-    elif default_endpoint is not None:
-        source = "default"
-        url = _endpoint("default endpoint", default_endpoint, is_http, append=True)
     else:
-        source = "default"
-        url = DEFAULT_HTTP_ENDPOINT if is_http else DEFAULT_GRPC_ENDPOINT
+        default_text = "the default endpoint"
+        generic_raw = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+        for var, append in (
+            (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, False),
+            (OTEL_EXPORTER_OTLP_ENDPOINT, True),
+        ):
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                url = _endpoint(var, raw, is_http, append=append, always=append, bare=True)
+            except ConfigError as exc:
+                later = var == OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and generic_raw
+                _ignore(
+                    var,
+                    raw,
+                    _reason(exc, var, raw),
+                    OTEL_EXPORTER_OTLP_ENDPOINT if later else default_text,
+                    f"set {var} to a URL such as "
+                    f"{DEFAULT_HTTP_ENDPOINT if is_http else DEFAULT_GRPC_ENDPOINT}, or unset it",
+                )
+                continue
+            source = f"env {var}"
+            break
+        if url is None and default_endpoint is not None:
+            source = "default"
+            url = _endpoint("default endpoint", default_endpoint, is_http, append=True)
+        elif url is None:
+            source = "default"
+            url = DEFAULT_HTTP_ENDPOINT if is_http else DEFAULT_GRPC_ENDPOINT
     sources["endpoint"] = source
 
     # headers: the signal variable replaces the generic one, options and presets add to it
     merged: dict[str, str] = {}
-    found = _signal_then_generic(env, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_HEADERS)
-    if found is not None:
-        merged.update(parse_headers(found[0], found[1]))
-        sources["headers"] = f"env {found[0]}"
+    found_headers = _from_env(
+        env,
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+        OTEL_EXPORTER_OTLP_HEADERS,
+        parse_headers,
+        default=None,
+        accepted="key1=value1,key2=value2 with percent-encoded values",
+    )
+    if found_headers is not None:
+        merged.update(found_headers[1])
+        sources["headers"] = f"env {found_headers[0]}"
     option_headers = config.option("otlp_headers")
     if option_headers is not None:
         source = "backend option otlp_headers"
@@ -394,11 +506,16 @@ def resolve_settings(
             )
         timeout, sources["timeout"] = float(option_timeout), "backend option otlp_timeout"
     else:
-        found = _signal_then_generic(
-            env, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT
+        found_timeout = _from_env(
+            env,
+            OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+            OTEL_EXPORTER_OTLP_TIMEOUT,
+            _parse_timeout_ms,
+            default=f"{DEFAULT_TIMEOUT * 1000:g} ms",
+            accepted="a number of milliseconds >= 0 (0 means no limit)",
         )
-        if found is not None:
-            timeout, sources["timeout"] = _parse_timeout_ms(*found), f"env {found[0]}"
+        if found_timeout is not None:
+            timeout, sources["timeout"] = found_timeout[1], f"env {found_timeout[0]}"
 
     # compression
     compression = "none"
@@ -410,25 +527,25 @@ def resolve_settings(
         )
         sources["compression"] = "backend option otlp_compression"
     else:
-        found = _signal_then_generic(
-            env, OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_OTLP_COMPRESSION
+        found_compression = _from_env(
+            env,
+            OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+            OTEL_EXPORTER_OTLP_COMPRESSION,
+            lambda var, raw: _parse_choice(var, raw, COMPRESSIONS),
+            default="none",
+            accepted=", ".join(COMPRESSIONS),
         )
-        if found is not None:
-            compression = _parse_choice(found[0], found[1], COMPRESSIONS)
-            sources["compression"] = f"env {found[0]}"
+        if found_compression is not None:
+            compression = found_compression[1]
+            sources["compression"] = f"env {found_compression[0]}"
 
     # transport security (gRPC): the scheme decides; INSECURE only for a bare host:port
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     option_insecure = config.option("otlp_insecure")
-    insecure_var = _signal_then_generic(
-        env, OTEL_EXPORTER_OTLP_TRACES_INSECURE, OTEL_EXPORTER_OTLP_INSECURE
-    )
     if option_insecure is not None:
         insecure_flag = _parse_bool("backend option otlp_insecure", option_insecure)
-    elif insecure_var is not None:
-        insecure_flag = _parse_bool(*insecure_var)
     else:
-        insecure_flag = False
+        insecure_flag = _env_insecure(env)
     if scheme in ("http", "grpc"):
         insecure = True
     elif scheme == "https":
@@ -449,11 +566,24 @@ def resolve_settings(
         OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, sources,
     )  # fmt: skip
     if (client_key is None) != (client_certificate is None):
-        raise ConfigError(
-            "a client key and a client certificate go together: set both "
-            f"{OTEL_EXPORTER_OTLP_CLIENT_KEY} and {OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE} "
-            "(or their TRACES_ twins), or neither"
+        pair = (
+            f"set both {OTEL_EXPORTER_OTLP_CLIENT_KEY} and "
+            f"{OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE} (or their TRACES_ twins), or neither"
         )
+        lone = "client_key" if client_certificate is None else "client_certificate"
+        where = sources[lone]
+        if not where.startswith("env "):
+            raise ConfigError(f"a client key and a client certificate go together: {pair}")
+        var = where[len("env ") :]
+        _ignore(
+            var,
+            str(client_key or client_certificate),
+            "has no partner: a client key and a client certificate go together",
+            "no client certificate (no mutual TLS)",
+            pair,
+        )
+        client_key = client_certificate = None
+        sources.pop(lone)
 
     settings = OtlpSettings(
         protocol=chosen,
@@ -472,12 +602,6 @@ def resolve_settings(
 
 
 def _parse_protocol(source: str, raw: str, protocols: Collection[str]) -> str:
-    value = raw.strip().lower()
-    if value == HTTP_JSON:
-        raise ConfigError(
-            f"{source}={raw!r}: OTLP/HTTP with JSON bodies is not supported by aiorunner-otlp; "
-            "use http/protobuf (every OTLP/HTTP receiver accepts it) or grpc"
-        )
     return _parse_choice(source, raw, protocols)
 
 
@@ -510,17 +634,31 @@ def _file_setting(
 
 
 def _check_port_matches_protocol(settings: OtlpSettings) -> None:
-    """Catch the most common OTLP mistake: gRPC sent to 4318 or HTTP sent to 4317."""
+    """Catch the most common OTLP mistake: gRPC sent to 4318 or HTTP sent to 4317. An
+    explicit endpoint raises; one from an OTEL_* variable is reported and used as given
+    (the export will fail, counted, and ``aiorunner doctor`` probes the port)."""
     port = settings.port
     if settings.protocol == GRPC and port == 4318:
-        raise ConfigError(
-            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: port 4318 "
-            "is the standard OTLP/HTTP port but the protocol is grpc; either point at port 4317 "
-            "or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (or use the otlp_http backend)"
+        reason = "port 4318 is the standard OTLP/HTTP port but the protocol is grpc"
+        fix = (
+            "either point at port 4317 or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf "
+            "(or use the otlp_http backend)"
         )
-    if settings.protocol == HTTP_PROTOBUF and port == 4317:
-        raise ConfigError(
-            f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: port 4317 "
-            "is the standard OTLP/gRPC port but the protocol is http/protobuf; either point "
-            "at port 4318 or set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (or use the otlp_grpc backend)"
+    elif settings.protocol in HTTP_PROTOCOLS and port == 4317:
+        reason = f"port 4317 is the standard OTLP/gRPC port but the protocol is {settings.protocol}"
+        fix = (
+            "either point at port 4318 or set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (or use the "
+            "otlp_grpc backend)"
         )
+    else:
+        return
+    problem = (reason, fix)
+    source = settings.sources.get("endpoint", "")
+    if source.startswith("env "):
+        var = source[len("env ") :]
+        _ignore(var, settings.endpoint, problem[0], "it as given", problem[1])
+        return
+    raise ConfigError(
+        f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: "
+        f"{problem[0]}; {problem[1]}"
+    )

@@ -3,8 +3,13 @@ Where the Zipkin backend sends: ``ZipkinSettings`` from the config and the OTEL_
 
 ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` is the full URL (default
 ``http://localhost:9411/api/v2/spans``); ``OTEL_EXPORTER_ZIPKIN_TIMEOUT`` is in milliseconds,
-as the OpenTelemetry specification says (the Python SDK's exporter reads seconds). An
-explicit ``collector_endpoint`` wins; without a path it gets ``/api/v2/spans``.
+as the OpenTelemetry specification says (the Python SDK's exporter reads seconds), and
+``0`` means no limit. An explicit ``collector_endpoint`` wins; without a path it gets
+``/api/v2/spans``.
+
+A variable that cannot be used is ignored as the specification asks: one WARNING
+(``aiorunner.backend.report_env_problem``) names it, the default used instead and the fix.
+A bad ``collector_endpoint`` (given in code or on the command line) raises.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from aiorunner.backend import ConfigError, TracingConfig
+from aiorunner.backend import ConfigError, EnvProblem, TracingConfig, report_env_problem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -27,6 +32,8 @@ OTEL_EXPORTER_ZIPKIN_TIMEOUT = "OTEL_EXPORTER_ZIPKIN_TIMEOUT"
 
 DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
 DEFAULT_TIMEOUT = 10.0
+#: A Timeout of 0 means no limit: the largest 32-bit number of milliseconds, in seconds.
+NO_LIMIT = (2**31 - 1) / 1000.0
 SPANS_PATH = "/api/v2/spans"
 
 #: Ports that speak OTLP, not Zipkin: a frequent copy-paste mistake.
@@ -85,20 +92,35 @@ def resolve_settings(
     Resolve the Zipkin backend's settings.
 
     Raises:
-        ConfigError: the endpoint or timeout is malformed, or the endpoint is an OTLP port
-            or Zipkin's v1 API; the message names the variable and the fix.
+        ConfigError: ``collector_endpoint`` is malformed, an OTLP port or Zipkin's v1 API;
+            the message names it and the fix.
     """
     env = os.environ if environ is None else environ
     sources: dict[str, str] = {}
     raw_env = env.get(OTEL_EXPORTER_ZIPKIN_ENDPOINT, "").strip()
+    endpoint, sources["endpoint"] = DEFAULT_ENDPOINT, "default"
     if config.collector_endpoint:
         endpoint = _check("collector_endpoint", config.collector_endpoint, add_path=True)
         sources["endpoint"] = "collector_endpoint"
     elif raw_env:
-        endpoint = _check(OTEL_EXPORTER_ZIPKIN_ENDPOINT, raw_env, add_path=False)
-        sources["endpoint"] = f"env {OTEL_EXPORTER_ZIPKIN_ENDPOINT}"
-    else:
-        endpoint, sources["endpoint"] = DEFAULT_ENDPOINT, "default"
+        try:
+            endpoint = _check(OTEL_EXPORTER_ZIPKIN_ENDPOINT, raw_env, add_path=False)
+            sources["endpoint"] = f"env {OTEL_EXPORTER_ZIPKIN_ENDPOINT}"
+        except ConfigError as exc:
+            prefix = f"{OTEL_EXPORTER_ZIPKIN_ENDPOINT}={raw_env!r} "
+            text = str(exc)
+            for start in (prefix, f"{OTEL_EXPORTER_ZIPKIN_ENDPOINT}={redact_url(raw_env)!r} "):
+                text = text.removeprefix(start)
+            report_env_problem(
+                EnvProblem(
+                    OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+                    redact_url(raw_env),
+                    text,
+                    f"the default {DEFAULT_ENDPOINT}",
+                    f"set {OTEL_EXPORTER_ZIPKIN_ENDPOINT} to a Zipkin v2 URL such as "
+                    f"{DEFAULT_ENDPOINT}, or unset it",
+                )
+            )
 
     timeout, sources["timeout"] = DEFAULT_TIMEOUT, "default"
     raw_timeout = env.get(OTEL_EXPORTER_ZIPKIN_TIMEOUT, "").strip()
@@ -107,12 +129,20 @@ def resolve_settings(
             millis = float(raw_timeout)
         except ValueError:
             millis = -1.0
-        if not 0 < millis < float("inf"):
-            raise ConfigError(
-                f"{OTEL_EXPORTER_ZIPKIN_TIMEOUT}={raw_timeout!r} must be a positive number of "
-                f"milliseconds, e.g. {OTEL_EXPORTER_ZIPKIN_TIMEOUT}=10000 for 10 s"
+        if 0 <= millis < float("inf"):
+            timeout = millis / 1000.0 if millis else NO_LIMIT
+            sources["timeout"] = f"env {OTEL_EXPORTER_ZIPKIN_TIMEOUT}"
+        else:
+            report_env_problem(
+                EnvProblem(
+                    OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+                    raw_timeout,
+                    "is not a non-negative number of milliseconds",
+                    f"the default {DEFAULT_TIMEOUT * 1000:g} ms",
+                    f"set {OTEL_EXPORTER_ZIPKIN_TIMEOUT} to a number of milliseconds such as "
+                    "10000 (0 means no limit), or unset it",
+                )
             )
-        timeout, sources["timeout"] = millis / 1000.0, f"env {OTEL_EXPORTER_ZIPKIN_TIMEOUT}"
     return ZipkinSettings(
         endpoint=endpoint,
         timeout=timeout,
