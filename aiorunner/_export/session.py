@@ -34,7 +34,7 @@ from .._version import __version__
 from .adapters import BackendAdapter, adapt, broken
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
-from .registry import load_backend
+from .registry import backend_names, load_backend
 from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
@@ -74,7 +74,20 @@ def _resource(attributes: dict[str, Any]) -> Resource:
 
 
 def _span_limits(config: TracingConfig) -> SpanLimits:
-    return SpanLimits(max_span_attributes=config.max_attributes, max_events=config.max_events)
+    """Every limit given explicitly (``None`` = no limit is the SDK's ``UNSET``): the SDK
+    would otherwise read the OTEL_*_LIMIT variables itself and raise on a bad one, which
+    ``TracingConfig`` has already warned about and replaced by its default."""
+    others = {
+        key: SpanLimits.UNSET if value is None else value
+        for key, value in (config.span_limits or {}).items()
+    }
+    return SpanLimits(
+        # The general limit only seeds the others, all given here; set so it is not read.
+        max_attributes=config.max_attributes,
+        max_span_attributes=config.max_attributes,
+        max_events=config.max_events,
+        **others,
+    )
 
 
 def _provider(config: TracingConfig, limits: SpanLimits) -> TracerProvider:
@@ -116,8 +129,10 @@ def _policy(config: TracingConfig) -> RetryPolicy:
 
 def _load_backends(config: TracingConfig) -> list[BackendAdapter]:
     """Build the configured backends. Config mistakes raise; a broken plugin is logged
-    and replaced by a stand-in that fails every export with the reason."""
-    return [_load_backend(name, config) for name in dict.fromkeys(config.exporters)]
+    and replaced by a stand-in that fails every export with the reason; a name from
+    OTEL_TRACES_EXPORTER that is not installed is warned about and left out
+    (``backend_names``)."""
+    return [_load_backend(name, config) for name in backend_names(config)]
 
 
 def _load_backend(name: str, config: TracingConfig) -> BackendAdapter:
