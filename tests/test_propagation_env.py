@@ -70,6 +70,18 @@ async def test_b3multi_parent_from_own_environment(make_script, spans_of, monkey
     assert printed["X_B3_SPANID"] == spans["execute_script"]["spanId"] != SPAN_ID
 
 
+async def test_traceparent_placeholder_whatever_the_propagators(make_script, spans_of, monkeypatch):
+    """{{traceparent}} in an argument is the execute_script span's W3C traceparent under
+    b3multi too (which writes no TRACEPARENT variable; before, it stayed as written)."""
+    monkeypatch.setenv("OTEL_PROPAGATORS", "b3multi")
+    script = make_script('#!/bin/sh\necho "ARG=$1"\n', name="arg.sh", mode=0o755)
+    result = await ScriptRunner(script, ["{{traceparent}}"]).run()
+    execute = _by_name(spans_of(result.trace_id))["execute_script"]
+    version, trace_id, span_id, flags = _printed(result.stdout)["ARG"].split("-")
+    assert (version, trace_id, span_id) == ("00", result.trace_id, execute["spanId"])
+    assert int(flags, 16) & 1
+
+
 async def test_other_formats_inherited_context_does_not_reach_the_child(make_script, monkeypatch):
     """With the default propagators, B3 variables we inherited are not passed on: a child
     whose own SDK reads b3 must not join the trace above ours, skipping the run."""
@@ -222,7 +234,7 @@ def test_unknown_propagator_in_env_warns_once_and_runs(make_script):
     warnings = [line for line in proc.stderr.splitlines() if "OTEL_PROPAGATORS" in line]
     assert len(warnings) == 1, proc.stderr
     [warning] = warnings
-    assert "OTEL_PROPAGATORS=tracecontext,xray" in warning
+    assert "OTEL_PROPAGATORS='tracecontext,xray'" in warning
     assert "'xray'" in warning
     assert "pip install opentelemetry-propagator-aws-xray" in warning
     assert "using tracecontext instead" in warning

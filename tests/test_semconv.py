@@ -385,7 +385,7 @@ def test_resource_detectors_from_the_environment(make_script, otlp_grpc_receiver
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "RESOURCE_DETECTORS" in line]
     assert len(warnings) == 1, proc.stderr
-    assert "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=process,nosuchdetector" in warnings[0]
+    assert "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS='process,nosuchdetector'" in warnings[0]
     assert "'nosuchdetector'" in warnings[0]
     assert "using process instead" in warnings[0]
     spans = otlp_grpc_receiver.wait_for_spans_sync(7)

@@ -23,15 +23,14 @@ default. Given in code (``TracingConfig(propagators=...)``), it is a ``ConfigErr
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
-import threading
 from typing import TYPE_CHECKING
 
 from opentelemetry import baggage, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
+from .._config import EnvProblem, report_env_problem
 from .._exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -47,8 +46,6 @@ __all__ = [
     "get_propagator",
     "inject_env",
 ]
-
-logger = logging.getLogger("aiorunner.config")
 
 OTEL_PROPAGATORS = "OTEL_PROPAGATORS"
 
@@ -207,18 +204,9 @@ def _hint(names: Sequence[str]) -> str:
     return f" (pip install {' '.join(packages)})" if packages else ""
 
 
-_warned: set[tuple[str, ...]] = set()
-_warned_lock = threading.Lock()
-
-
-def _missing_message(names: tuple[str, ...], loaded: _Loaded, *, explicit: bool) -> str:
-    missing = ", ".join(repr(n) for n in loaded.missing)
+def _unknown(loaded: _Loaded) -> str:
     plural = "s" if len(loaded.missing) > 1 else ""
-    where = f"propagators={list(names)!r}" if explicit else f"{OTEL_PROPAGATORS}={','.join(names)}"
-    return (
-        f"{where} names unknown propagator{plural} {missing}{_hint(loaded.missing)}; "
-        f"installed: {', '.join(_installed())}"
-    )
+    return f"unknown propagator{plural} {', '.join(repr(n) for n in loaded.missing)}"
 
 
 def get_propagator(names: Sequence[str], *, explicit: bool = False) -> TextMapPropagator:
@@ -240,21 +228,22 @@ def get_propagator(names: Sequence[str], *, explicit: bool = False) -> TextMapPr
     key = tuple(names)
     loaded = _load(key)
     if loaded.missing:
+        installed = ", ".join(_installed())
         if explicit:
             raise ConfigError(
-                _missing_message(key, loaded, explicit=True)
-                + "; install it or remove it from propagators="
+                f"propagators={list(key)!r} names {_unknown(loaded)}{_hint(loaded.missing)}; "
+                f"installed: {installed}; install it or remove it from propagators="
             )
-        with _warned_lock:
-            first = key not in _warned
-            _warned.add(key)
-        if first:
-            logger.warning(
-                "%s; using %s instead; install the package or remove the name from %s",
-                _missing_message(key, loaded, explicit=False),
-                ",".join(loaded.used) or "none",
+        # One WARNING per process and value; aiorunner doctor collects it.
+        report_env_problem(
+            EnvProblem(
                 OTEL_PROPAGATORS,
+                ",".join(key),
+                f"names {_unknown(loaded)}{_hint(loaded.missing)} (installed: {installed})",
+                ",".join(loaded.used) or "none",
+                f"install the package that provides it, or remove the name from {OTEL_PROPAGATORS}",
             )
+        )
     return loaded.propagator
 
 

@@ -36,6 +36,8 @@ from opentelemetry.sdk.resources import (
     ServiceInstanceIdResourceDetector,
 )
 
+from .._config import EnvProblem, report_env_problem
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -53,7 +55,6 @@ _ALWAYS = frozenset({"service_instance", "os", "otel"})
 
 _lock = threading.Lock()
 _cache: dict[tuple[int, str], Resource] = {}
-_warned: set[str] = set()
 
 
 def _runtime_version() -> str:
@@ -109,19 +110,19 @@ def _named(raw: str) -> list[ResourceDetector]:
                 type(exc).__name__,
                 exc,
             )
-    if missing and raw not in _warned:
-        _warned.add(raw)
+    if missing:
         used = [n for n in names if n not in missing]
-        logger.warning(
-            "%s=%s names unknown resource detector%s %s; installed: %s; using %s instead; "
-            "install the package that provides it or remove the name from %s",
-            OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
-            raw,
-            "s" if len(missing) > 1 else "",
-            ", ".join(repr(n) for n in missing),
-            ", ".join(sorted(installed)),
-            ",".join(used) or "the default detectors",
-            OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
+        plural = "s" if len(missing) > 1 else ""
+        report_env_problem(
+            EnvProblem(
+                OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
+                raw,
+                f"names unknown resource detector{plural} {', '.join(map(repr, missing))} "
+                f"(installed: {', '.join(sorted(installed))})",
+                ",".join(used) or "the default detectors",
+                "install the package that provides it, or remove the name from "
+                f"{OTEL_EXPERIMENTAL_RESOURCE_DETECTORS}",
+            )
         )
     return detectors
 

@@ -24,7 +24,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
 from .._config import TracingConfig
@@ -54,23 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["Session", "aget_default_session", "get_default_session"]
 
 logger = logging.getLogger("aiorunner.export")
-
-
-def _resource(attributes: dict[str, Any]) -> Resource:
-    """The SDK's default resource plus ours. Not ``Resource.create()``: it runs resource
-    detectors in a thread pool and joins it, a blocking call when a session is made from
-    async code, and the one detector it runs by default reads the OTEL_RESOURCE_ATTRIBUTES
-    and OTEL_SERVICE_NAME that ``TracingConfig`` has already resolved."""
-    from opentelemetry.sdk.version import __version__ as sdk_version
-
-    return Resource(
-        {
-            "telemetry.sdk.language": "python",
-            "telemetry.sdk.name": "opentelemetry",
-            "telemetry.sdk.version": sdk_version,
-            **attributes,
-        }
-    )
 
 
 def _span_limits(config: TracingConfig) -> SpanLimits:

@@ -353,7 +353,14 @@ class _Run:
         self.exec_span = span
         exec_ctx = trace.set_span_in_context(span, self.root_ctx)
         inject_env(tuple(self.config.propagators or ()), exec_ctx, self.child_env)
-        argv = self._argv(info, self.child_env.get("TRACEPARENT"))
+        # {{traceparent}} is W3C whatever OTEL_PROPAGATORS says (b3multi writes none).
+        sc = span.get_span_context()
+        argv = self._argv(
+            info,
+            f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+            if sc.is_valid
+            else None,
+        )
         outcome.command = tuple(argv)
         executable = self.executable or argv[0]
         span.set_attributes(
