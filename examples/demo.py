@@ -2,13 +2,17 @@
 `make demo`: a small ETL pipeline (extract -> transform -> load) run through aiorunner on
 the embedded default backend, as one trace, then shown as a waterfall.
 
-No collector is needed: spans go to .aiorunner/traces.jsonl (OTLP JSON lines).
+No collector is needed: spans go to .aiorunner/traces.jsonl (OTLP JSON lines). The last
+line printed is a command that works as printed in the shell that ran `make demo`, where
+`aiorunner` is usually not on PATH (the venv is not activated): the venv's own script.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,23 @@ from aiorunner import ScriptRunner, Session, TracingConfig
 
 HERE = Path(__file__).resolve().parent
 console = Console(highlight=False)
+
+
+def aiorunner_command() -> str:
+    """How to call aiorunner from the shell that ran this, exactly as it works when
+    pasted: plain ``aiorunner`` when PATH finds this interpreter's (an activated venv),
+    else that script by its path (``.venv/bin/aiorunner`` from the repository), else
+    ``python -m aiorunner``."""
+    script = Path(sys.executable).parent / "aiorunner"
+    found = shutil.which("aiorunner")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "aiorunner"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m aiorunner"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
 
 
 async def main() -> int:
@@ -70,15 +91,27 @@ async def main() -> int:
     )
     if "jsonl" in config.exporters:
         html = work / "trace.html"
+        command = aiorunner_command()
         cli = [sys.executable, "-m", "aiorunner", "traces", "show", trace_id[:12]]
-        console.print(f"\n$ aiorunner traces show {trace_id[:12]}")
+        console.print(f"\n$ {command} traces show {trace_id[:12]}", markup=False)
         subprocess.run(cli, check=False)
         subprocess.run([*cli, "--html", str(html)], check=False, stdout=subprocess.DEVNULL)
-        console.print(f"\nHTML waterfall: [bold]{html}[/] (self-contained; open it in a browser)")
         console.print(
-            "Every run: [bold]aiorunner traces[/] · this one: "
-            f"[bold]aiorunner traces show {trace_id[:12]} -v[/]"
+            f"\nHTML waterfall: [bold]{html}[/] (self-contained; open it in a browser)",
+            soft_wrap=True,
         )
+        if command != "aiorunner" and command.endswith("/aiorunner"):
+            console.print(
+                f"aiorunner is on PATH once the venv is active (source "
+                f"{Path(command).parent}/activate); until then it is {command}.",
+                markup=False,
+                soft_wrap=True,
+            )
+        console.print("Every run, then this one with every attribute and event:")
+        # Plain prints, one command a line: no console width wraps them, and the last
+        # line is what a newcomer pastes.
+        print(f"  {command} traces")
+        print(f"  {command} traces show {trace_id[:12]} -v")
     return 0 if all(r.success for _, r in results) else 1
 
 
