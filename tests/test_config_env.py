@@ -414,3 +414,13 @@ def test_ignored_values_are_kept_on_the_config() -> None:
         "OTEL_BSP_SCHEDULE_DELAY",
     ]
     assert problems == list(config.ignored)
+
+
+def test_zero_export_timeout_in_code_means_no_limit_too() -> None:
+    """export_timeout=0 (or export_timeout_ms=0) given in code is the same Timeout of 0:
+    no limit, kept as the largest 32-bit number of milliseconds, and sources say so."""
+    for kwargs in ({"export_timeout": 0}, {"export_timeout_ms": 0}):
+        config = TracingConfig(**kwargs).resolve({})
+        assert config.export_timeout == 2147483.647
+        assert config.export_timeout_ms == 2**31 - 1
+        assert config.sources["export_timeout"] == "argument (0: no limit)"
