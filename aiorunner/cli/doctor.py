@@ -128,7 +128,8 @@ def doctor_command(
     came from, secrets masked), the installed backends, and a test span through each
     configured backend, with the exact fix when one fails.
 
-    Exit code 0 when traces would arrive, 1 otherwise.
+    Exit code 0 when traces would arrive, 1 when they would not (or the configuration
+    is invalid), 2 for a usage error.
     """
     import anyio
     from rich.console import Console

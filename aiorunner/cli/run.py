@@ -268,8 +268,9 @@ def run_command(
     """Run SCRIPT with ARGS as a traced subprocess, or many scripts at once.
 
     Output is live. At the end one line says success or failure, the duration and the
-    trace id. Exit code: the script's, 124 on timeout, 128+N on signal N, 2 for usage
-    errors. Options go before SCRIPT; everything after SCRIPT is passed to it.
+    trace id. Exit code: the script's, 124 on timeout, 128+N on signal N, 1 when it
+    could not start, 2 for usage errors. Options go before SCRIPT; everything after
+    SCRIPT is passed to it.
 
     Many scripts: give -j N before them (or a trailing -j N after two or more existing
     script files), or --jobs-file. A live display on a terminal (plain lines
