@@ -272,3 +272,23 @@ async def test_unknown_propagator_given_in_code_is_a_config_error(make_script):
         ConfigError, match=r"'xray'.*opentelemetry-propagator-aws-xray.*installed: "
     ):
         await ScriptRunner(make_script("pass"), config=config).run()
+
+
+def test_doctor_reports_unknown_propagators(traces_file):
+    """aiorunner doctor lists an OTEL_PROPAGATORS name a run would leave out as an ignored
+    setting (exit 1), with the package to install and what is used instead."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorunner", "doctor", "--json"],
+        env={**os.environ, "OTEL_PROPAGATORS": "tracecontext,b3,xray"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    [problem] = [p for p in report["ignored"] if p["variable"] == "OTEL_PROPAGATORS"]
+    assert problem["value"] == "tracecontext,b3,xray"
+    assert "'xray'" in problem["reason"]
+    assert "opentelemetry-propagator-aws-xray" in problem["reason"]
+    assert problem["instead"] == "tracecontext,b3"
+    assert all(check["ok"] for check in report["checks"])

@@ -397,3 +397,22 @@ def test_resource_detectors_from_the_environment(make_script, otlp_grpc_receiver
     assert resource["process.executable.path"] == sys.executable
     assert resource["host.name"] == socket.gethostname()
     assert resource["service.instance.id"] == "mine"
+
+
+def test_doctor_reports_unknown_resource_detectors(traces_file):
+    """aiorunner doctor lists an OTEL_EXPERIMENTAL_RESOURCE_DETECTORS name that is not
+    installed as an ignored setting (exit 1), and what is used instead."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorunner", "doctor", "--json"],
+        env={**os.environ, "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "host,aws_ec2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    [problem] = [
+        p for p in report["ignored"] if p["variable"] == "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
+    ]
+    assert "'aws_ec2'" in problem["reason"]
+    assert problem["instead"] == "host"

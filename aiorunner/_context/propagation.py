@@ -39,8 +39,11 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.propagators.textmap import TextMapPropagator
 
+    from .._config import TracingConfig
+
 __all__ = [
     "DEFAULT_PROPAGATORS",
+    "check_propagators",
     "env_var",
     "extract_parent",
     "get_propagator",
@@ -245,6 +248,13 @@ def get_propagator(names: Sequence[str], *, explicit: bool = False) -> TextMapPr
             )
         )
     return loaded.propagator
+
+
+def check_propagators(config: TracingConfig) -> None:
+    """Report the ``OTEL_PROPAGATORS`` names of a resolved ``config`` that are not
+    installed, as a run would (for ``aiorunner doctor``, in ``collect_env_problems``)."""
+    if str(config.sources.get("propagators", "")).startswith("env"):
+        get_propagator(tuple(config.propagators or ()))
 
 
 def extract_parent(

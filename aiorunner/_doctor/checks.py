@@ -203,6 +203,7 @@ async def _diagnose(
     ignored: list[EnvProblem],
 ) -> DoctorReport:
     from .._export.registry import backend_names, list_backends
+    from .._export.resource import OTEL_EXPERIMENTAL_RESOURCE_DETECTORS, check_detectors
 
     env = dict(os.environ if environ is None else environ)
     installed = await anyio.to_thread.run_sync(list_backends)
@@ -211,6 +212,10 @@ async def _diagnose(
         resolved = (config or TracingConfig()).resolve(env)
     except ConfigError as exc:
         return DoctorReport([], environment, installed, [], config_error=str(exc))
+    # Resource detector names that are not installed (a session would warn): to ignored.
+    await anyio.to_thread.run_sync(
+        check_detectors, env.get(OTEL_EXPERIMENTAL_RESOURCE_DETECTORS, "")
+    )
     settings = _settings_rows(resolved)
     names = resolved.exporters
     if resolved.enabled and resolved.sources.get("exporter_type") != "argument":

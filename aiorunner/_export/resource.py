@@ -43,7 +43,12 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.resources import ResourceDetector
 
-__all__ = ["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "detected_resource", "make_resource"]
+__all__ = [
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+    "check_detectors",
+    "detected_resource",
+    "make_resource",
+]
 
 logger = logging.getLogger("aiorunner.config")
 
@@ -82,8 +87,11 @@ def _always() -> dict[str, Any]:
     return attributes
 
 
-def _named(raw: str) -> list[ResourceDetector]:
-    """The detectors ``raw`` names beyond those always run, loaded by entry point."""
+def check_detectors(raw: str) -> list[str]:
+    """The detector names ``raw`` (a value of ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS``)
+    lists, ``*`` expanded, in order; a name not installed is reported
+    (``report_env_problem``: one WARNING per process, and ``aiorunner doctor``'s list)
+    and left out."""
     names = list(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
     if not names:
         return []  # no entry point scan (~10 ms) when none is named
@@ -94,22 +102,6 @@ def _named(raw: str) -> list[ResourceDetector]:
         at = names.index("*")
         names[at : at + 1] = sorted(installed - set(names) - _ALWAYS)
     missing = [n for n in names if n not in installed]
-    detectors: list[ResourceDetector] = []
-    for name in names:
-        if name in _ALWAYS or name in missing:
-            continue
-        try:
-            [entry_point] = entry_points(group="opentelemetry_resource_detector", name=name)
-            detectors.append(entry_point.load()())
-        except Exception as exc:  # noqa: BLE001 - a broken plugin: told, then the others
-            logger.warning(
-                "%s=%s: resource detector %r failed to load (%s: %s); it is left out",
-                OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
-                raw,
-                name,
-                type(exc).__name__,
-                exc,
-            )
     if missing:
         used = [n for n in names if n not in missing]
         plural = "s" if len(missing) > 1 else ""
@@ -124,6 +116,32 @@ def _named(raw: str) -> list[ResourceDetector]:
                 f"{OTEL_EXPERIMENTAL_RESOURCE_DETECTORS}",
             )
         )
+    return [n for n in names if n not in missing]
+
+
+def _named(raw: str) -> list[ResourceDetector]:
+    """The detectors ``raw`` names beyond those always run, loaded by entry point."""
+    names = check_detectors(raw)
+    if not names:
+        return []
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    detectors: list[ResourceDetector] = []
+    for name in names:
+        if name in _ALWAYS:
+            continue
+        try:
+            [entry_point] = entry_points(group="opentelemetry_resource_detector", name=name)
+            detectors.append(entry_point.load()())
+        except Exception as exc:  # noqa: BLE001 - a broken plugin: told, then the others
+            logger.warning(
+                "%s=%s: resource detector %r failed to load (%s: %s); it is left out",
+                OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
+                raw,
+                name,
+                type(exc).__name__,
+                exc,
+            )
     return detectors
 
 

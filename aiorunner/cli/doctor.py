@@ -98,6 +98,24 @@ def _print(report: DoctorReport, console: Console) -> None:
         console.print(Text("Traces would NOT arrive: see the fix above.", style="bold red"))
 
 
+def _with_propagators(report: DoctorReport) -> DoctorReport:
+    """``report`` with the ``OTEL_PROPAGATORS`` names a run would leave out (checked here:
+    propagation is the ``_context`` wing's, which ``_doctor`` does not import)."""
+    import dataclasses
+
+    from .._config import TracingConfig, collect_env_problems
+    from .._context.propagation import check_propagators
+    from .._exceptions import ConfigError
+
+    with collect_env_problems(log=False) as found:
+        try:
+            check_propagators(TracingConfig().resolve())
+        except ConfigError:
+            return report  # the report says so already
+    new = [p for p in found if p.variable == "OTEL_PROPAGATORS" and p not in report.ignored]
+    return dataclasses.replace(report, ignored=[*report.ignored, *new]) if new else report
+
+
 @click.command("doctor")
 @click.option(
     "--exporter",
@@ -138,7 +156,7 @@ def doctor_command(
     from .._doctor.checks import diagnose
 
     config = TracingConfig(exporter_type=exporter, collector_endpoint=endpoint)
-    report = anyio.run(lambda: diagnose(config, timeout=timeout))
+    report = _with_propagators(anyio.run(lambda: diagnose(config, timeout=timeout)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
