@@ -371,6 +371,9 @@ def test_otel_flag_values_are_usage_errors(script) -> None:
     proc = run("--traces_exporter", "otlp", "--exporter_otlp_timeout", "soon", script)
     assert proc.returncode == 2
     assert "--exporter_otlp_timeout='soon' is not a number of milliseconds" in proc.stderr
+    proc = run("--propagators", "tracecontext,xray", script)
+    assert proc.returncode == 2
+    assert "--propagators='tracecontext,xray' names unknown propagator 'xray'" in proc.stderr
     assert proc.stdout == ""
 
 

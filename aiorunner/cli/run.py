@@ -399,9 +399,11 @@ def _config_from_env(overrides: dict[str, Any], flags: dict[str, str]) -> Tracin
     with collect_env_problems(log=False) as problems:
         config = TracingConfig.from_env(**overrides)
         if flags and config.enabled:
+            from .._context.propagation import check_propagators
             from .._export.session import get_default_session
 
             get_default_session(config)
+            check_propagators(config)
     flagged = [problem for problem in problems if problem.variable in flags]
     if flagged:
         raise click.UsageError("; ".join(usage_message(problem) for problem in flagged))
