@@ -306,7 +306,8 @@ def test_backward_reader_with_long_lines_in_small_blocks(
 
 def test_a_huge_garbage_line_is_skipped(tmp_path: Path) -> None:
     """A 20 MiB line that is not JSON between two runs: counted as unreadable, both
-    runs listed, and `show` finds a run past it."""
+    runs listed, and `show` finds a run past it. The listing holds the line once (it
+    was decoded to text too, and before that re-joined: three times its size)."""
     path = tmp_path / "t.jsonl"
     first = known_trace_lines(TRACE_A)[-1]
     with path.open("wb") as out:
@@ -314,7 +315,13 @@ def test_a_huge_garbage_line_is_skipped(tmp_path: Path) -> None:
         out.write(b"{" + b"x" * LONG + b"\n")
         for text in known_trace_lines(TRACE_B, t0=T0 + 10_000 * MS):
             out.write(text.encode() + b"\n")
-    listing = list_traces(path)
+    tracemalloc.start()
+    try:
+        listing = list_traces(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * LONG, peak / LONG
     assert {t.trace_id for t in listing.traces} == {TRACE_A, TRACE_B}
     assert listing.stats.skipped == 1
     spans = json.loads(first)["resourceSpans"][0]["scopeSpans"][0]["spans"]
