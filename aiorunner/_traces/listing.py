@@ -94,13 +94,10 @@ class _Accumulator:
     #: A ``code.file.path`` (``code.filepath`` in older files) seen on any span: names
     #: a running run whose start marker carries no script yet (extract_metadata has it).
     filepath: str | None = None
-    #: Root candidates without an end (live-runs entries, old start markers); the lost
-    #: ones among them; and those seen finished (a finished line beats a pending one).
     pending: set[str] = field(default_factory=set)
-    lost: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
-    #: The earliest start of a root candidate: no span of the run starts before it.
-    root_start: int | None = None
+    #: Saw the start marker of a parentless root: every span of the trace comes after it.
+    complete: bool = False
 
     def add(self, record: SpanRecord) -> None:
         self.span_ids.add(hash(record.span_id))
