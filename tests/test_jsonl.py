@@ -7,11 +7,13 @@ lines; unwritable paths; rotation; several processes writing one file; exit-time
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,29 +203,109 @@ async def test_session_writes_otlp_json_lines(traces_file: Path) -> None:
     assert line_to_request(json.dumps(line)) == message
 
 
-async def test_running_root_span_is_written_as_pending_then_superseded(
-    traces_file: Path,
-) -> None:
-    """A root ScriptRunner span is written as soon as it starts (end 0, aiorunner.pending
-    true), and again with its real end once it ends, later in the file."""
+def live_entries(traces_file: Path) -> list[dict[str, Any]]:
+    """The entries of the live-runs directory beside ``traces_file``."""
+    directory = Path(str(traces_file) + ".live")
+    if not directory.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+async def wait_for_live_entry(traces_file: Path, seconds: float = 30.0) -> list[dict[str, Any]]:
+    """Poll (off the loop) until the live-runs directory holds an entry."""
+    with anyio.fail_after(seconds):
+        while True:
+            entries = await anyio.to_thread.run_sync(live_entries, traces_file)
+            if entries:
+                return entries
+            await anyio.sleep(0.05)
+
+
+async def test_running_root_is_in_the_live_view_not_in_the_file(traces_file: Path) -> None:
+    """A root ScriptRunner span still going after the hold is entered in the live-runs
+    directory (its data, our pid and process start time), never written to the trace
+    file; once it ends the file holds it exactly once, finished, and the entry is gone."""
+    import psutil
+
     async with await open_session(config()) as session:
         tracer = session.tracer()
         with tracer.start_as_current_span(
-            "ScriptRunner", attributes={"code.filepath": "etl.py"}
+            "ScriptRunner", attributes={"code.file.path": "/w/etl.py"}
         ) as root:
+            with tracer.start_as_current_span("extract_metadata"):
+                pass
             await session.flush()
-            (pending_line,) = read_lines(traces_file)
+            (entry,) = await wait_for_live_entry(traces_file)
+            await session.flush()
+            in_file_while_running = read_lines(traces_file)
         await session.flush_trace(root.get_span_context().trace_id)
-    (pending,) = spans_of(pending_line)
-    assert pending["endTimeUnixNano"] == "0"
-    assert {"key": "aiorunner.pending", "value": {"boolValue": True}} in pending["attributes"]
-    assert {"key": "code.filepath", "value": {"stringValue": "etl.py"}} in pending["attributes"]
-    first, final_line = read_lines(traces_file)
-    assert first == pending_line
-    (final,) = spans_of(final_line)
-    assert final["spanId"] == pending["spanId"]
-    assert int(final["endTimeUnixNano"]) > 0
-    assert "aiorunner.pending" not in {a["key"] for a in final["attributes"]}
+        left = live_entries(traces_file)
+    context = root.get_span_context()
+    assert entry["pid"] == os.getpid()
+    assert entry["process_start"] == psutil.Process().create_time()
+    (live_span,) = spans_of(entry["request"])
+    assert live_span["spanId"] == format(context.span_id, "016x")
+    assert live_span["endTimeUnixNano"] == "0"
+    assert {"key": "code.file.path", "value": {"stringValue": "/w/etl.py"}} in live_span[
+        "attributes"
+    ]
+    assert "aiorunner.pending" not in {a["key"] for a in live_span["attributes"]}
+    names_running = [s["name"] for line in in_file_while_running for s in spans_of(line)]
+    assert names_running == ["extract_metadata"]
+    spans = [s for line in read_lines(traces_file) for s in spans_of(line)]
+    assert [s["name"] for s in spans] == ["extract_metadata", "ScriptRunner"]
+    assert int(spans[1]["endTimeUnixNano"]) > 0
+    assert left == []
+    assert not list(Path(str(traces_file) + ".live").iterdir())
+
+
+async def test_a_short_run_never_enters_the_live_view(traces_file: Path) -> None:
+    """A root that ends within the hold is written once, finished, and no live-runs
+    entry is ever made for it (the sidecar directory is not even created)."""
+    async with await open_session(config()) as session:
+        tracer = session.tracer()
+        with tracer.start_as_current_span("ScriptRunner") as root:
+            await session.flush()
+        await session.flush_trace(root.get_span_context().trace_id)
+        await anyio.sleep(0.7)  # past the hold: a held start would have been written now
+        await session.flush()
+    assert [s["name"] for line in read_lines(traces_file) for s in spans_of(line)] == [
+        "ScriptRunner"
+    ]
+    assert not Path(str(traces_file) + ".live").exists()
+
+
+def test_every_line_of_real_runs_parses_strictly_and_holds_each_span_once(
+    traces_file: Path, make_script: Any
+) -> None:
+    """Runs of a real script (a long one that shows in the live view, a failing one, a
+    short one) leave a file whose every line json_format.Parse accepts as an
+    ExportTraceServiceRequest (unknown fields are errors there; ids hex->base64 as OTLP
+    JSON says), where no spanId appears twice, every root has ended and the failed run's
+    root keeps its ERROR status: what the Collector's otlpjsonfile receiver forwards."""
+    from aiorunner import ScriptRunner
+
+    slow = make_script("import time; time.sleep(0.9)", name="slow.py")
+    bad = make_script("raise SystemExit(3)", name="bad.py")
+    quick = make_script("pass", name="quick.py")
+    results = [ScriptRunner(path).run_script() for path in (slow, bad, quick)]
+    assert [r.success for r in results] == [True, False, True]
+    seen: list[str] = []
+    roots = {}
+    for text in traces_file.read_text().splitlines():
+        message = ExportTraceServiceRequest()
+        json_format.Parse(json.dumps(hex_ids_to_base64(json.loads(text))), message)
+        for resource_spans in message.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    seen.append(span.span_id.hex())
+                    assert span.end_time_unix_nano >= span.start_time_unix_nano > 0
+                    if span.name == "ScriptRunner":
+                        roots[span.trace_id.hex()] = span
+    assert len(seen) == len(set(seen))
+    assert set(roots) == {r.trace_id for r in results}
+    assert roots[results[1].trace_id].status.code == 2  # STATUS_CODE_ERROR
+    assert not list(Path(str(traces_file) + ".live").glob("*.json"))
 
 
 async def test_unwritable_traces_file_is_a_clear_permanent_failure(tmp_path: Path) -> None:
@@ -355,3 +437,116 @@ async def test_decoded_lines_can_be_replayed_into_another_backend(traces_file: P
     by_name = {span.name: span for span in memory.get_finished_spans()}
     assert by_name["step"].parent.span_id == by_name["work"].context.span_id
     assert by_name["work"].context.trace_id == decoded[0].context.trace_id
+
+
+# ------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs mounted for the test (needs root and CAP_SYS_ADMIN, as in
+    this project's CI; elsewhere the RLIMIT_FSIZE test below covers the same code)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The file's lines, each asserted to be a whole OTLP JSON request."""
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), "the file ends in a fragment"
+    lines = data.decode().splitlines()
+    for text in lines:
+        line_to_request(text)  # raises on a fragment or two requests glued together
+    return lines
+
+
+async def test_full_disk_fails_at_once_leaves_no_fragment_and_warns_once(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a real full tmpfs a line that does not fit is cut short by the kernel, then
+    ENOSPC: the file is truncated back (no fragment for the next line to be glued to),
+    the export fails at once (no retry for the export timeout), the spans are counted
+    as failed, and two such exports log one warning naming the path. Once there is room
+    again, lines are written whole after the old ones."""
+    caplog.set_level(logging.WARNING, logger="aiorunner.export")
+    target = small_disk / "traces.jsonl"
+    filler = small_disk / "filler"
+    async with await open_session(config(traces_file=target)) as session:
+        tracer = session.tracer()
+        with tracer.start_as_current_span("fits"):
+            pass
+        await session.flush()
+        before = target.read_bytes()
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler.write_bytes(b"x" * (free - 4096))  # one page left: part of a line fits
+        for index in range(2):
+            with tracer.start_as_current_span(f"too-big-{index}", attributes={"pad": "y" * 9000}):
+                pass
+            await session.flush()
+        stats = session.statistics().backends[0]
+        assert target.read_bytes() == before
+        filler.unlink()
+        with tracer.start_as_current_span("after"):
+            pass
+        await session.flush()
+    assert (stats.failed, stats.retries, stats.exported) == (2, 0, 1)
+    assert "No space left on device" in (stats.last_error or "")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aiorunner.export"]
+    assert len(warnings) == 1, warnings
+    assert str(target) in warnings[0]
+    names = [spans_of(json.loads(text))[0]["name"] for text in _whole_lines(target)]
+    assert names == ["fits", "after"]
+
+
+def test_file_size_limit_short_write_is_truncated_back(traces_file: Path) -> None:
+    """The same with RLIMIT_FSIZE (SIGXFSZ ignored, so the kernel's short write ends in
+    EFBIG), which works without root: in a fresh process whose limit lets a line be
+    written only in part, the export fails at once and is counted, the file keeps only
+    whole lines, and one warning names the path."""
+    script = textwrap.dedent(
+        """
+        import asyncio, json, os, resource, signal, sys
+        from aiorunner._config import TracingConfig
+        from aiorunner._export.session import Session
+
+        async def main():
+            async with Session(TracingConfig(schedule_delay=60.0, export_timeout=10.0)) as s:
+                tracer = s.tracer()
+                with tracer.start_as_current_span("fits"):
+                    pass
+                await s.flush()
+                size = os.path.getsize(os.environ["AIORUNNER_TRACES_FILE"])
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (size + 2000, resource.RLIM_INFINITY))
+                for index in range(2):
+                    with tracer.start_as_current_span(f"big-{index}", attributes={"pad": "y" * 9000}):
+                        pass
+                    await s.flush()
+                b = s.statistics().backends[0]
+                print(json.dumps([b.exported, b.failed, b.retries, size]))
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    exported, failed, retries, size = json.loads(done.stdout)
+    assert (exported, failed, retries) == (1, 2, 0)
+    assert traces_file.stat().st_size == size
+    assert [spans_of(json.loads(t))[0]["name"] for t in _whole_lines(traces_file)] == ["fits"]
+    warnings = [line for line in done.stderr.splitlines() if "could not export" in line]
+    assert len(warnings) == 1, done.stderr
+    assert str(traces_file) in warnings[0] and "File too large" in warnings[0]

@@ -1,5 +1,6 @@
-"""Reading the embedded JSONL trace files back: listing, lookup, pending runs, damage,
-rotation, and the newest-first scan that stops early on big files."""
+"""Reading the embedded JSONL trace files back: listing, lookup, running and lost runs
+(the live-runs directory, and the start markers of files written before issue 15),
+damage, rotation, and the newest-first scan that stops early on big files."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from traces_fixture import (
     TRACE_C,
     known_trace_lines,
     line,
+    live_entry,
     span,
     write,
 )
@@ -346,11 +348,13 @@ def _expected(runs, k, failed_ids=frozenset()):
 def test_early_stop_gives_the_same_answer_as_a_full_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs, k
 ) -> None:
-    """Whatever the interleaving of runs, with or without start markers (other writers),
-    with batches written late, the newest-first listing with --limit equals the answer
-    computed from all the data, though it may stop early (checked after every record
-    here, to exercise the stop rule as often as possible)."""
+    """Whatever the interleaving of runs, with or without start markers (files written
+    before issue 15), with batches written late (within the late-write margin, set here
+    to the 5 s the strategy may delay a batch), the newest-first listing with --limit
+    equals the answer computed from all the data, though it may stop early (checked
+    after every line here, to exercise the stop rule as often as possible)."""
     monkeypatch.setattr(traces_list, "_CHECK_EVERY", 1)
+    monkeypatch.setattr(traces_list, "LATE_WRITE_MARGIN", 5.0)
     table = [(i, r[0], r[1], r[2]) for i, r in enumerate(runs)]
     events = []
     for (i, start, duration, children), (*_, marker, delay) in zip(table, runs, strict=True):
@@ -364,11 +368,13 @@ def test_early_stop_gives_the_same_answer_as_a_full_scan(
 
 
 def test_early_stop_reads_only_the_newest_part(tmp_path: Path) -> None:
-    """With start markers, listing the 5 newest of 2000 runs stops long before the start
-    of the file; a listing of all of them reads everything, with the same first five."""
+    """Listing the 5 newest of 2000 finished runs (one a minute, each span in the file
+    once, no start marker) stops once it is past lines older than the late-write margin
+    before the fifth newest run; a listing of all of them reads everything, with the
+    same first five."""
     events = []
     for i in range(2000):
-        events.extend(_run_lines(i, i * 10, 25, 2, True))
+        events.extend(_run_lines(i, i * 60_000, 25, 2, False))
     events.sort(key=lambda e: (e[0], e[1]))
     path = write(tmp_path / "big.jsonl", *(e[2] for e in events))
     newest = list_traces(path, limit=5)
@@ -384,15 +390,31 @@ def test_early_stop_reads_only_the_newest_part(tmp_path: Path) -> None:
 
 
 def test_since_stops_early_too(tmp_path: Path) -> None:
-    """--since with start markers stops once older runs begin."""
+    """--since stops once the lines are older than the margin before that moment."""
     events = []
     for i in range(500):
-        events.extend(_run_lines(i, i * 10, 25, 1, True))
+        events.extend(_run_lines(i, i * 60_000, 25, 1, False))
     events.sort(key=lambda e: (e[0], e[1]))
     path = write(tmp_path / "big.jsonl", *(e[2] for e in events))
-    listing = list_traces(path, since_ns=T0 + 4900 * MS, limit=None, slowest=None)
+    listing = list_traces(path, since_ns=T0 + 490 * 60_000 * MS, limit=None, slowest=None)
     assert [t.trace_id for t in listing.traces] == [f"{i + 1:032x}" for i in range(499, 489, -1)]
     assert not listing.scanned_all
+    assert listing.stats.lines < 100
+
+
+def test_a_batch_written_late_still_counts(tmp_path: Path) -> None:
+    """A run's child spans written four minutes after they ended (a slow disk), behind
+    newer runs' lines, are still counted for the run: the scan does not stop before the
+    late-write margin has passed."""
+    events = []
+    for i in range(40):
+        events.extend(_run_lines(i, i * 10_000, 25, 2, False, delay=240_000 if i == 30 else 0))
+    events.sort(key=lambda e: (e[0], e[1]))
+    path = write(tmp_path / "big.jsonl", *(e[2] for e in events))
+    listing = list_traces(path, limit=10)
+    assert [(t.trace_id, t.span_count) for t in listing.traces] == [
+        (f"{i + 1:032x}", 3) for i in range(39, 29, -1)
+    ]
 
 
 def test_summary_json_shape(tmp_path: Path) -> None:
@@ -506,3 +528,141 @@ def test_nested_run_appears_in_place(tmp_path: Path) -> None:
         assert [t.trace_id for t in listing.traces] == [TRACE_C, TRACE_A][:limit]
     (summary,) = list_traces(path, limit=2).traces[1:]
     assert (summary.script, summary.span_count, summary.status) == ("outer.py", 4, "ok")
+
+
+# ------------------------------------------------------------- the live-runs view
+
+
+def _dead_pid() -> tuple[int, float]:
+    """The pid (and creation time) of a real process that has exited and been reaped."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started = psutil.Process(proc.pid).create_time()
+    proc.kill()
+    proc.wait()
+    return proc.pid, started
+
+
+def _live_root(trace_id: str, span_id: str, start_ms: float, script: str) -> dict:
+    return span(
+        trace_id,
+        span_id,
+        None,
+        "ScriptRunner",
+        start_ms,
+        None,
+        attributes={"code.file.path": script},
+    )
+
+
+def test_live_runs_list_as_running_or_lost(tmp_path: Path) -> None:
+    """Runs in the live-runs directory list with the finished ones: running while the
+    process that wrote the entry lives, lost when it is gone, lost too when its pid now
+    belongs to a process created at another time (pid reuse), running when the entry is
+    another host's (it cannot be checked from here). A run's spans already in the file
+    count; a lost run's duration ends at its last recorded span."""
+    import os
+
+    import psutil
+
+    path = write(
+        tmp_path / "traces.jsonl",
+        *known_trace_lines(TRACE_C)[1:],
+        line(span(TRACE_B, "b100000000000002", "b100000000000001", "extract_metadata", 5, 40)),
+    )
+    me = psutil.Process().create_time()
+    dead, dead_start = _dead_pid()
+    live_entry(
+        path,
+        _live_root(TRACE_A, "a100000000000001", 100, "/w/alive.py"),
+        pid=os.getpid(),
+        process_start=me,
+    )
+    live_entry(
+        path,
+        _live_root(TRACE_B, "b100000000000001", 0, "/w/killed.py"),
+        pid=dead,
+        process_start=dead_start,
+    )
+    reused = "5" * 32
+    live_entry(
+        path,
+        _live_root(reused, "c100000000000001", 200, "/w/reused.py"),
+        pid=os.getpid(),
+        process_start=me - 3600,
+    )
+    remote = "6" * 32
+    live_entry(
+        path,
+        _live_root(remote, "d100000000000001", 300, "/w/remote.py"),
+        pid=dead,
+        process_start=dead_start,
+        host="elsewhere.invalid",
+    )
+    now = T0 + 5000 * MS
+    listing = list_traces(path, now_ns=now)
+    by_id = {t.trace_id: t for t in listing.traces}
+    assert {t: by_id[t].status for t in by_id} == {
+        TRACE_A: "running",
+        TRACE_B: "lost",
+        TRACE_C: "ok",
+        reused: "lost",
+        remote: "running",
+    }
+    assert by_id[TRACE_A].duration == pytest.approx(4.9)
+    assert by_id[TRACE_A].script == "/w/alive.py"
+    assert (by_id[TRACE_B].span_count, by_id[TRACE_B].duration) == (2, pytest.approx(0.04))
+    trace = load_trace(path, TRACE_B, now_ns=now)
+    assert (trace.status, trace.running, trace.lost) == ("lost", False, True)
+    assert [s.status for s in trace.spans] == ["lost", "ok"]
+    assert load_trace(path, TRACE_A, now_ns=now).status == "running"
+
+
+def test_a_run_found_finished_in_the_file_is_not_running(tmp_path: Path) -> None:
+    """An entry still beside the file when its finished root is in it (the run ended
+    while it was read) shows the finished run, once."""
+    import os
+
+    import psutil
+
+    lines = known_trace_lines(TRACE_A)
+    path = write(tmp_path / "traces.jsonl", *lines[1:])
+    live_entry(
+        path,
+        _live_root(TRACE_A, "a000000000000001", 0, "/w/etl.py"),
+        pid=os.getpid(),
+        process_start=psutil.Process().create_time(),
+    )
+    (summary,) = list_traces(path).traces
+    assert (summary.status, summary.span_count) == ("ok", 9)
+    trace = load_trace(path, TRACE_A)
+    assert trace.status == "ok"
+    assert len(trace.spans) == 9
+
+
+def test_running_run_with_nothing_in_the_file_yet(tmp_path: Path) -> None:
+    """Before any line was written (no trace file yet) a live run still lists and shows;
+    a damaged entry is skipped and counted."""
+    import os
+
+    import psutil
+
+    path = tmp_path / "traces.jsonl"
+    live_entry(
+        path,
+        _live_root(TRACE_A, "a000000000000001", 0, "/w/etl.py"),
+        pid=os.getpid(),
+        process_start=psutil.Process().create_time(),
+    )
+    (Path(str(path) + ".live") / f"{TRACE_B}-b000000000000001.json").write_text('{"format": 1, "pi')
+    listing = list_traces(path, now_ns=T0 + 2000 * MS)
+    assert [(t.trace_id, t.status) for t in listing.traces] == [(TRACE_A, "running")]
+    assert listing.stats.skipped == 1
+    assert load_trace(path, "4bf9", now_ns=T0 + 2000 * MS).status == "running"
+    Path(str(path) + ".live").joinpath(f"{TRACE_A}-a000000000000001.json").unlink()
+    with pytest.raises(TraceNotFoundError):
+        list_traces(path)

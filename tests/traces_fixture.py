@@ -157,3 +157,30 @@ def known_trace_lines(trace_id: str = TRACE_A, t0: int = T0) -> list[str]:
         line(batch2[0], batch2[1], scope="etl"),
         line(*batch2[2:]),
     ]
+
+
+def live_entry(
+    traces_file: Path,
+    root: dict[str, Any],
+    *,
+    pid: int,
+    process_start: float,
+    host: str | None = None,
+    service: str = "aiorunner",
+) -> Path:
+    """A live-runs entry beside ``traces_file`` for the running root span ``root`` (end
+    0), as the ``jsonl`` backend writes it: the runner's pid, its creation time, host."""
+    import socket
+
+    directory = Path(str(traces_file) + ".live")
+    directory.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "format": 1,
+        "pid": pid,
+        "process_start": process_start,
+        "host": socket.gethostname() if host is None else host,
+        "request": json.loads(line(root, service=service)),
+    }
+    path = directory / f"{root['traceId']}-{root['spanId']}.json"
+    path.write_text(json.dumps(entry) + "\n")
+    return path

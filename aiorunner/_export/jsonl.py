@@ -7,12 +7,12 @@ reads, and what ``aiorunner traces`` shows. The file is ``.aiorunner/traces.json
 the current directory unless ``AIORUNNER_TRACES_FILE`` or ``TracingConfig(traces_file=...)``
 says otherwise; its directory is created on first write.
 
-Several processes may write the same file: each line goes out in a single ``write()`` on
-a descriptor opened with ``O_APPEND``, so lines never interleave. When the file would pass
-``AIORUNNER_TRACES_FILE_MAX_BYTES`` (default 64 MiB; 0 turns rotation off) it is renamed
-``traces.jsonl.1`` (older ones shift to ``.2``, ``.3``; ``AIORUNNER_TRACES_FILE_BACKUPS``
-keeps 3 by default) under an ``flock``, and writers that still hold the old file notice
-the rename and reopen.
+Several processes may write the same file: each line goes out under an exclusive
+``flock`` of a descriptor opened with ``O_APPEND``, so lines never interleave. When the
+file would pass ``AIORUNNER_TRACES_FILE_MAX_BYTES`` (default 64 MiB; 0 turns rotation
+off) it is renamed ``traces.jsonl.1`` (older ones shift to ``.2``, ``.3``;
+``AIORUNNER_TRACES_FILE_BACKUPS`` keeps 3 by default) under that lock, and writers that
+still hold the old file notice the rename and reopen.
 
 The file work runs in a worker thread (``_offload``, a lighter ``anyio.to_thread``: a run
 writes two lines), or on the export thread when this is the pipeline's only backend (see
@@ -20,16 +20,27 @@ writes two lines), or on the export thread when this is the pipeline's only back
 loop's default executor, which refuses new work once the interpreter has begun to exit,
 and the last spans of a process are written exactly then.
 
-A root span that starts is also written (``on_span_start``) with ``endTimeUnixNano`` "0"
-and ``aiorunner.pending`` = true, so a run shows as running; readers let a later line with
-the same ``spanId`` supersede it. The export worker lets that marker share the line of the
-run's first spans (``starts_travel_with_batches``): it is written with them, or half a
-second after the start (``_worker.START_HOLD``), or at the next flush, whichever comes
-first; one write per run saved.
+Each span is written once, when it has ended: the file is exactly what the Collector's
+``otlpjsonfile`` receiver forwards. A run going on for longer than half a second is shown
+as running through a sidecar instead, ``traces.jsonl.live/`` (see ``live``): the export
+worker holds a root span's start for ``span_start_delay`` and, when the run is still
+going, calls ``on_span_start``, which writes the run's entry there; the export that writes
+the finished root removes it. Ended spans wait at most ``max_schedule_delay`` (half a
+second) for their batch, so a runner killed at any moment loses at most the last half
+second of spans.
+
+A line is written whole or not at all. Lines go out under an ``flock`` of the file (which
+rotation takes too); when a write stops short (the disk filled up mid-line), the file is
+truncated back to where the line began, so that no fragment is left for the next line to
+be glued to (``jq`` and the Collector would stop reading there). A file that ends in a
+fragment anyway (a crash mid-write, another writer) gets a newline before the next line.
+A full disk (``ENOSPC``, a quota, ``EFBIG``) fails the export at once, without retrying
+for the export timeout: the spans are counted as failed and one warning names the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -39,10 +50,17 @@ from .. import _offload
 from .._config import DEFAULT_TRACES_FILE
 from .._exceptions import ConfigError
 from ..backend import ExportResult
+from . import live
+from .live import START_HOLD
 from .otlp_json import encode_line
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: lines are written without the cross-process lock
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
 
@@ -73,11 +91,14 @@ _PERMANENT_ERRNOS = {
     errno.ENAMETOOLONG,
     errno.ELOOP,
 }
+# The disk (or the quota, or RLIMIT_FSIZE) is full: retrying within the export timeout
+# would only hold every run up for it (30 s by default), so the export fails at once.
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class JsonlBackend:
     """
-    Appends each batch as one OTLP/JSON line to a file.
+    Appends each batch as one OTLP/JSON line to a file; keeps the live-runs view beside it.
 
     Args:
         path: the file (relative paths are taken from the current directory at the first
@@ -87,9 +108,13 @@ class JsonlBackend:
     """
 
     name = "jsonl"
-    #: Announcing a start is writing its pending copy, which may as well share the line
-    #: of the next batch: the export worker then holds it briefly (one write per run saved).
-    starts_travel_with_batches = True
+    #: The export worker holds a root span's start this long and calls ``on_span_start``
+    #: only if the run is still going then: most runs are shorter and never need an entry
+    #: in the live-runs view (two file operations a run saved).
+    span_start_delay = START_HOLD
+    #: The most an ended span may wait in the pipeline's batcher (it caps
+    #: OTEL_BSP_SCHEDULE_DELAY): a span is on disk within about half a second of its end.
+    max_schedule_delay = 0.5
     #: Set by the export pipeline when this is its only backend: each line is then
     #: written on the export thread itself (its own private event loop; appending a line
     #: takes microseconds), which saves two thread hand-offs per export, four per run. With
@@ -111,6 +136,8 @@ class JsonlBackend:
         # One write at a time from this process (rotation is check-then-rename); held in
         # the worker thread, so an abandoned write still finishes before the next one.
         self._lock = threading.Lock()
+        # Root span id -> name of the live-runs entry written for it (runs still going).
+        self._live: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"JsonlBackend({self.path!r})"
@@ -121,25 +148,27 @@ class JsonlBackend:
         if not spans:
             return ExportResult.success()
         try:
-            if self.write_on_export_thread:
-                self._write_here(spans)
-            else:
-                await _offload.run_sync(self._write, spans, abandon_on_cancel=True)
+            await self._run(self._write, spans)
         except OSError as exc:
             return self._classify(exc)
         return ExportResult.success()
 
     async def on_span_start(self, span: ReadableSpan) -> None:
-        """Write the "still running" line of a root span that just started."""
-        result = await self.export([span], timeout=0)
-        if not result.ok:
-            raise OSError(result.error)
+        """A run has been going for ``span_start_delay``: enter it in the live-runs view
+        (an OSError is logged by the export worker, once)."""
+        await self._run(self._enter_live, span)
 
     async def force_flush(self, *, timeout: float) -> bool:
         return True  # every export is written (and the file closed) before it returns
 
     async def shutdown(self, *, timeout: float) -> None:
         return None
+
+    async def _run(self, func: Callable[..., None], *args: Any) -> None:
+        if self.write_on_export_thread:
+            self._write_here(func, *args)
+        else:
+            await _offload.run_sync(func, *args, abandon_on_cancel=True)
 
     # ------------------------------------------------------------ in a worker thread
 
@@ -148,57 +177,95 @@ class JsonlBackend:
             self._resolved = os.path.abspath(self.path)
         return self._resolved
 
-    def _write_here(self, spans: Sequence[ReadableSpan]) -> None:
-        """``_write`` on the export thread (named apart: the tests allow blocking calls on
-        an event loop thread here and nowhere else)."""
-        self._write(spans)
+    def _write_here(self, func: Callable[..., None], *args: Any) -> None:
+        """``func(*args)`` on the export thread (named apart: the tests allow blocking
+        calls on an event loop thread here and nowhere else)."""
+        func(*args)
 
     def _write(self, spans: Sequence[ReadableSpan]) -> None:
         data = encode_line(spans)
-        with self._lock:
-            self._append(data)
-
-    def _open(self, path: str) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(path, flags, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            return os.open(path, flags, 0o644)
+            with self._lock:
+                self._append(data)
+        finally:
+            if self._live:
+                # The run is over whether or not its line could be written.
+                self._leave_live(spans)
+
+    def _enter_live(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None:
+            return
+        name = live.entry_name(context.trace_id, context.span_id)
+        directory = live.live_dir(self._path())
+        try:
+            live.write_entry(directory, name, encode_line([span]))
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot write the live-runs entry {os.path.join(directory, name)}: "
+                f"{exc.strerror or exc} (the run is recorded all the same when it ends)",
+            ) from None
+        self._live[context.span_id] = name
+
+    def _leave_live(self, spans: Sequence[ReadableSpan]) -> None:
+        live_entries = self._live
+        directory = live.live_dir(self._path())
+        for span in spans:
+            context = span.context
+            name = live_entries.pop(context.span_id, None) if context is not None else None
+            if name is not None:
+                with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                    live.remove_entry(directory, name)
+
+    def _open(self, path: str) -> tuple[int, bool]:
+        """``path`` opened for appending, and whether it can be read too (to see if it
+        ends in a fragment; a write-only file is appended to all the same)."""
+        flags = os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            try:
+                return os.open(path, flags | os.O_RDWR, 0o644), True
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                return os.open(path, flags | os.O_RDWR, 0o644), True
+        except PermissionError:
+            return os.open(path, flags | os.O_WRONLY, 0o644), False
 
     def _append(self, data: bytes) -> None:
         path = self._path()
         for _ in range(10):
-            fd = self._open(path)
+            fd, readable = self._open(path)
             try:
+                if fcntl is not None:
+                    # Exclusive among aiorunner's writers (released by close()): rotation is
+                    # check-then-rename, and truncating back a short write must not cut
+                    # another process's line.
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                if not self._current(fd, path):
+                    continue  # rotated by another process: write to the new file
                 if self.max_bytes > 0 and not self._room_for(fd, path, len(data)):
-                    continue  # rotated (by us or another process): write to the new file
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                    continue  # rotated now: write to the new file
+                _write_whole(fd, data, readable=readable)
                 return
             finally:
                 os.close(fd)
         raise OSError(errno.EAGAIN, f"the traces file {path} kept being rotated under us")
 
-    def _room_for(self, fd: int, path: str, size: int) -> bool:
-        """Under an exclusive lock of the open file: False when it was rotated away or
-        had to be rotated now (then the caller reopens), True when the line fits."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: rotate without the cross-process lock
-            fcntl = None  # type: ignore[assignment]
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close()
+    @staticmethod
+    def _current(fd: int, path: str) -> bool:
+        """False when ``path`` is no longer the file ``fd`` holds (rotated away)."""
         stat = os.fstat(fd)
         try:
             current = os.stat(path)
         except FileNotFoundError:
             return False
-        if (current.st_ino, current.st_dev) != (stat.st_ino, stat.st_dev):
-            return False
-        if stat.st_size == 0 or stat.st_size + size <= self.max_bytes:
+        return (current.st_ino, current.st_dev) == (stat.st_ino, stat.st_dev)
+
+    def _room_for(self, fd: int, path: str, size: int) -> bool:
+        """Under the lock: True when the line fits, False when the file had to be rotated
+        now (then the caller reopens)."""
+        current = os.fstat(fd).st_size
+        if current == 0 or current + size <= self.max_bytes:
             return True
         self._rotate(path)
         return False
@@ -221,7 +288,40 @@ class JsonlBackend:
                 f"cannot write the traces file {path}: {reason}; set AIORUNNER_TRACES_FILE "
                 "(or TracingConfig(traces_file=...)) to a writable path"
             )
+        if exc.errno in _NO_SPACE_ERRNOS:
+            return ExportResult.permanent(
+                f"cannot write the traces file {path}: {reason}; these spans are lost (not "
+                "retried; the file holds no part of them). Free some space there or set "
+                "AIORUNNER_TRACES_FILE to a file on another disk"
+            )
         return ExportResult.retryable(f"cannot write the traces file {path}: {reason}")
+
+
+def _write_whole(fd: int, data: bytes, *, readable: bool) -> None:
+    """
+    Append ``data`` (one line) to ``fd`` (``O_APPEND``, under the lock): whole, or not at
+    all. A write that stops short (the disk filled mid-line) is truncated back to where
+    the line began before the error is raised.
+
+    Raises:
+        OSError: the line could not be written (the file is as it was).
+    """
+    start = os.fstat(fd).st_size  # with the lock held, where this line will begin
+    if start and readable and os.pread(fd, 1, start - 1) != b"\n":
+        # The file ends in a fragment (a crash mid-write, a writer that takes no lock):
+        # end it, so that this line stays readable.
+        data = b"\n" + data
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, "write() wrote nothing")
+            view = view[written:]
+    except OSError:
+        if len(view) != len(data):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _int_setting(config: TracingConfig, option: str, var: str, default: int) -> int:

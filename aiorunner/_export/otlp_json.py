@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "PENDING_ATTRIBUTE",
     "decode_line",
     "decode_request",
     "encode_line",
@@ -48,9 +47,6 @@ __all__ = [
     "hex_ids_to_base64",
     "line_to_request",
 ]
-
-#: Attribute set on the "still running" copy of a root span written at its start.
-PENDING_ATTRIBUTE = "aiorunner.pending"
 
 # SpanFlags from trace.proto: the context's is-remote bit is known, and its value.
 _FLAGS_HAS_IS_REMOTE = 0x100
@@ -160,7 +156,8 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     if end:
         out["endTimeUnixNano"] = str(end)
     elif end is None:
-        # A span still running (the "pending" copy of a root span) says so explicitly.
+        # A span still running (a root in the live-runs view, never in the trace file)
+        # says so explicitly.
         out["endTimeUnixNano"] = "0"
     attributes = _attributes(span.attributes)
     if attributes:

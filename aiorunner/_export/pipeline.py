@@ -54,7 +54,6 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace.status import Status, StatusCode
 
 from .ledger import DEFAULT_MAX_TRACES, TraceLedger
-from .otlp_json import PENDING_ATTRIBUTE
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .statistics import PipelineStatistics
 from .worker import BackendWorker, ErrorLog, redact
@@ -149,7 +148,12 @@ class ExportPipeline(SpanProcessor):
             self.adapters[0].target.write_on_export_thread = True
         self._batch_size = max(1, min(batch_size, max_queue_size))
         self._max_queue = max_queue_size
-        self._delay = schedule_delay
+        # A backend may cap the delay: the jsonl file wants every ended span on disk
+        # within half a second (a runner killed at any moment loses at most that much).
+        caps = [getattr(a.target, "max_schedule_delay", None) for a in self.adapters]
+        self._delay = min(
+            [schedule_delay, *(c for c in caps if isinstance(c, (int, float)) and c >= 0)]
+        )
         self.export_timeout = export_timeout
         self.ledger = TraceLedger([a.name for a in self.adapters], max_traces=max_traces)
         self._errors = ErrorLog()
@@ -232,7 +236,8 @@ class ExportPipeline(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """A ``ScriptRunner`` span starts: keep per-trace counts for its trace (its run
         will ask, in ``upload_traces``), and, for a root, announce it at once to backends
-        that define ``on_span_start`` (the jsonl file shows the run as running)."""
+        that define ``on_span_start`` (the jsonl file's live-runs view shows it as
+        running). What they get is a copy with no end time."""
         if span.name != ROOT_SPAN_NAME or self._closed:
             return
         context = span.get_span_context()
@@ -244,15 +249,13 @@ class ExportPipeline(SpanProcessor):
         parent = span.parent
         if parent is not None and not parent.is_remote:
             return
-        attributes = dict(span.attributes or {})
-        attributes[PENDING_ATTRIBUTE] = True
         self._starts.append(
             ReadableSpan(
                 name=span.name,
                 context=context,
                 parent=parent,
                 resource=span.resource,
-                attributes=attributes,
+                attributes=dict(span.attributes or {}),
                 kind=span.kind,
                 status=Status(StatusCode.UNSET),
                 start_time=span.start_time,

@@ -11,11 +11,11 @@ Batches waiting in the queue are merged up to ``batch_size`` before an export, w
 makes flushes coalesce: while one export is in flight, the spans of every run that asked
 for a flush meanwhile gather into the next one.
 
-A root span's start (``on_span_start``) is announced on its own, except to a backend that
-marks itself ``starts_travel_with_batches`` (the jsonl file, where announcing a start is
-writing its pending copy): there the start waits up to :data:`START_HOLD` seconds for the
-next batch and goes out in the same export, one write instead of two per run. A flush (or
-the session closing) never waits for that: a waiter releases the start at once.
+A root span's start (``on_span_start``) is announced at once, except to a backend that
+asks for a ``span_start_delay`` (the jsonl file, where announcing a start is writing an
+entry of its live-runs view): there the worker holds the start that long and announces it
+only if the span's end has not come through meanwhile, so a short run costs that backend
+nothing at its start. A held start counts as settled at once: flushes never wait for it.
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["BackendWorker", "ErrorLog"]
 
 logger = logging.getLogger("aiorunner.export")
-
-#: Seconds a start may wait to travel with the next batch (see the module docstring).
-START_HOLD = 0.5
 
 # Header-like "key: value" / "key=value" pairs whose value must never reach a log.
 _SECRET_PAIR = re.compile(
@@ -139,7 +136,11 @@ class BackendWorker:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._inflight: _Batch | None = None
-        self._merge_starts = bool(getattr(adapter.target, "starts_travel_with_batches", False))
+        delay = getattr(adapter.target, "span_start_delay", 0.0)
+        self._start_delay = float(delay) if isinstance(delay, (int, float)) and delay > 0 else 0.0
+        # Starts held back (span id -> (when due on the loop's clock, span)), in the order
+        # they came, which with one delay for all is the order they fall due.
+        self._held: dict[int, tuple[float, ReadableSpan]] = {}
         # True while the task works through its queue (an export or a start in flight);
         # False while it waits for work, even if it was just woken and has not run yet.
         self._busy = False
@@ -198,47 +199,62 @@ class BackendWorker:
         self._wakeup = asyncio.Event()
         try:
             while True:
+                if self._held:
+                    await self._announce_due()
                 if not self._queue:
                     self._busy = False
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    if not self._held:
+                        await self._wakeup.wait()
+                        continue
+                    with anyio.move_on_after(self._next_due()):
+                        await self._wakeup.wait()
                     continue
                 self._busy = True
                 item = self._queue.popleft()
                 if isinstance(item, _Start):
-                    if self._merge_starts and await self._hold(item):
-                        continue
-                    await self._span_start(item.span)
+                    if self._start_delay:
+                        span_id = item.span.context.span_id  # type: ignore[union-attr]
+                        due = anyio.current_time() + self._start_delay
+                        self._held[span_id] = (due, item.span)
+                    else:
+                        await self._span_start(item.span)
                     self._settled(1)
                     continue
                 batch = self._merge(item)
                 self._queued_spans -= len(batch.spans)
+                if self._held:
+                    self._release_ended(batch.spans)
                 self._inflight = batch
                 await self._export(batch)
                 self._inflight = None
         finally:
             self._abandon()
 
-    async def _hold(self, start: _Start) -> bool:
-        """Keep ``start`` until a batch comes (then export both at once and return True),
-        a flush waits, or :data:`START_HOLD` passes (then return False: send it alone)."""
-        assert self._wakeup is not None
-        with anyio.move_on_after(START_HOLD):
-            while not self._queue and not self._waiters:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-        if not self._queue or not isinstance(self._queue[0], _Batch):
-            return False
-        batch = self._merge(self._queue.popleft())  # type: ignore[arg-type]
-        self._queued_spans -= len(batch.spans)
-        span_id = start.span.context.span_id  # type: ignore[union-attr]
-        # Its end is in this very batch: the pending copy would say nothing new.
-        ended = any(s.context is not None and s.context.span_id == span_id for s in batch.spans)
-        self._inflight = batch
-        await self._export(batch, None if ended else start.span)
-        self._inflight = None
-        self._settled(1)  # the start
-        return True
+    def _next_due(self) -> float:
+        """Seconds until the first held start falls due (some start is held)."""
+        due, _ = next(iter(self._held.values()))
+        return max(0.0, due - anyio.current_time())
+
+    async def _announce_due(self) -> None:
+        """Announce the held starts whose delay has passed (their spans are still open)."""
+        held = self._held
+        now = anyio.current_time()
+        while held:
+            span_id, (due, span) = next(iter(held.items()))
+            if due > now:
+                return
+            del held[span_id]
+            self._busy = True
+            await self._span_start(span)
+
+    def _release_ended(self, spans: Sequence[ReadableSpan]) -> None:
+        """Forget held starts whose span ended in ``spans``: nothing to announce."""
+        held = self._held
+        for span in spans:
+            context = span.context
+            if context is not None:
+                held.pop(context.span_id, None)
 
     def _merge(self, first: _Batch) -> _Batch:
         queue = self._queue
@@ -255,15 +271,13 @@ class BackendWorker:
             records.extend(head.records)
         return _Batch(spans, records)
 
-    async def _export(self, batch: _Batch, start: ReadableSpan | None = None) -> None:
+    async def _export(self, batch: _Batch) -> None:
         adapter = self.adapter
         spans = batch.spans
-        # A held start travels first in the same export (it is not counted as a span).
-        sent = spans if start is None else [start, *spans]
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
-            return await adapter.export(sent, timeout=time_left)
+            return await adapter.export(spans, timeout=time_left)
 
         outcome = await export_with_retry(
             attempt,
@@ -349,7 +363,6 @@ class BackendWorker:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (target, next(self._tiebreak), future))
-        self._wake()  # a start being held goes now
         await future
 
     def statistics(self) -> BackendStatistics:

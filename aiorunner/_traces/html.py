@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["render_html", "write_html"]
 
 _CSS = """
-:root { --ok: #2b8a9e; --error: #d64545; --running: #d49a1c; --event: #9b3fb5; }
+:root { --ok: #2b8a9e; --error: #d64545; --running: #d49a1c; --lost: #a03d8f; --event: #9b3fb5; }
 body { font: 13px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .summary { color: #555; margin: 0 0 1em; }
 .status-ok { color: var(--ok); } .status-error { color: var(--error); }
-.status-running { color: var(--running); }
+.status-running { color: var(--running); } .status-lost { color: var(--lost); }
 .waterfall { border-top: 1px solid #ccc; }
 .row, .axis { display: grid; grid-template-columns: 28em 1fr 6em 5em; align-items: center;
   border-bottom: 1px solid #eee; min-height: 1.7em; }
@@ -51,6 +51,8 @@ h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .row.status-error .bar { background: var(--error); }
 .row.status-running .bar { background: repeating-linear-gradient(45deg, var(--running),
   var(--running) 4px, #f0c050 4px, #f0c050 8px); }
+.row.status-lost .bar { background: repeating-linear-gradient(45deg, var(--lost),
+  var(--lost) 4px, #d9a6cf 4px, #d9a6cf 8px); }
 .event { position: absolute; top: -2px; width: 7px; height: 7px; margin-left: -4px;
   background: var(--event); transform: rotate(45deg) translateY(25%); }
 .duration { text-align: right; font-variant-numeric: tabular-nums; }

@@ -1,12 +1,21 @@
 """
 The listing of ``aiorunner traces``: one small summary per trace, newest first.
 
-The file is read newest-first (blocks from the end of the newest file, then the rotated
-ones) keeping, per trace, a handful of numbers rather than its spans, and the scan stops as
-soon as older lines cannot change the answer: a run's start marker (its pending root line)
-is written before any other line of that run, so once ``limit`` runs whose markers were
-seen are newer than every trace still incomplete, everything further back is older.
-Files without markers (other writers) are read whole, streamed.
+Runs still going come from the live-runs directory beside the file (read first, see
+``reader.live_records``), finished ones from the file, read newest-first (blocks from the
+end of the newest file, then the rotated ones) keeping, per trace, a handful of numbers
+rather than its spans.
+
+The scan stops as soon as older lines cannot change the answer. Lines are appended in the
+order they are written, and a line is written soon after the latest end among its spans:
+within :data:`LATE_WRITE_MARGIN` (the jsonl backend writes an ended span within half a
+second, a batch at most an export timeout later). So once the scan has passed a line whose
+spans all ended before ``T - LATE_WRITE_MARGIN``, every older line was written before
+``T``, and a trace whose root started after ``T`` is complete (no span of it can be
+further back). The listing stops when ``limit`` complete traces are newer than every
+incomplete one, or, with ``--since``, when the lines are older than ``--since``. A line
+written later than that margin after its spans ended (a disk hung for minutes) could be
+missed from a run's span count; ``--limit 0`` and ``--slowest`` always read everything.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import TraceNotFoundError
 from .reader import (
     ROOT_SPAN_NAME,
     STATUS_ERROR,
     ReadStats,
     is_root_candidate,
-    records_backward,
+    lines_backward,
+    live_records,
     trace_files,
 )
 
@@ -32,10 +43,14 @@ if TYPE_CHECKING:
 
     from .reader import SpanRecord
 
-__all__ = ["TraceListing", "TraceSummary", "list_traces"]
+__all__ = ["LATE_WRITE_MARGIN", "TraceListing", "TraceSummary", "list_traces"]
 
-#: Records read between two checks of whether the listing can stop (amortised O(1)).
+#: Lines read between two checks of whether the listing can stop (amortised O(1)).
 _CHECK_EVERY = 64
+#: Seconds by which a line may be written after the latest end among its spans (see the
+#: module docstring): far above what any writer of this format takes, batch delay,
+#: export timeout and a few retries included.
+LATE_WRITE_MARGIN = 300.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,8 @@ class TraceSummary:
     name: str
     script: str
     service: str
-    #: ``ok``, ``error`` (the run, i.e. a root span, failed) or ``running``.
+    #: ``ok``, ``error`` (the run, i.e. a root span, failed), ``running``, or ``lost``
+    #: (running when its runner process died: it will never end).
     status: str
     #: The failed root's status message.
     error: str = ""
@@ -59,7 +75,8 @@ class TraceSummary:
     @property
     def duration(self) -> float:
         """Seconds from the first span's start to the last span's end (for a running
-        trace: to the moment the file was read)."""
+        trace: to the moment the file was read; for a lost one: to the last span end
+        recorded)."""
         return max(0, self.end_ns - self.start_ns) / 1e9
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,10 +111,13 @@ class _Accumulator:
     #: A ``code.file.path`` (``code.filepath`` in older files) seen on any span: names
     #: a running run whose start marker carries no script yet (extract_metadata has it).
     filepath: str | None = None
+    #: Root candidates without an end (live-runs entries, old start markers); the lost
+    #: ones among them; and those seen finished (a finished line beats a pending one).
     pending: set[str] = field(default_factory=set)
+    lost: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
-    #: Saw the start marker of a parentless root: every span of the trace comes after it.
-    complete: bool = False
+    #: The earliest start of a root candidate: no span of the run starts before it.
+    root_start: int | None = None
 
     def add(self, record: SpanRecord) -> None:
         self.span_ids.add(hash(record.span_id))
@@ -116,26 +136,47 @@ class _Accumulator:
                 self.root_error = record.status_message or record.name
             if record.pending:
                 self.pending.add(record.span_id)
-                if not record.parent_span_id:
-                    self.complete = True
+                if record.lost:
+                    self.lost.add(record.span_id)
             else:
                 self.finished.add(record.span_id)
+            if self.root_start is None or record.start_ns < self.root_start:
+                self.root_start = record.start_ns
             if self.root is None or _root_rank(record) < _root_rank(self.root):
                 self.root = record
 
+    def complete(self, horizon: int | None) -> bool:
+        """True when no span of this trace can be in the lines not read yet, every one of
+        which was written before ``horizon`` (None: nothing is known of them)."""
+        return horizon is not None and self.root_start is not None and self.root_start > horizon
+
+    def status(self) -> str:
+        open_roots = self.pending - self.finished
+        if open_roots - self.lost:
+            return "running"
+        if open_roots:
+            return "lost"
+        error = self.root_error if self.root is not None else self.error
+        return "error" if error is not None else "ok"
+
     def summary(self, now_ns: int) -> TraceSummary:
         root = self.root
-        running = bool(self.pending - self.finished)
+        status = self.status()
         error = self.root_error if root is not None else self.error
+        end_ns = self.end_ns
+        if status == "running":
+            end_ns = max(end_ns, now_ns)
+        elif status == "lost":
+            end_ns = max(end_ns, self.start_ns)
         return TraceSummary(
             trace_id=self.trace_id,
             start_ns=self.start_ns,
-            end_ns=max(self.end_ns, now_ns) if running else self.end_ns,
+            end_ns=end_ns,
             span_count=len(self.span_ids),
             name=root.name if root else "",
             script=_script_of(root, self.filepath),
             service=root.service if root else "",
-            status="running" if running else ("error" if error is not None else "ok"),
+            status=status,
             error=error or "",
             error_spans=self.errors,
         )
@@ -176,35 +217,44 @@ def list_traces(
 ) -> TraceListing:
     """
     The traces recorded in ``path`` (and its rotated files), newest first, or the
-    ``slowest`` ones, slowest first.
+    ``slowest`` ones, slowest first, with the runs still going (or lost) from its
+    live-runs directory.
 
-    The scan reads lines newest-first and stops once older lines cannot change the answer:
-    a run's start marker (its pending root line) comes before all its other lines, so when
-    ``limit`` runs whose markers were seen are newer than every trace still incomplete, the
-    rest of the file is older. Files without markers (other writers) are read whole.
+    The scan reads lines newest-first and stops once older lines cannot change the
+    answer (see the module docstring).
 
     Raises:
-        TraceNotFoundError: there is no such file.
+        TraceNotFoundError: there is no such file, and no run is going.
     """
-    files = trace_files(path)
     now_ns = time.time_ns() if now_ns is None else now_ns
     want = slowest if slowest is not None else limit
     stats = ReadStats()
     accumulators: dict[str, _Accumulator] = {}
-    frontier: int | None = None
+    # Live runs first: one that ends while the file is read is then found finished in it.
+    for record in live_records(path, stats):
+        _accumulator(accumulators, record.trace_id).add(record)
+    try:
+        files = trace_files(path)
+    except TraceNotFoundError:
+        if not accumulators:
+            raise
+        files = []  # runs going on, none finished yet
+    margin = int(LATE_WRITE_MARGIN * 1e9)
+    # Every line not read yet was written before this (None: nothing known yet).
+    horizon: int | None = None
     since_check = 0
     scanned_all = True
-    for record in records_backward(files, stats):
-        acc = accumulators.get(record.trace_id)
-        if acc is None:
-            acc = accumulators[record.trace_id] = _Accumulator(record.trace_id)
-        acc.add(record)
-        if record.pending and not record.parent_span_id:
-            frontier = record.start_ns if frontier is None else min(frontier, record.start_ns)
+    for records in lines_backward(files, stats):
+        latest = 0
+        for record in records:
+            _accumulator(accumulators, record.trace_id).add(record)
+            latest = max(latest, record.end_ns, record.start_ns)
+        if latest and (horizon is None or latest + margin < horizon):
+            horizon = latest + margin
         since_check += 1
-        if frontier is not None and since_check >= max(_CHECK_EVERY, len(accumulators)):
+        if horizon is not None and since_check >= max(_CHECK_EVERY, len(accumulators)):
             since_check = 0
-            if _can_stop(accumulators, frontier, failed, slowest, since_ns, want, now_ns):
+            if _can_stop(accumulators, horizon, failed, slowest, since_ns, want, now_ns):
                 scanned_all = False
                 break
     summaries = [
@@ -221,6 +271,13 @@ def list_traces(
     return TraceListing(tuple(summaries), tuple(files), stats, scanned_all)
 
 
+def _accumulator(accumulators: dict[str, _Accumulator], trace_id: str) -> _Accumulator:
+    acc = accumulators.get(trace_id)
+    if acc is None:
+        acc = accumulators[trace_id] = _Accumulator(trace_id)
+    return acc
+
+
 def _passes(summary: TraceSummary, failed: bool, since_ns: int | None) -> bool:
     if failed and summary.status != "error":
         return False
@@ -229,23 +286,17 @@ def _passes(summary: TraceSummary, failed: bool, since_ns: int | None) -> bool:
 
 def _can_stop(
     accumulators: Mapping[str, _Accumulator],
-    frontier: int,
+    horizon: int,
     failed: bool,
     slowest: int | None,
     since_ns: int | None,
     want: int | None,
     now_ns: int,
 ) -> bool:
-    # Traces not seen at all started before the frontier (all their lines are older than
-    # the oldest marker read); incomplete ones may only get older starts or become failed.
-    incomplete_newest = max(
-        (a.start_ns for a in accumulators.values() if not a.complete), default=None
-    )
-    if (
-        since_ns is not None
-        and frontier < since_ns
-        and (incomplete_newest is None or incomplete_newest < since_ns)
-    ):
+    # The lines not read yet were written before ``horizon``: their spans ended before
+    # it, so a trace with a span there started before it too. Traces not seen at all
+    # started before it; incomplete ones may still get earlier starts, or fail.
+    if since_ns is not None and horizon < since_ns:
         return True
     if slowest is not None or want is None:
         return False
@@ -253,10 +304,11 @@ def _can_stop(
         (
             a.start_ns
             for a in accumulators.values()
-            if a.complete and _passes(a.summary(now_ns), failed, since_ns)
+            if a.complete(horizon) and _passes(a.summary(now_ns), failed, since_ns)
         ),
         reverse=True,
     )
     if len(starts) < want:
         return False
-    return incomplete_newest is None or incomplete_newest < starts[want - 1]
+    threshold = starts[want - 1]
+    return all(a.start_ns < threshold for a in accumulators.values() if not a.complete(horizon))

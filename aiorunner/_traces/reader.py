@@ -3,10 +3,13 @@ Reading the embedded JSONL trace file(s) back: what ``aiorunner traces`` shows.
 
 The file is the Collector's ``otlpjsonfile`` format: one OTLP/JSON
 ``ExportTraceServiceRequest`` per line, written by the ``jsonl`` backend. A run's spans
-may be spread over several lines and lines of many runs interleave. When a run starts, the
-writer appends its root span with ``endTimeUnixNano`` "0" and ``aiorunner.pending=true``
-(so a run shows as running from its first moment); a later line with the same span id
-supersedes it. Rotation keeps ``traces.jsonl`` (newest), ``traces.jsonl.1``,
+may be spread over several lines and lines of many runs interleave; each span is in the
+file once, when it has ended. Runs still going are not in the file: the writer keeps them
+in the live-runs directory beside it (``traces.jsonl.live/``, see ``_export.live``), read
+by :func:`live_records`; an entry whose runner process is gone reads as ``lost``. Files
+written before issue 15 also hold start markers (a root with ``endTimeUnixNano`` "0" and
+``aiorunner.pending=true``, superseded by a later line with the same span id): they still
+read as running. Rotation keeps ``traces.jsonl`` (newest), ``traces.jsonl.1``,
 ``traces.jsonl.2`` ... (higher is older); the reader follows them all.
 
 This module holds the parts every reader shares: decoding a line into :class:`SpanRecord`
@@ -21,6 +24,7 @@ thread (``anyio.to_thread.run_sync``) when on an event loop.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +51,8 @@ __all__ = [
     "is_root_candidate",
     "iter_records",
     "iter_requests",
+    "lines_backward",
+    "live_records",
     "parse_since",
     "records_backward",
     "resolve_traces_file",
@@ -91,7 +97,7 @@ class SpanRecord:
     name: str
     kind: int
     start_ns: int
-    #: 0 while the span is pending (its run is still going).
+    #: 0 while the span is pending (its run is still going, or was lost).
     end_ns: int
     attributes: Mapping[str, Any]
     events: tuple[SpanEvent, ...]
@@ -100,12 +106,15 @@ class SpanRecord:
     resource: Mapping[str, Any]
     scope: str
     pending: bool
+    #: A pending root from the live-runs view whose runner process is gone: it will
+    #: never end (the runner was killed, or the machine went down).
+    lost: bool = False
 
     @property
     def status(self) -> str:
-        """``running``, ``error`` or ``ok`` (an unset status reads as ok)."""
+        """``running``, ``lost``, ``error`` or ``ok`` (an unset status reads as ok)."""
         if self.pending:
-            return "running"
+            return "lost" if self.lost else "running"
         return "error" if self.status_code == STATUS_ERROR else "ok"
 
     @property
@@ -462,9 +471,34 @@ def iter_records(
 
 
 def records_backward(files: Iterable[Path], stats: ReadStats) -> Iterator[SpanRecord]:
+    for records in lines_backward(files, stats):
+        yield from reversed(records)
+
+
+def lines_backward(files: Iterable[Path], stats: ReadStats) -> Iterator[list[SpanRecord]]:
+    """The spans of each line of ``files`` (given newest first), newest line first."""
     for path in files:
         for line in _lines_backward(path):
-            yield from reversed(_parse_line(line, stats))
+            yield _parse_line(line, stats)
+
+
+def live_records(path: str | os.PathLike[str], stats: ReadStats | None = None) -> list[SpanRecord]:
+    """
+    The root spans of the runs in ``path``'s live-runs directory: pending, and ``lost``
+    when the process that wrote the entry is gone (pid and creation time checked, so a
+    reused pid does not keep a dead run alive). Read them *before* the file: a run that
+    ends meanwhile is then found finished there, never missing from both.
+    """
+    from .._export.live import read_entries
+
+    stats = ReadStats() if stats is None else stats
+    entries, unreadable = read_entries(path)
+    stats.skipped += unreadable
+    return [
+        dataclasses.replace(record, pending=True, lost=entry.lost)
+        for entry in entries
+        for record in _records_of(entry.request, stats)
+    ]
 
 
 # ------------------------------------------------------------------------------- since

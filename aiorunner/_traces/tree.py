@@ -2,10 +2,13 @@
 One trace read back whole (``aiorunner traces show``): its spans deduplicated, arranged
 as the tree the waterfall and the HTML page draw.
 
-A later line supersedes an earlier one for the same span id (the finished root replaces
-its start marker), except that a start marker never replaces a finished span. Spans whose
-parent is not in the file (another service's, or not written yet) are roots; a parent
-cycle in malformed input cannot hide a span.
+A run still going has its root in the live-runs directory beside the file, not in the
+file: it is read first, and a finished root found in the file (the run ended meanwhile)
+replaces it. For files written before issue 15, a later line supersedes an earlier one
+for the same span id (the finished root replaces its start marker), except that a start
+marker never replaces a finished span. Spans whose parent is not in the file (another
+service's, or not written yet) are roots; a parent cycle in malformed input cannot hide
+a span.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .reader import (
     ReadStats,
     is_root_candidate,
     iter_records,
+    live_records,
     trace_files,
 )
 
@@ -70,13 +74,22 @@ class Trace:
 
     @property
     def running(self) -> bool:
-        return any(s.pending for s in self.spans)
+        """A span is still going and its runner is alive (a lost run is not running)."""
+        return any(s.pending and not s.lost for s in self.spans)
+
+    @property
+    def lost(self) -> bool:
+        """The run's root never ended and never will: its runner process died."""
+        return not self.running and any(s.lost for s in self.spans)
 
     @property
     def status(self) -> str:
-        """``running``, ``error`` when a root span (the run itself) failed, else ``ok``."""
+        """``running``, ``lost`` (its runner died), ``error`` when a root span (the run
+        itself) failed, else ``ok``."""
         if self.running:
             return "running"
+        if self.lost:
+            return "lost"
         roots = {s.span_id: s for s in self.roots()}
         roots.update((s.span_id, s) for s in self.spans if is_root_candidate(s))
         return "error" if any(s.status_code == STATUS_ERROR for s in roots.values()) else "ok"
@@ -86,7 +99,8 @@ class Trace:
         return sum(1 for s in self.spans if s.status_code == STATUS_ERROR)
 
     def span_end(self, span: SpanRecord) -> int:
-        """Where a span's bar ends: its end, or now while it is running."""
+        """Where a span's bar ends: its end, or now while it is running (for a lost run:
+        the last end recorded)."""
         return span.end_ns if not span.pending else max(self.end_ns, span.start_ns)
 
     def roots(self) -> list[SpanRecord]:
@@ -141,16 +155,25 @@ def _prefix(trace_id: str) -> str:
 def load_trace(path: str | os.PathLike[str], trace_id: str, *, now_ns: int | None = None) -> Trace:
     """
     The trace whose id is ``trace_id`` or starts with it, from ``path`` and its rotated
-    files.
+    files, and the live-runs directory beside it.
 
     Raises:
         ConfigError: ``trace_id`` is not hexadecimal.
         TraceNotFoundError: no trace matches, or the prefix matches several (listed).
     """
     prefix = _prefix(trace_id)
-    files = trace_files(path)
     stats = ReadStats()
     found: dict[str, dict[str, SpanRecord]] = {}
+    # Live roots first: a run that ends while the file is read is then found finished.
+    for record in live_records(path, stats):
+        if record.trace_id.startswith(prefix):
+            found.setdefault(record.trace_id, {})[record.span_id] = record
+    try:
+        files = trace_files(path)
+    except TraceNotFoundError:
+        if not found:
+            raise
+        files = []  # the run is going on and nothing of it is written yet
     for record in iter_records(files, stats=stats, contains=prefix.encode()):
         if not record.trace_id.startswith(prefix):
             continue

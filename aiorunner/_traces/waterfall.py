@@ -39,8 +39,8 @@ RUNNING_BAR = "▒"
 EVENT = "◆"
 _DURATION_WIDTH = 8
 _STATUS_WIDTH = 7
-_STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
-_BAR_STYLES = {"ok": "cyan", "error": "red", "running": "yellow"}
+_STYLES = {"ok": "green", "error": "bold red", "running": "yellow", "lost": "bold magenta"}
+_BAR_STYLES = {"ok": "cyan", "error": "red", "running": "yellow", "lost": "magenta"}
 _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["traces_command"]
 
-_STATUS_STYLES = {"ok": "green", "error": "bold red", "running": "yellow"}
+_STATUS_STYLES = {"ok": "green", "error": "bold red", "running": "yellow", "lost": "bold magenta"}
 _SCRIPT_CELLS = 40
 
 _FILE_HELP = (
