@@ -97,10 +97,17 @@ class Backend(Protocol):
 
     Optional, not part of the protocol: ``async def on_span_start(self, span) -> None``.
     A backend that defines it is handed each root ``ScriptRunner`` span as soon as it
-    starts (a ``ReadableSpan`` with no end time and the attribute ``aiorunner.pending`` =
-    true), before that span's end is exported, so that a run can be shown as running
-    (the ``jsonl`` backend writes it as a line a later one supersedes). Errors and
-    timeouts there are logged, never raised.
+    starts (a copy, a ``ReadableSpan`` with no end time), before that span's end is
+    exported, so that a run can be shown as running. It is not a span to export: the
+    span itself comes later, once, with its end. A backend may also set
+    ``span_start_delay`` (seconds): the start is then handed over only if the span is
+    still open after that long (the ``jsonl`` backend enters runs in its live-runs view
+    this way, so that short runs cost it nothing). Errors and timeouts there are logged,
+    never raised.
+
+    Optional too: ``max_schedule_delay`` (seconds) caps how long ended spans wait for
+    their batch (``OTEL_BSP_SCHEDULE_DELAY``); ``jsonl`` sets 0.5, so a span is on disk
+    within about half a second of its end.
     """
 
     #: The name it was registered under, used in reports and errors.
