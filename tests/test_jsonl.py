@@ -550,3 +550,18 @@ def test_file_size_limit_short_write_is_truncated_back(traces_file: Path) -> Non
     warnings = [line for line in done.stderr.splitlines() if "could not export" in line]
     assert len(warnings) == 1, done.stderr
     assert str(traces_file) in warnings[0] and "File too large" in warnings[0]
+
+
+async def test_a_fragment_left_by_a_crash_does_not_swallow_the_next_line(
+    traces_file: Path,
+) -> None:
+    """A file ending in half a line (a writer killed mid-write) gets a newline before the
+    next line, which is then whole and readable on its own (not glued to the fragment)."""
+    traces_file.write_text('{"resourceSpans":[{"resource":{"attri')
+    async with await open_session(config()) as session:
+        with session.tracer().start_as_current_span("after-crash"):
+            pass
+        await session.flush()
+    fragment, text = traces_file.read_text().splitlines()
+    assert fragment == '{"resourceSpans":[{"resource":{"attri'
+    assert spans_of(json.loads(text))[0]["name"] == "after-crash"

@@ -241,30 +241,33 @@ class JsonlBackend:
                     # check-then-rename, and truncating back a short write must not cut
                     # another process's line.
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                if not self._current(fd, path):
+                size = self._current_size(fd, path)
+                if size is None:
                     continue  # rotated by another process: write to the new file
-                if self.max_bytes > 0 and not self._room_for(fd, path, len(data)):
+                if self.max_bytes > 0 and not self._room_for(size, path, len(data)):
                     continue  # rotated now: write to the new file
-                _write_whole(fd, data, readable=readable)
+                _write_whole(fd, data, size, readable=readable)
                 return
             finally:
                 os.close(fd)
         raise OSError(errno.EAGAIN, f"the traces file {path} kept being rotated under us")
 
     @staticmethod
-    def _current(fd: int, path: str) -> bool:
-        """False when ``path`` is no longer the file ``fd`` holds (rotated away)."""
+    def _current_size(fd: int, path: str) -> int | None:
+        """The size of the file ``fd`` holds, or None when ``path`` is no longer that
+        file (rotated away)."""
         stat = os.fstat(fd)
         try:
             current = os.stat(path)
         except FileNotFoundError:
-            return False
-        return (current.st_ino, current.st_dev) == (stat.st_ino, stat.st_dev)
+            return None
+        if (current.st_ino, current.st_dev) != (stat.st_ino, stat.st_dev):
+            return None
+        return stat.st_size
 
-    def _room_for(self, fd: int, path: str, size: int) -> bool:
+    def _room_for(self, current: int, path: str, size: int) -> bool:
         """Under the lock: True when the line fits, False when the file had to be rotated
         now (then the caller reopens)."""
-        current = os.fstat(fd).st_size
         if current == 0 or current + size <= self.max_bytes:
             return True
         self._rotate(path)
@@ -297,16 +300,16 @@ class JsonlBackend:
         return ExportResult.retryable(f"cannot write the traces file {path}: {reason}")
 
 
-def _write_whole(fd: int, data: bytes, *, readable: bool) -> None:
+def _write_whole(fd: int, data: bytes, start: int, *, readable: bool) -> None:
     """
-    Append ``data`` (one line) to ``fd`` (``O_APPEND``, under the lock): whole, or not at
-    all. A write that stops short (the disk filled mid-line) is truncated back to where
-    the line began before the error is raised.
+    Append ``data`` (one line) to ``fd`` (``O_APPEND``, under the lock, so ``start``, the
+    file's size, is where the line begins): whole, or not at all. A write that stops
+    short (the disk filled mid-line) is truncated back to where the line began before
+    the error is raised.
 
     Raises:
         OSError: the line could not be written (the file is as it was).
     """
-    start = os.fstat(fd).st_size  # with the lock held, where this line will begin
     if start and readable and os.pread(fd, 1, start - 1) != b"\n":
         # The file ends in a fragment (a crash mid-write, a writer that takes no lock):
         # end it, so that this line stays readable.
@@ -320,7 +323,8 @@ def _write_whole(fd: int, data: bytes, *, readable: bool) -> None:
             view = view[written:]
     except OSError:
         if len(view) != len(data):
-            os.ftruncate(fd, start)
+            with contextlib.suppress(OSError):  # the write's own error is the one to tell
+                os.ftruncate(fd, start)
         raise
 
 
