@@ -247,10 +247,14 @@ class ProcessTreeMonitor:
             return
         self._applied_at = read_at
         figures = self._tree.apply(results)
-        if figures.readings == 0:
+        if figures.readings == 0 or figures.processes == 0:
+            # Nothing read, or only zombies (the script's, read by stop() before the
+            # reap): their final counters are in the tree's totals (summary()), but a
+            # reading of a tree that has exited is not a sample: rss 0 and no process
+            # would reach on_sample, live(), the events and the average (#16).
             if not self._tree.alive:
                 self._finish()  # everything exited and was reaped: nothing left to watch
-            return  # nothing was read: no sample rather than a sample of zeros
+            return
         elapsed = read_at - self._t0
         cpu = figures.cpu_user + figures.cpu_system
         percent, window_ok = self._log.percent(elapsed, cpu)

@@ -418,7 +418,8 @@ class _Run:
         span.set_attribute("process.pid", child.pid)
         if channel is not None:
             channel.child_started()
-        t_start = time.perf_counter()
+        # From just before the fork: the same interval as the child's CPU time (#16).
+        t_start = child.spawned_at
         monitor = self._make_monitor(child.pid, reader)
         limit_reason: list[str] = []
         try:

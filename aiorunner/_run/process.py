@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,11 @@ class ChildProcess:
         self.stdout = TailBuffer(tail_limit)
         self.stderr = TailBuffer(tail_limit)
         self.returncode: int | None = None
+        #: ``time.perf_counter()`` just before the fork: the child's CPU time counts from
+        #: the fork, so a wall time it is divided by must start here, not once the loop
+        #: got the GIL back after the spawn (another thread may hold it for milliseconds
+        #: while the script runs).
+        self.spawned_at = time.perf_counter()
         self.rusage: resource.struct_rusage | None = None
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
@@ -125,8 +131,11 @@ class ChildProcess:
         Raises:
             OSError: the executable is missing or not executable, or ``cwd`` is bad.
         """
+        spawned_at = time.perf_counter()
         popen = _spawn_here(argv, cwd, env, pass_fds)
-        return cls(popen, tail_limit=tail_limit, on_output=on_output)
+        child = cls(popen, tail_limit=tail_limit, on_output=on_output)
+        child.spawned_at = spawned_at
+        return child
 
     # -- output -----------------------------------------------------------------------
 
