@@ -12,7 +12,8 @@ CHROMIUM := /usr/bin/chromium
 DEV_TOOLS := pytest pytest-asyncio pytest-timeout blockbuster hypothesis ruff mypy \
 	grpcio opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http \
 	types-psutil \
-	opentelemetry-propagator-b3 opentelemetry-instrumentation-requests requests
+	opentelemetry-propagator-b3 opentelemetry-instrumentation-requests requests \
+	distributed
 
 .PHONY: demo test lint format bench venv clean
 
