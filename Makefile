@@ -13,6 +13,9 @@ DEV_TOOLS := pytest pytest-asyncio pytest-timeout blockbuster hypothesis ruff my
 	grpcio opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http \
 	types-psutil \
 	opentelemetry-propagator-b3 opentelemetry-instrumentation-requests requests \
+	opentelemetry-instrumentation-httpx opentelemetry-instrumentation-urllib3 \
+	opentelemetry-instrumentation-urllib opentelemetry-instrumentation-aiohttp-client \
+	httpx aiohttp \
 	distributed
 
 .PHONY: demo test lint format bench venv clean
