@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["BackendReport", "ExportReport", "RunResult"]
+__all__ = ["BackendReport", "ExportReport", "InscriptReport", "RunResult"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,54 @@ class BackendReport:
 
 
 @dataclass(frozen=True)
+class InscriptReport:
+    """
+    What came of the spans a Python script sent over its in-script channel (see the
+    README's "Spans from inside your script"), and what the runner threw away of it.
+
+    A script writes to the channel what it likes: the runner keeps a bounded amount of it
+    (``aiorunner._context.channel``'s ``MAX_*`` constants), applies the span limits to
+    what arrives, and counts here what it did not keep.
+    """
+
+    #: Spans received from the script and handed to the export pipeline.
+    received: int = 0
+    #: Spans the script's side could not send (also in ``ExportReport.dropped``).
+    dropped_spans: int = 0
+    #: Messages the runner discarded: unreadable, over the per-message size limit, or
+    #: beyond the channel's memory bound; each may have held several spans.
+    dropped_messages: int = 0
+    #: Bytes of the discarded messages (as far as they arrived).
+    dropped_bytes: int = 0
+    #: Attributes, events and links the span limits removed from received spans, and
+    #: string values they cut (each span's own dropped counts say which).
+    limited: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing the script sent was lost (limits applied are not a loss)."""
+        return self.dropped_spans == 0 and self.dropped_messages == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "dropped_spans": self.dropped_spans,
+            "dropped_messages": self.dropped_messages,
+            "dropped_bytes": self.dropped_bytes,
+            "limited": self.limited,
+        }
+
+
+@dataclass(frozen=True)
 class ExportReport:
     """
     What happened to a run's spans by the time ``upload_traces`` ended.
 
     ``dropped`` counts spans lost before reaching any backend (queue full, pipeline
     closed); per-backend counts are in ``backends``. ``sampled_out`` is True when the
-    sampler decided not to record the run (nothing was meant to arrive).
+    sampler decided not to record the run (nothing was meant to arrive). ``inscript``:
+    what the script's in-script channel delivered and what the runner discarded of it
+    (None when the run had no channel).
     """
 
     backends: tuple[BackendReport, ...] = ()
@@ -57,6 +98,7 @@ class ExportReport:
     pending: int = 0
     sampled_out: bool = False
     disabled: bool = False
+    inscript: InscriptReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,6 +108,7 @@ class ExportReport:
         return (
             self.dropped == 0
             and self.pending == 0
+            and (self.inscript is None or self.inscript.dropped_messages == 0)
             and all(b.failed == 0 and b.dropped == 0 for b in self.backends)
         )
 
@@ -92,6 +135,11 @@ class ExportReport:
             parts.append(f"{self.dropped} dropped before export")
         if self.pending:
             parts.append(f"{self.pending} still pending")
+        if self.inscript is not None and self.inscript.dropped_messages:
+            parts.append(
+                f"{self.inscript.dropped_messages} in-script messages "
+                f"({self.inscript.dropped_bytes} bytes) discarded"
+            )
         return "; ".join(parts) or "nothing exported"
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +150,7 @@ class ExportReport:
             "pending": self.pending,
             "sampled_out": self.sampled_out,
             "disabled": self.disabled,
+            "inscript": self.inscript.to_dict() if self.inscript is not None else None,
         }
 
 

@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,13 +48,18 @@ from .bootstrap import BOOTSTRAP_DIR
 if TYPE_CHECKING:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits
 
     from .._config import TracingConfig
 
 __all__ = [
     "INSCRIPT_VAR",
+    "MAX_MESSAGE_BYTES",
+    "MAX_PENDING_BYTES",
+    "MAX_PENDING_WRITERS",
     "PYTHONPATH_VAR",
     "SpanChannel",
+    "SpanDecoder",
     "decode_span",
     "open_channel",
 ]
@@ -69,8 +75,27 @@ PYTHONPATH_VAR = "AIORUNNER_INSCRIPT_PYTHONPATH"
 _HEADER_SIZE = 5
 _MAX_CHUNK = 60_000
 _RECV_SIZE = _MAX_CHUNK + _HEADER_SIZE + 64
-#: A payload larger than this (a runaway script) is thrown away, with a warning.
-_MAX_PAYLOAD = 64 << 20
+
+# The channel's memory bound: a script chooses what it writes (the writer pid in each
+# chunk's header included), so what the runner keeps of it is bounded in total, not per
+# writer. At most MAX_PENDING_BYTES of unfinished messages are held, from at most
+# MAX_PENDING_WRITERS processes at once, and a message over MAX_MESSAGE_BYTES is thrown
+# away as it arrives; each discarded message is counted (SpanChannel.discarded).
+#: One message (a batch of spans, or one span) larger than this is discarded; the
+#: bootstrap does not send one (it counts such a span as dropped instead). OTLP
+#: collectors refuse requests over 4 MiB by default.
+MAX_MESSAGE_BYTES = 16 << 20
+#: Unfinished messages held at once, all writers together.
+MAX_PENDING_BYTES = 64 << 20
+#: Writers (pids) with an unfinished message held at once.
+MAX_PENDING_WRITERS = 64
+#: Writers whose rest of a discarded message is skipped; past it, each chunk of such a
+#: message is counted as one discarded message.
+_MAX_SKIPPING = 4096
+#: Exit peaks kept (the run's own process reports one; others are ignored past this).
+_MAX_EXIT_PEAKS = 64
+#: Warnings logged per channel before they are only counted (one summary at close).
+MAX_WARNINGS = 5
 
 _KINDS = {kind.value: kind for kind in SpanKind}
 _STATUS = {code.value: code for code in StatusCode}
@@ -82,15 +107,230 @@ def _socket_type() -> int:
 
 # ------------------------------------------------------------------------ decoding
 
+_UINT64 = 1 << 64
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: W3C trace-context list member (key=value); a tracestate has at most 32 of them.
+_TRACESTATE_MEMBER = re.compile(
+    r"[a-z0-9][a-z0-9_\-*/@]{0,255}"  # key (tenant@vendor included)
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"  # value
+)
 
-def _attrs(raw: Mapping[str, Any] | None, dropped: int = 0) -> BoundedAttributes:
-    values = {
-        key: tuple(value) if isinstance(value, list) else value
-        for key, value in (raw or {}).items()
-    }
-    attributes = BoundedAttributes(None, values, immutable=True)
-    attributes.dropped = dropped
-    return attributes
+
+def _hex_id(value: Any, digits: int) -> int:
+    """A trace (32) or span (16) id in hex; ValueError unless exactly that and not zero
+    (an id the encoders cannot write would fail a whole export batch)."""
+    if not isinstance(value, str) or len(value) != digits or not value.isalnum():
+        raise ValueError(f"bad id {value!r:.40}")
+    number = int(value, 16)
+    if not number:
+        raise ValueError("zero id")
+    return number
+
+
+def _uint(value: Any, bound: int = _UINT64) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
+        raise ValueError(f"bad number {value!r:.40}")
+    return value
+
+
+def _trace_state(value: Any) -> TraceState | None:
+    """A W3C tracestate, checked first: the SDK's parser logs a warning for each bad one
+    (a script could flood the log with them)."""
+    if not value:
+        return None
+    if not isinstance(value, str) or len(value) > 8192:
+        raise ValueError("bad tracestate")
+    members = [m.strip(" \t") for m in value.split(",")]
+    members = [m for m in members if m]
+    if len(members) > 32 or not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+        raise ValueError(f"bad tracestate {value!r:.80}")
+    keys = [m.partition("=")[0] for m in members]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate tracestate key in {value!r:.80}")
+    return TraceState([tuple(m.split("=", 1)) for m in members])  # type: ignore[misc]
+
+
+class SpanDecoder:
+    """
+    Turns spans of the wire format into ReadableSpans carrying ``resource``, applying
+    ``limits`` (the session's ``SpanLimits``) as the SDK applies them when a span is
+    recorded: at most ``max_span_attributes`` attributes (the newest kept),
+    ``max_events`` events and ``max_links`` links (the newest kept), their own
+    attribute counts, string values cut to ``max_span_attribute_length`` (span) or
+    ``max_attribute_length`` (events, links); what was removed adds to the span's,
+    event's or link's dropped count, as it would have in the SDK.
+
+    Why here and not only in the script: the script's side is the script's, and a
+    script may write to the channel by hand; the runner must not trust it to have
+    applied them (one span of 300 one-MiB attributes made a 314 MB line).
+
+    Unlike ``BoundedAttributes`` it logs nothing per value (the SDK logs a warning for
+    each attribute it drops or cuts: a flood, from a hostile script).
+    """
+
+    def __init__(self, resource: Resource, limits: SpanLimits | None = None) -> None:
+        self._resource = resource
+        self._span_attrs = _limit(limits, "max_span_attributes")
+        self._span_len = _limit(limits, "max_span_attribute_length")
+        self._events = _limit(limits, "max_events")
+        self._links = _limit(limits, "max_links")
+        self._event_attrs = _limit(limits, "max_event_attributes")
+        self._link_attrs = _limit(limits, "max_link_attributes")
+        self._len = _limit(limits, "max_attribute_length")
+        #: Attributes, events and links the limits removed, and string values they cut.
+        self.limited = 0
+
+    def decode(self, data: Mapping[str, Any]) -> ReadableSpan:
+        """
+        One span. Keys: ``n`` name, ``t``/``i`` trace and span id (hex), ``f`` flags,
+        ``ts`` tracestate, ``p`` parent span id (``pt`` its trace id when it differs,
+        ``pr`` 1 when the SDK marked it remote; ``execute_script``'s children are marked
+        local: the same run), ``k`` kind, ``s``/``e`` start and end (ns), ``a``/``da``
+        attributes and how many were dropped, ``ev``/``de`` events ``[name, ns,
+        attributes, dropped attributes]``, ``l``/``dl`` links ``[trace, span, flags,
+        attributes, is_remote, tracestate, dropped attributes]``, ``sc``/``sd`` status
+        code and description, ``sn``/``sv``/``su``/``sa`` the instrumentation scope.
+
+        Raises:
+            KeyError, ValueError, TypeError: malformed data.
+        """
+        trace_id = _hex_id(data["t"], 32)
+        flags = TraceFlags(_uint(data.get("f", 1), 256))
+        context = SpanContext(
+            trace_id,
+            _hex_id(data["i"], 16),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=_trace_state(data.get("ts")),
+        )
+        parent = None
+        if data.get("p"):
+            parent = SpanContext(
+                _hex_id(data["pt"], 32) if data.get("pt") else trace_id,
+                _hex_id(data["p"], 16),
+                is_remote=bool(data.get("pr")),
+                trace_flags=flags,
+            )
+        events = [self._event(item) for item in _list(data.get("ev"))]
+        dropped_events = _uint(data.get("de", 0))
+        if self._events is not None and len(events) > self._events:
+            removed = len(events) - self._events
+            events = events[removed:]  # the SDK keeps the newest
+            dropped_events += removed
+            self.limited += removed
+        links = [self._link(item) for item in _list(data.get("l"))]
+        dropped_links = _uint(data.get("dl", 0))
+        if self._links is not None and len(links) > self._links:
+            removed = len(links) - self._links
+            links = links[removed:]
+            dropped_links += removed
+            self.limited += removed
+        description = data.get("sd")
+        if description is not None and not isinstance(description, str):
+            raise TypeError("status description is not a string")
+        status = Status(_STATUS[int(data.get("sc", 0))], description)
+        scope = None
+        if "sn" in data:
+            scope = InstrumentationScope(
+                str(data["sn"]),
+                _optional_str(data.get("sv")),
+                _optional_str(data.get("su")),
+                self._attributes(data.get("sa"), None, None),
+            )
+        start, end = _uint(data["s"]), _uint(data["e"])
+        return ReadableSpan(
+            name=str(data["n"]),
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=self._attributes(
+                data.get("a"), self._span_attrs, self._span_len, data.get("da", 0)
+            ),
+            events=_bounded(events, dropped_events),
+            links=_bounded(links, dropped_links),
+            kind=_KINDS[int(data.get("k", 0))],
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=scope,
+        )
+
+    def _event(self, item: Any) -> Event:
+        name, timestamp, attributes, *rest = item
+        return Event(
+            str(name),
+            self._attributes(attributes, self._event_attrs, self._len, rest[0] if rest else 0),
+            timestamp=_uint(timestamp),
+        )
+
+    def _link(self, item: Any) -> Link:
+        trace_id, span_id, flags, attributes, *rest = item
+        remote = bool(rest[0]) if rest else False
+        state = _trace_state(rest[1]) if len(rest) > 1 else None
+        context = SpanContext(
+            _hex_id(trace_id, 32),
+            _hex_id(span_id, 16),
+            is_remote=remote,
+            trace_flags=TraceFlags(_uint(flags, 256)),
+            trace_state=state,
+        )
+        dropped = rest[2] if len(rest) > 2 else 0
+        return Link(context, self._attributes(attributes, self._link_attrs, self._len, dropped))
+
+    def _attributes(
+        self, raw: Any, maxlen: int | None, max_value_len: int | None, dropped: Any = 0
+    ) -> BoundedAttributes:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise TypeError("attributes are not an object")
+        removed = 0
+        items = [(key, value) for key, value in raw.items() if key]
+        removed += len(raw) - len(items)  # an empty key: dropped, as the SDK does
+        if maxlen is not None and len(items) > maxlen:
+            cut = len(items) - maxlen
+            items = items[cut:]  # the SDK drops the oldest to make room for the newest
+            removed += cut
+            self.limited += cut
+        values = {key: self._value(value, max_value_len) for key, value in items}
+        attributes = BoundedAttributes(None, values, immutable=True)
+        attributes.dropped = _uint(dropped) + removed
+        return attributes
+
+    def _value(self, value: Any, max_len: int | None) -> Any:
+        if value is None or isinstance(value, (bool, float)):
+            return value
+        if isinstance(value, str):
+            if max_len is not None and len(value) > max_len:
+                self.limited += 1
+                return value[:max_len]
+            return value
+        if isinstance(value, int):
+            # OTLP's int is 64 bits: a larger one would fail the whole batch it is in.
+            return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
+        if isinstance(value, list):
+            return tuple(self._value(item, max_len) for item in value)
+        if isinstance(value, dict):
+            return {key: self._value(item, max_len) for key, item in value.items() if key}
+        raise TypeError(f"attribute value of type {type(value).__name__}")
+
+
+def _limit(limits: SpanLimits | None, name: str) -> int | None:
+    """One limit of ``limits`` (None: no limit; the SDK turns ``UNSET`` into None)."""
+    value = getattr(limits, name, None)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def _list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError("not a list")
+    return value
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _bounded(items: list[Any], dropped: int) -> BoundedList[Any]:
@@ -99,67 +339,15 @@ def _bounded(items: list[Any], dropped: int) -> BoundedList[Any]:
     return bounded
 
 
-def decode_span(data: Mapping[str, Any], resource: Resource) -> ReadableSpan:
-    """
-    One span of the wire format as a ReadableSpan carrying ``resource``.
-
-    Keys: ``n`` name, ``t``/``i`` trace and span id (hex), ``f`` flags, ``ts`` tracestate,
-    ``p`` parent span id (``pt`` its trace id when it differs), ``k`` kind, ``s``/``e``
-    start and end (ns), ``a``/``da`` attributes and how many were dropped, ``ev``/``de``
-    events ``[name, ns, attributes]``, ``l``/``dl`` links ``[trace, span, flags, attrs]``,
-    ``sc``/``sd`` status code and description, ``sn``/``sv``/``su``/``sa`` the
-    instrumentation scope. Parents are marked local: they are spans of this same run.
+def decode_span(
+    data: Mapping[str, Any], resource: Resource, limits: SpanLimits | None = None
+) -> ReadableSpan:
+    """One span of the wire format (see :meth:`SpanDecoder.decode`), ``limits`` applied.
 
     Raises:
         KeyError, ValueError, TypeError: malformed data.
     """
-    trace_id = int(data["t"], 16)
-    state = data.get("ts")
-    context = SpanContext(
-        trace_id,
-        int(data["i"], 16),
-        is_remote=False,
-        trace_flags=TraceFlags(int(data.get("f", 1))),
-        trace_state=TraceState.from_header([state]) if state else None,
-    )
-    parent = None
-    if data.get("p"):
-        parent = SpanContext(
-            int(data["pt"], 16) if data.get("pt") else trace_id,
-            int(data["p"], 16),
-            is_remote=False,
-            trace_flags=context.trace_flags,
-        )
-    events = [
-        Event(name, _attrs(attrs), timestamp=int(ts)) for name, ts, attrs in data.get("ev", ())
-    ]
-    links = [
-        Link(
-            SpanContext(int(t, 16), int(s, 16), is_remote=False, trace_flags=TraceFlags(f)),
-            _attrs(attrs),
-        )
-        for t, s, f, attrs in data.get("l", ())
-    ]
-    status = Status(_STATUS[int(data.get("sc", 0))], data.get("sd"))
-    scope = None
-    if "sn" in data:
-        scope = InstrumentationScope(
-            data["sn"], data.get("sv"), data.get("su"), _attrs(data.get("sa"))
-        )
-    return ReadableSpan(
-        name=str(data["n"]),
-        context=context,
-        parent=parent,
-        resource=resource,
-        attributes=_attrs(data.get("a"), int(data.get("da", 0))),
-        events=_bounded(events, int(data.get("de", 0))),
-        links=_bounded(links, int(data.get("dl", 0))),
-        kind=_KINDS[int(data.get("k", 0))],
-        status=status,
-        start_time=int(data["s"]),
-        end_time=int(data["e"]),
-        instrumentation_scope=scope,
-    )
+    return SpanDecoder(resource, limits).decode(data)
 
 
 #: submit(spans, dropped): hand finished spans, and counts of spans the child had to
@@ -170,24 +358,46 @@ Submit = Callable[[Sequence[ReadableSpan], Mapping[int, int]], None]
 class SpanChannel:
     """The runner's end of one run's channel. Create with :func:`open_channel`."""
 
-    def __init__(self, submit: Submit, resource: Resource) -> None:
+    def __init__(
+        self, submit: Submit, resource: Resource, limits: SpanLimits | None = None
+    ) -> None:
         self._submit = submit
-        self._resource = resource
+        self._decoder = SpanDecoder(resource, limits)
         kind = _socket_type()
         self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, kind)
         self._ours.setblocking(False)
+        #: Unfinished messages by writer pid (see MAX_PENDING_*).
         self._partial: dict[int, bytearray] = {}
+        self._pending_bytes = 0
+        #: Writers whose current message was discarded: skip its chunks up to its last.
+        self._skipping: dict[int, None] = {}
         self._closed = False
         self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._child_pid: int | None = None
+        self._warnings = 0
         #: Spans received and handed to the pipeline.
         self.received = 0
         #: Spans the child reported it could not send (counted as dropped for their trace).
         self.dropped = 0
-        #: Payloads that were not valid (a bug, or a script writing to our fd).
-        self.malformed = 0
+        #: Messages thrown away: unreadable (a bug, or a script writing to our fd), over
+        #: MAX_MESSAGE_BYTES, or beyond the memory bound (MAX_PENDING_*).
+        self.discarded = 0
+        #: Bytes of those messages (as far as they arrived).
+        self.discarded_bytes = 0
         #: Peak RSS in bytes (``VmHWM``) a process reported as it exited, by pid (asked
         #: for with ``report_peak``; see the bootstrap's ``_report_peak_at_exit``).
         self.exit_peaks: dict[int, int] = {}
+
+    @property
+    def malformed(self) -> int:
+        """Messages thrown away (the former name of :attr:`discarded`)."""
+        return self.discarded
+
+    @property
+    def limited(self) -> int:
+        """Attributes, events and links the span limits removed from received spans, and
+        string values they cut (see :class:`SpanDecoder`)."""
+        return self._decoder.limited
 
     @property
     def child_fd(self) -> int:
@@ -201,11 +411,14 @@ class SpanChannel:
         *,
         max_attributes: int | None,
         max_events: int | None,
+        limits: SpanLimits | None = None,
         instrument: Sequence[str] = (),
         report_peak: bool = False,
     ) -> None:
         """Add the bootstrap to a Python child's environment ``env`` (in place);
-        ``report_peak``: the child sends its peak RSS as it exits (:attr:`exit_peaks`)."""
+        ``limits``: the other span limits, so the script's SDK applies them before
+        sending (the runner applies them again on arrival); ``report_peak``: the child
+        sends its peak RSS as it exits (:attr:`exit_peaks`)."""
         settings = [
             f"fd={self.child_fd}",
             f"ino={os.fstat(self.child_fd).st_ino}",
@@ -215,6 +428,11 @@ class SpanChannel:
             settings.append(f"attrs={max_attributes}")
         if max_events is not None:
             settings.append(f"events={max_events}")
+        if limits is not None:
+            # "none" = no limit (the script's SDK must not fall back to an OTEL_* value).
+            for key, name in _CHILD_LIMITS.items():
+                value = getattr(limits, name, None)
+                settings.append(f"{key}={'none' if value is None else value}")
         if instrument:
             settings.append("instrument=" + ",".join(instrument))
         if report_peak:
@@ -224,8 +442,10 @@ class SpanChannel:
         env[PYTHONPATH_VAR] = "-" if original is None else "+" + original
         env["PYTHONPATH"] = BOOTSTRAP_DIR + (os.pathsep + original if original else "")
 
-    def child_started(self) -> None:
-        """Close our copy of the child's end once the child holds it."""
+    def child_started(self, pid: int | None = None) -> None:
+        """Close our copy of the child's end once the child holds it; ``pid``: the
+        child's, the only writer whose exit peak is kept then."""
+        self._child_pid = pid
         self._theirs.close()
 
     def start_reading(self) -> None:
@@ -262,54 +482,112 @@ class SpanChannel:
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as exc:
-                logger.warning("in-script span channel failed: %s", exc)
+                self._warn("in-script span channel failed: %s", exc)
                 return True
             if not chunk:
                 return True  # SOCK_SEQPACKET end of file (a datagram is never empty here)
             self._on_chunk(chunk)
 
+    def _warn(self, message: str, *args: object) -> None:
+        """Log the first MAX_WARNINGS problems of this channel; count the rest (one
+        summary at :meth:`close`): a script writing garbage must not flood the log."""
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
+            logger.warning(message, *args)
+
+    def _discard(self, size: int, why: str, *args: object) -> None:
+        self.discarded += 1
+        self.discarded_bytes += size
+        self._warn("in-script span message discarded: " + why, *args)
+
     def _on_chunk(self, chunk: bytes) -> None:
         if len(chunk) < _HEADER_SIZE:
-            self.malformed += 1
+            self._discard(len(chunk), "a chunk of %d bytes has no header", len(chunk))
             return
         pid = int.from_bytes(chunk[:4], "big")
         more = chunk[4]
-        partial = self._partial.get(pid)
-        if more:
-            if partial is None:
-                partial = self._partial[pid] = bytearray()
-            partial += chunk[_HEADER_SIZE:]
-            if len(partial) > _MAX_PAYLOAD:
-                del self._partial[pid]
-                self.malformed += 1
-                logger.warning("in-script span payload over %d bytes discarded", _MAX_PAYLOAD)
+        size = len(chunk) - _HEADER_SIZE
+        if pid in self._skipping:  # the rest of a message already discarded
+            self.discarded_bytes += size
+            if not more:
+                del self._skipping[pid]
             return
-        if partial is not None:
+        partial = self._partial.get(pid)
+        if not more and partial is None:
+            self._on_payload(chunk[_HEADER_SIZE:], pid)
+            return
+        if partial is None:
+            if len(self._partial) >= MAX_PENDING_WRITERS:
+                self._skip(pid, size)
+                self._discard(
+                    size,
+                    "more than %d processes sending unfinished messages at once",
+                    MAX_PENDING_WRITERS,
+                )
+                return
+            partial = self._partial[pid] = bytearray()
+        if len(partial) + size > MAX_MESSAGE_BYTES:
+            self._drop_partial(pid, size)
+            self._skip(pid, 0, more)
+            self._discard(
+                len(partial) + size, "over %d bytes (MAX_MESSAGE_BYTES)", MAX_MESSAGE_BYTES
+            )
+            return
+        if self._pending_bytes + size > MAX_PENDING_BYTES:
+            self._drop_partial(pid, size)
+            self._skip(pid, 0, more)
+            self._discard(
+                len(partial) + size,
+                "unfinished messages over %d bytes in all (MAX_PENDING_BYTES)",
+                MAX_PENDING_BYTES,
+            )
+            return
+        partial += memoryview(chunk)[_HEADER_SIZE:]
+        self._pending_bytes += size
+        if not more:
             del self._partial[pid]
-            partial += chunk[_HEADER_SIZE:]
-            payload: bytes = bytes(partial)
-        else:
-            payload = chunk[_HEADER_SIZE:]
-        self._on_payload(payload, pid)
+            self._pending_bytes -= len(partial)
+            self._on_payload(partial, pid)
 
-    def _on_payload(self, payload: bytes, pid: int) -> None:
+    def _drop_partial(self, pid: int, size: int) -> None:
+        partial = self._partial.pop(pid, None)
+        if partial is not None:
+            self._pending_bytes -= len(partial)
+
+    def _skip(self, pid: int, size: int, more: int = 1) -> None:
+        """Skip the rest of ``pid``'s current message (when there is a rest and room to
+        remember it: past _MAX_SKIPPING writers, each further chunk counts as one)."""
+        if more and len(self._skipping) < _MAX_SKIPPING:
+            self._skipping[pid] = None
+
+    def _on_payload(self, payload: bytes | bytearray, pid: int) -> None:
         try:
             message = json.loads(payload)
-            spans = [decode_span(item, self._resource) for item in message.get("s", ())]
-            dropped = {int(k, 16): int(v) for k, v in message.get("d", {}).items()}
-            if "m" in message:
-                self.exit_peaks[pid] = int(message["m"]["hwm"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self.malformed += 1
-            logger.warning("in-script span payload could not be read: %s", exc)
+            if not isinstance(message, dict):
+                raise TypeError("not a JSON object")
+            spans = [self._decoder.decode(item) for item in _list(message.get("s"))]
+            dropped = {
+                _hex_id(k, 32): _uint(v, 1 << 32) for k, v in (message.get("d") or {}).items()
+            }
+            peak = _uint(message["m"]["hwm"]) if "m" in message else None
+        except Exception as exc:  # noqa: BLE001 - anything a script writes: count it, go on
+            self._discard(len(payload), "it could not be read: %s: %.200s", type(exc).__name__, exc)
             return
+        if peak is not None and (
+            pid == self._child_pid
+            if self._child_pid is not None
+            else len(self.exit_peaks) < _MAX_EXIT_PEAKS
+        ):
+            self.exit_peaks[pid] = peak
         self.received += len(spans)
         self.dropped += sum(dropped.values())
         if spans or dropped:
             self._submit(spans, dropped)
 
     def close(self) -> None:
-        """Read what is left, then close both ends (idempotent)."""
+        """Read what is left, then close both ends (idempotent). Messages left
+        unfinished are discarded, counted; warnings past MAX_WARNINGS are summed up in
+        one."""
         if self._closed:
             return
         if self._reader_loop is not None:
@@ -319,9 +597,30 @@ class SpanChannel:
         self._closed = True
         self._ours.close()
         self._theirs.close()
-        if self._partial:
-            self.malformed += len(self._partial)
-            self._partial.clear()
+        for partial in self._partial.values():
+            self._discard(len(partial), "unfinished when the script ended")
+        self._partial.clear()
+        self._skipping.clear()
+        self._pending_bytes = 0
+        if self._warnings > MAX_WARNINGS:
+            logger.warning(
+                "in-script span channel: %d more problems like the above were not logged; "
+                "in all %d messages (%d bytes) from the script were discarded "
+                "(RunResult.export.inscript)",
+                self._warnings - MAX_WARNINGS,
+                self.discarded,
+                self.discarded_bytes,
+            )
+
+
+#: Bootstrap setting -> SpanLimits attribute (beyond ``attrs``/``events``).
+_CHILD_LIMITS = {
+    "links": "max_links",
+    "eattrs": "max_event_attributes",
+    "lattrs": "max_link_attributes",
+    "alen": "max_attribute_length",
+    "salen": "max_span_attribute_length",
+}
 
 
 def open_channel(
@@ -354,7 +653,8 @@ def open_channel(
         return None
     from .instrument import requested
 
-    channel = SpanChannel(session.submit_spans, session.tracer_provider.resource)
+    limits = getattr(session, "span_limits", None)
+    channel = SpanChannel(session.submit_spans, session.tracer_provider.resource, limits)
     traceparent = (
         f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
     )
@@ -363,6 +663,7 @@ def open_channel(
         traceparent,
         max_attributes=config.max_attributes,
         max_events=config.max_events,
+        limits=limits,
         instrument=tuple(dict.fromkeys([*(config.instrument or ()), *instrument, *requested()])),
         report_peak=report_peak,
     )

@@ -20,6 +20,7 @@ the spans, then propagates.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -384,7 +385,11 @@ def _result(
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         metrics=outcome.metrics,
-        export=outcome.export,
+        export=(
+            dataclasses.replace(outcome.export, inscript=outcome.inscript)
+            if outcome.export is not None and outcome.inscript is not None
+            else outcome.export
+        ),
     )
 
 

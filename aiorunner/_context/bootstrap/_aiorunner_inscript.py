@@ -47,6 +47,9 @@ HEADER = struct.Struct("!IB")
 MAX_CHUNK = 60_000
 #: Spans gathered into one payload until it is about this large.
 PAYLOAD_TARGET = 48_000
+#: The runner discards a payload larger than this (aiorunner._context.channel's
+#: MAX_MESSAGE_BYTES): a span whose encoding is larger is counted as dropped, not sent.
+MAX_MESSAGE = 16 << 20
 
 
 def _warn(message: str) -> None:
@@ -85,7 +88,7 @@ class Channel:
         failed: dict[str, int] = {}
         for span in spans:
             data = _encode(span)
-            if data is None:
+            if data is None or len(data) > MAX_MESSAGE - 16:
                 key = format(span.context.trace_id, "032x")
                 failed[key] = failed.get(key, 0) + 1
             else:
@@ -140,13 +143,38 @@ _JSON: dict[str, Any] = {"separators": (",", ":"), "default": str, "ensure_ascii
 
 def _encode(span: Any) -> bytes | None:
     try:
-        return json.dumps(encode_span(span), **_JSON).encode()
+        text = json.dumps(encode_span(span), **_JSON)
     except Exception:  # noqa: BLE001 - an odd span is counted as dropped, never raised
         return None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800", from a bad decode or os.fsdecode): UTF-8 cannot
+        # hold it. Replace it by U+FFFD rather than lose the span (a valid pair of
+        # surrogates becomes the character it stands for).
+        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return fixed.encode("utf-8", "replace")
 
 
 def _hex_span(span_id: int) -> str:
     return format(span_id, "016x")
+
+
+def _dropped(obj: Any) -> int:
+    try:
+        return int(obj.dropped_attributes)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _parent_span_id() -> int | None:
+    """The ``execute_script`` span's id (the default parent), when known."""
+    context = _State.default_context
+    if context is None:
+        return None
+    from opentelemetry import trace
+
+    return int(trace.get_current_span(context).get_span_context().span_id)
 
 
 def encode_span(span: Any) -> dict[str, Any]:
@@ -169,13 +197,18 @@ def encode_span(span: Any) -> dict[str, Any]:
         data["p"] = _hex_span(parent.span_id)
         if parent.trace_id != ctx.trace_id:
             data["pt"] = format(parent.trace_id, "032x")
+        # A remote parent other than execute_script (one the script extracted from a
+        # request, say) stays remote; execute_script's children are of this same run.
+        if parent.is_remote and parent.span_id != _parent_span_id():
+            data["pr"] = 1
     if span.attributes:
         data["a"] = dict(span.attributes)
     if span.dropped_attributes:
         data["da"] = span.dropped_attributes
     if span.events:
         data["ev"] = [
-            [event.name, event.timestamp, dict(event.attributes or {})] for event in span.events
+            [event.name, event.timestamp, dict(event.attributes or {}), _dropped(event)]
+            for event in span.events
         ]
     if span.dropped_events:
         data["de"] = span.dropped_events
@@ -186,6 +219,9 @@ def encode_span(span: Any) -> dict[str, Any]:
                 _hex_span(link.context.span_id),
                 int(link.context.trace_flags),
                 dict(link.attributes or {}),
+                1 if link.context.is_remote else 0,
+                link.context.trace_state.to_header() if link.context.trace_state else "",
+                _dropped(link),
             ]
             for link in span.links
         ]
@@ -295,7 +331,7 @@ def on_trace_imported(trace: Any, settings: dict[str, str]) -> None:
 
 def _limit(settings: dict[str, str], key: str) -> int | None:
     value = settings.get(key)
-    return int(value) if value else None
+    return int(value) if value and value.isdigit() else None
 
 
 def _span_limits(settings: dict[str, str]) -> dict[str, int]:
@@ -311,7 +347,7 @@ def _span_limits(settings: dict[str, str]) -> dict[str, int]:
     general = env("OTEL_ATTRIBUTE_COUNT_LIMIT", 128)
     length = env("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", -1)
     attrs, events = _limit(settings, "attrs"), _limit(settings, "events")
-    return {
+    limits = {
         "max_attributes": general,
         "max_span_attributes": env("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", general)
         if attrs is None
@@ -323,6 +359,25 @@ def _span_limits(settings: dict[str, str]) -> dict[str, int]:
         "max_attribute_length": length,
         "max_span_attribute_length": env("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", length),
     }
+    # The runner's session limits when it passed them ("none": no limit): the runner
+    # applies them to what arrives anyway; applied here, less is sent.
+    for key, name in _CHILD_LIMITS.items():
+        value = settings.get(key)
+        if value == "none":
+            limits[name] = -1
+        elif value and value.isdigit():
+            limits[name] = int(value)
+    return limits
+
+
+#: Setting -> SpanLimits keyword (aiorunner._context.channel's _CHILD_LIMITS).
+_CHILD_LIMITS = {
+    "links": "max_links",
+    "eattrs": "max_event_attributes",
+    "lattrs": "max_link_attributes",
+    "alen": "max_attribute_length",
+    "salen": "max_span_attribute_length",
+}
 
 
 def _make_provider(settings: dict[str, str]) -> Any:
