@@ -30,7 +30,7 @@ import anyio
 
 from .. import _offload
 from .._exceptions import ConfigError, UsageError
-from .readers import Reader, default_reader, own_peak_rss
+from .readers import ProcfsReader, Reader, default_reader, own_peak_rss
 from .sampler import serve
 from .samples import IO_FIELDS, Event, Sample, SampleLog, build_summary
 from .tree import ProcessTree, read_tree
@@ -68,6 +68,10 @@ class ProcessTreeMonitor:
         reader: how processes are read (tests pass ``PsutilReader()``); default: ``/proc``
             on Linux, psutil elsewhere.
         keep_samples: how many samples to keep for :meth:`events` (evenly thinned).
+        run_token: the script's ``AIORUNNER_RUN_TOKEN`` (the runner passes it): processes
+            of the run that escaped its tree (a double fork into their own session) and
+            were reparented to this process, a child subreaper, are found by it each
+            tick and counted (Linux).
 
     Raises:
         ConfigError: a value above is out of range.
@@ -83,6 +87,7 @@ class ProcessTreeMonitor:
         max_cpu_seconds: float | None = None,
         reader: Reader | None = None,
         keep_samples: int = 1024,
+        run_token: str | None = None,
     ) -> None:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise ConfigError(f"pid={pid!r} must be the positive int pid of a process")
@@ -105,6 +110,7 @@ class ProcessTreeMonitor:
         if isinstance(keep_samples, bool) or not isinstance(keep_samples, int) or keep_samples < 2:
             raise ConfigError(f"keep_samples={keep_samples!r} must be an int >= 2")
         self.pid = pid
+        self.run_token = run_token.encode() if run_token else None
         self.on_sample = on_sample
         self.max_memory_bytes = max_memory_bytes
         self.max_cpu_seconds = max_cpu_seconds
@@ -233,6 +239,18 @@ class ProcessTreeMonitor:
         return self._log.count
 
     # -- the sampler's side (see _monitor_sampler.Member) ---------------------------------
+
+    def tracked(self) -> list[tuple[int, int]]:
+        """``(pid, start time in clock ticks)`` of every process of the tree besides the
+        script that was alive at the last reading (Linux ``/proc`` reader; else empty):
+        the runner ends those that outlive the script."""
+        if not isinstance(self.reader, ProcfsReader):
+            return []
+        return [
+            (pid, int(last.identity))
+            for pid, last in self._tree.known()
+            if pid != self.pid and last is not None and not last.zombie
+        ]
 
     def job(self) -> tuple[list[KnownProcess], tuple[str, int] | None]:
         return self._tree.known(), self._tree.scan_key

@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from . import escapees
 from .tree import Scan, read_tree
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class Member(Protocol):
 
     reader: Reader
     done: bool
+    #: The script's pid, and its run token (bytes) or None: see ``escapees``.
+    pid: int
+    run_token: bytes | None
 
     def job(self) -> tuple[list[KnownProcess], tuple[str, int] | None]:
         """The live processes to read and the session/group key to scan for."""
@@ -107,13 +111,15 @@ class _Sampler:
         if not members:
             return
         jobs = [m.job() for m in members]
+        tokens = [m.run_token for m in members]
+        scripts = frozenset(m.pid for m in members)
         now = time.monotonic()
         scan = self.wants_scan(now, [key for _known, key in jobs])
         # Shielded: the leader being cancelled must not throw away everyone's readings;
         # the work is bounded (one pass over the known processes, no waiting).
         with anyio.CancelScope(shield=True):
             cost, results = await anyio.to_thread.run_sync(
-                _work, self.reader, jobs, scan, limiter=self.limiter
+                _work, self.reader, jobs, scan, tokens, scripts, limiter=self.limiter
             )
         if scan:
             self.scanned(now, cost)
@@ -126,10 +132,18 @@ def _work(
     reader: Reader,
     jobs: Sequence[tuple[list[KnownProcess], tuple[str, int] | None]],
     want_scan: bool,
+    tokens: Sequence[bytes | None] = (),
+    scripts: frozenset[int] = frozenset(),
 ) -> tuple[float, list[list[Result] | BaseException]]:
-    """Worker thread: read every tree of the tick (one tree's failure stays its own)."""
+    """Worker thread: read every tree of the tick (one tree's failure stays its own).
+    Escaped processes of the runs (see ``escapees``) are looked for once for all."""
     scan, cost = run_scan(reader) if want_scan else (None, 0.0)
-    return cost, [_read_one(reader, known, scan, key) for known, key in jobs]
+    wanted = {token for token in tokens if token is not None}
+    escaped = escapees.find_escaped(wanted, scripts) if wanted else {}
+    return cost, [
+        _read_one(reader, known, scan, key, escaped.get(token, ()) if token else ())
+        for (known, key), token in zip(jobs, tokens or [None] * len(jobs), strict=True)
+    ]
 
 
 def _read_one(
@@ -137,9 +151,10 @@ def _read_one(
     known: list[KnownProcess],
     scan: Scan | None,
     key: tuple[str, int] | None,
+    escaped: Sequence[int] = (),
 ) -> list[Result] | BaseException:
     try:
-        return read_tree(reader, known, scan=scan, scan_key=key)
+        return read_tree(reader, known, scan=scan, scan_key=key, escaped=escaped)
     except Exception as exc:  # noqa: BLE001 - a bug or an odd platform: that monitor reports it
         return exc
 

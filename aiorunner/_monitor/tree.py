@@ -82,6 +82,7 @@ def read_tree(
     *,
     scan: Scan | None,
     scan_key: tuple[str, int] | None,
+    escaped: Sequence[int] = (),
 ) -> list[Result]:
     """
     Read every known live process of one tree and every new descendant found on the way.
@@ -90,7 +91,8 @@ def read_tree(
     after the parent that listed them, so a parent is always read before its children
     (the counting rule above depends on it). Processes of the script's session or group
     that the scan found and the tree does not know yet (orphaned before we saw them) are
-    read too.
+    read too, and so are ``escaped`` ones: orphans of the run reparented to the runner (a
+    child subreaper), told by the run's token (``escapees.find_escaped``).
     """
     queue: deque[tuple[int, Reading | None, int | None]] = deque(
         (pid, last, None) for pid, last in known
@@ -101,6 +103,9 @@ def read_tree(
             if pid not in known_pids:
                 ppid = scan.entries[pid].ppid
                 queue.append((pid, None, ppid if ppid in known_pids else None))
+    if escaped:
+        known_pids = {pid for pid, _last in known}
+        queue.extend((pid, None, None) for pid in escaped if pid not in known_pids)
     reader.prepare()
     use_files = reader.has_children_files
     visited: set[int] = set()

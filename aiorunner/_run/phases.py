@@ -31,7 +31,7 @@ from .._context.channel import open_channel
 from .._context.errors import record_exception
 from .._context.propagation import inject_env
 from .._redact import Scrubber, redact_args, secret_values
-from .._result import ExportReport, InscriptReport
+from .._result import ExportReport
 from . import deps as _deps
 from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
 from .metadata import ScriptInfo, ScriptProblem, read_script
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from .._config import TracingConfig
-    from .._context.channel import SpanChannel
     from .._export.session import Session
     from .._monitor.readers import Reader
     from .runner import ScriptRunner
@@ -77,8 +76,6 @@ class _Outcome:
     stderr_truncated: int = 0
     metrics: dict[str, float | int] = field(default_factory=dict)
     export: ExportReport | None = None
-    #: What the in-script channel delivered and discarded (None: the run had none).
-    inscript: InscriptReport | None = None
     #: The ``error.type`` of the first failure (see ``ERROR_TYPES``).
     error_type: str | None = None
 
@@ -420,10 +417,10 @@ class _Run:
             child.on_exit = runner._slot.exited
         span.set_attribute("process.pid", child.pid)
         if channel is not None:
-            channel.child_started(child.pid)
+            channel.child_started()
         # From just before the fork: the same interval as the child's CPU time (#16).
         t_start = child.spawned_at
-        monitor = self._make_monitor(child.pid, reader)
+        monitor = self._make_monitor(child.pid, reader, child.token)
         limit_reason: list[str] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -457,16 +454,16 @@ class _Run:
                 elif not await child.wait_output(PIPE_GRACE):
                     # A descendant holds the pipes: the run owns its group, end it.
                     await child.terminate_group(runner.kill_grace)
+                # What left the group (a daemon's double fork) ends with the run too.
+                await child.end_escapees(runner.kill_grace, _tracked(monitor))
                 await child.wait_output(1.0)
                 if monitor is not None and not monitor.done:
                     # Only then: anyio's cancel() formats the task's repr (~50 µs a run).
                     tg.cancel_scope.cancel()
         except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(runner.kill_grace + 2):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2 * runner.kill_grace + 4):
                 await child.terminate_group(runner.kill_grace)
-            if channel is not None:
-                channel.close()
-                self._record_inscript(span, channel)
+                await child.end_escapees(runner.kill_grace, _tracked(monitor))
             self._record_exit(child, span, monitor, t_start)
             self.fail(span, "run was cancelled; its process group was terminated", "cancelled")
             span.end()
@@ -475,10 +472,7 @@ class _Run:
             child.close()
             if channel is not None:
                 channel.close()  # reads what the script wrote before it ended
-        exit_peak = None
-        if channel is not None:
-            self._record_inscript(span, channel)
-            exit_peak = channel.exit_peaks.get(child.pid)
+        exit_peak = channel.exit_peaks.get(child.pid) if channel is not None else None
         self._record_exit(child, span, monitor, t_start, exit_peak)
         code = child.returncode
         assert code is not None
@@ -502,25 +496,6 @@ class _Run:
             if tail:
                 span.add_event("script.stderr", {"aiorunner.stderr.tail": self.scrub(tail)})
         span.end()
-
-    def _record_inscript(self, span: Span, channel: SpanChannel) -> None:
-        """What the script's channel lost, onto ``execute_script`` (only what is not
-        zero) and into ``RunResult.export.inscript``."""
-        report = InscriptReport(
-            received=channel.received,
-            dropped_spans=channel.dropped,
-            dropped_messages=channel.discarded,
-            dropped_bytes=channel.discarded_bytes,
-            limited=channel.limited,
-        )
-        self.outcome.inscript = report
-        attributes = {
-            f"aiorunner.inscript.{key}": value
-            for key, value in report.to_dict().items()
-            if key != "received" and value
-        }
-        if attributes:
-            span.set_attributes(attributes)
 
     def _record_exit(
         self,
@@ -594,7 +569,7 @@ class _Run:
                 message += f": {last[0].strip()[:500]}"
         self.fail(span, message, str(code))
 
-    def _make_monitor(self, pid: int, reader: Reader | None) -> Any:
+    def _make_monitor(self, pid: int, reader: Reader | None, token: str) -> Any:
         runner = self.runner
         if reader is None:
             return None
@@ -607,6 +582,7 @@ class _Run:
             on_sample=runner.on_sample,
             max_memory_bytes=runner.max_memory_bytes,
             max_cpu_seconds=runner.max_cpu_seconds,
+            run_token=token,
         )
         runner._monitor_started(monitor)
         return monitor
@@ -698,6 +674,11 @@ class _Run:
         end_upload(report)  # does nothing when the export thread did it
         outcome.export = report
         session._run_export_log.record(report, self.runner.script, trace_id)
+
+
+def _tracked(monitor: Any) -> list[tuple[int, int]]:
+    """``(pid, start)`` of the processes the monitor last saw alive in the run's tree."""
+    return monitor.tracked() if monitor is not None else []
 
 
 def _signal_name(number: int) -> str:

@@ -9,6 +9,11 @@ short scripts run. So the child is started with ``subprocess.Popen`` in a new se
 its pipes are read by event-loop readers (no thread, no task per pipe), and its exit is
 watched through a pidfd (Linux) and reaped with ``os.wait4``. Where pidfds are missing, a
 worker thread does the blocking ``wait4``.
+
+What leaves the group (a daemon's double fork into its own session) is found by the run
+token every script carries in its environment, ended with the run and reaped
+(:meth:`ChildProcess.end_escapees`); a watchdog process ends the run's processes if this
+process dies (see ``containment.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +34,8 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
+from .._monitor import escapees
+from . import containment
 from .tail import TailBuffer
 
 if TYPE_CHECKING:
@@ -42,6 +50,8 @@ OutputCallback = Callable[[str, bytes], None]
 
 _READ_SIZE = 1 << 16
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform == "linux"
+#: Pids of the scripts started here and not closed yet: never escaped processes.
+_scripts: set[int] = set()
 
 
 def _spawn_here(
@@ -84,6 +94,10 @@ class ChildProcess:
         #: while the script runs).
         self.spawned_at = time.perf_counter()
         self.rusage: resource.struct_rusage | None = None
+        #: The random run token in the script's environment (``AIORUNNER_RUN_TOKEN``).
+        self.token = ""
+        #: Escaped processes of the run ended and reaped by :meth:`end_escapees`.
+        self.escapees_ended = 0
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
         self._exit_ready = asyncio.Event()
@@ -131,10 +145,17 @@ class ChildProcess:
         Raises:
             OSError: the executable is missing or not executable, or ``cwd`` is bad.
         """
+        if not containment.is_ready():  # once per process: loads libc, starts the watchdog
+            await anyio.to_thread.run_sync(containment.setup)
+        token = secrets.token_hex(8)
+        env = {**env, escapees.RUN_TOKEN_ENV: token}
         spawned_at = time.perf_counter()
         popen = _spawn_here(argv, cwd, env, pass_fds)
         child = cls(popen, tail_limit=tail_limit, on_output=on_output)
         child.spawned_at = spawned_at
+        child.token = token
+        _scripts.add(child.pid)
+        containment.register(child.pid, token)
         return child
 
     # -- output -----------------------------------------------------------------------
@@ -294,8 +315,42 @@ class ChildProcess:
             while await anyio.to_thread.run_sync(self.group_has_live_members):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
 
+    async def end_escapees(self, grace: float, tracked: Sequence[tuple[int, int]] = ()) -> int:
+        """
+        End the run's processes that left the script's group: SIGTERM, up to ``grace``
+        seconds, SIGKILL; reap those that were reparented to us. Call it after the group
+        was dealt with. Returns how many were ended.
+
+        Found two ways: children of ours (orphans we inherit as a subreaper) carrying this
+        run's token, and ``tracked``, ``(pid, start)`` of processes the monitor saw in the
+        run's tree (a descendant given a fresh environment, or when we are no subreaper).
+        Bounded: returns within ``grace`` plus about a second.
+        """
+        if sys.platform != "linux" or (not tracked and not containment.subreaper_active()):
+            return 0
+        token = self.token.encode()
+        exclude = frozenset(_scripts)
+        tracked = [(pid, start) for pid, start in tracked if pid != self.pid]
+        ended = await anyio.to_thread.run_sync(_sweep, token, tracked, exclude, signal.SIGTERM)
+        if not ended:
+            return 0
+        # No event tells when a process that is not our child dies: poll, bounded.
+        with anyio.move_on_after(grace):
+            while await anyio.to_thread.run_sync(_sweep, token, tracked, exclude, None):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        if await anyio.to_thread.run_sync(_sweep, token, tracked, exclude, signal.SIGKILL):
+            with anyio.move_on_after(1.0):
+                while await anyio.to_thread.run_sync(_sweep, token, tracked, exclude, None):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        self.escapees_ended = ended
+        return ended
+
     def close(self) -> None:
-        """Drop the event-loop readers and close our ends of the pipes."""
+        """Drop the event-loop readers and close our ends of the pipes; the watchdog
+        forgets the run."""
+        if self.pid in _scripts:
+            _scripts.discard(self.pid)
+            containment.unregister(self.pid)
         for pipe in (self._popen.stdout, self._popen.stderr):
             if pipe is not None and not pipe.closed:
                 with contextlib.suppress(Exception):
@@ -305,6 +360,48 @@ class ChildProcess:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def _sweep(
+    token: bytes,
+    tracked: Sequence[tuple[int, int]],
+    exclude: frozenset[int],
+    sig: int | None,
+) -> int:
+    """
+    One pass over the run's escaped processes (worker thread): send ``sig`` to the live
+    ones (and to the group of one that leads its own), reap the zombies that are our
+    children, and return how many are still alive.
+
+    Only processes known to be the run's are reaped: a child of ours carrying its token
+    (nobody else in this process forked it, so nobody else waits for it) or one the
+    monitor saw in its tree, the same process by its start time. Exit statuses of the
+    app's own children are never taken.
+    """
+    escapees.find_escaped({token}, exclude)
+    me = os.getpid()
+    live = 0
+    candidates = dict(escapees.claimed(token))
+    for pid, start in tracked:
+        candidates.setdefault(pid, start)
+    for pid, start in candidates.items():
+        state = escapees.proc_state(pid)
+        if state is None or state.start != start:
+            escapees.forget(pid)  # gone (reaped by its parent), or the pid was reused
+            continue
+        if state.state in ("Z", "X"):
+            if state.ppid == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                escapees.forget(pid)
+            continue  # another parent's zombie: that parent reaps it
+        live += 1
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if state.pgid == pid:  # it leads its own group: what it started goes too
+                    os.killpg(pid, sig)
+                os.kill(pid, sig)
+    return live
 
 
 def _group_states(pgid: int) -> list[str]:
