@@ -31,7 +31,7 @@ from .._context.channel import open_channel
 from .._context.errors import record_exception
 from .._context.propagation import inject_env
 from .._redact import Scrubber, redact_args, secret_values
-from .._result import ExportReport
+from .._result import ExportReport, InscriptReport
 from . import deps as _deps
 from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
 from .metadata import ScriptInfo, ScriptProblem, read_script
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from .._config import TracingConfig
+    from .._context.channel import SpanChannel
     from .._export.session import Session
     from .._monitor.readers import Reader
     from .runner import ScriptRunner
@@ -76,6 +77,8 @@ class _Outcome:
     stderr_truncated: int = 0
     metrics: dict[str, float | int] = field(default_factory=dict)
     export: ExportReport | None = None
+    #: What the in-script channel delivered and discarded (None: the run had none).
+    inscript: InscriptReport | None = None
     #: The ``error.type`` of the first failure (see ``ERROR_TYPES``).
     error_type: str | None = None
 
@@ -417,7 +420,7 @@ class _Run:
             child.on_exit = runner._slot.exited
         span.set_attribute("process.pid", child.pid)
         if channel is not None:
-            channel.child_started()
+            channel.child_started(child.pid)
         # From just before the fork: the same interval as the child's CPU time (#16).
         t_start = child.spawned_at
         monitor = self._make_monitor(child.pid, reader, child.token)
@@ -464,6 +467,9 @@ class _Run:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2 * runner.kill_grace + 4):
                 await child.terminate_group(runner.kill_grace)
                 await child.end_escapees(runner.kill_grace, _tracked(monitor))
+            if channel is not None:
+                channel.close()
+                self._record_inscript(span, channel)
             self._record_exit(child, span, monitor, t_start)
             self.fail(span, "run was cancelled; its process group was terminated", "cancelled")
             span.end()
@@ -472,7 +478,10 @@ class _Run:
             child.close()
             if channel is not None:
                 channel.close()  # reads what the script wrote before it ended
-        exit_peak = channel.exit_peaks.get(child.pid) if channel is not None else None
+        exit_peak = None
+        if channel is not None:
+            self._record_inscript(span, channel)
+            exit_peak = channel.exit_peaks.get(child.pid)
         self._record_exit(child, span, monitor, t_start, exit_peak)
         code = child.returncode
         assert code is not None
@@ -496,6 +505,25 @@ class _Run:
             if tail:
                 span.add_event("script.stderr", {"aiorunner.stderr.tail": self.scrub(tail)})
         span.end()
+
+    def _record_inscript(self, span: Span, channel: SpanChannel) -> None:
+        """What the script's channel lost, onto ``execute_script`` (only what is not
+        zero) and into ``RunResult.export.inscript``."""
+        report = InscriptReport(
+            received=channel.received,
+            dropped_spans=channel.dropped,
+            dropped_messages=channel.discarded,
+            dropped_bytes=channel.discarded_bytes,
+            limited=channel.limited,
+        )
+        self.outcome.inscript = report
+        attributes = {
+            f"aiorunner.inscript.{key}": value
+            for key, value in report.to_dict().items()
+            if key != "received" and value
+        }
+        if attributes:
+            span.set_attributes(attributes)
 
     def _record_exit(
         self,
