@@ -208,6 +208,7 @@ class RunResult:
 
     @property
     def started_at_iso(self) -> str:
+        """``started_at`` as an ISO 8601 UTC timestamp, for people and logs."""
         return datetime.fromtimestamp(self.started_at, tz=timezone.utc).isoformat()
 
     @property
@@ -235,7 +236,10 @@ class RunResult:
             "error": self.error,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
-            "started_at": self.started_at_iso,
+            # The same epoch seconds as the attribute (one meaning in Python and JSON);
+            # the ISO form for people beside it.
+            "started_at": self.started_at,
+            "started_at_iso": self.started_at_iso,
             "duration": self.duration,
             "pid": self.pid,
             "command": list(self.command),
