@@ -7,9 +7,10 @@ and a ``ScriptRunner.run()`` inside it becomes its child), records an exception 
 status if the block raises, and ends the span.
 
 The session behind the tracer is made on first use, and making one scans entry points and
-may import plugins (file-system work). ``async with`` and decorated coroutines therefore
-get their session off the event loop; a plain ``with`` in async code blocks the loop the
-first time only.
+may import plugins (file-system work). The first span with tracing on also instruments
+the process's HTTP client libraries (``http.py``: imports), so that requests made inside
+a span carry its trace context. ``async with`` and decorated coroutines therefore do both
+off the event loop; a plain ``with`` in async code blocks the loop the first time only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from .errors import error_type_of, record_exception
+from .http import instrument_http_clients, started
 from .propagation import extract_parent, get_propagator
 
 if TYPE_CHECKING:
@@ -136,15 +138,31 @@ class SpanContextManager:
 
 
 _NO_TARGET: Target = (trace.NoOpTracer(), ())
+_NO_PROVIDER = trace.NoOpTracerProvider()
+
+
+def _request_provider() -> Any:
+    """The TracerProvider for an HTTP request starting now (see http.py): the session
+    whose span is current, else the application's global provider (a no-op unless it
+    set one: a request outside any trace gets no span and no header)."""
+    session = current_session.get()
+    if session is not None:
+        return session.tracer_provider if session.enabled else _NO_PROVIDER
+    return trace.get_tracer_provider()
 
 
 def _target(session: Session | None) -> Target:
     if session is None or not session.enabled:
         return _NO_TARGET
+    if not started():
+        instrument_http_clients(_request_provider)
     return session.tracer(), tuple(session.config.propagators or ())
 
 
 async def _atarget(session: Session | None) -> Target:
+    if session is not None and session.enabled and not started():
+        # Imports and file-system look-ups: not on the loop.
+        await anyio.to_thread.run_sync(instrument_http_clients, _request_provider)
     target = _target(session)
     if target[1]:
         # Loading propagators scans entry points (file system): not on the loop.
@@ -201,22 +219,48 @@ class RunnerTracer:
         return cm
 
 
-def _default_tracer() -> Target:
+def _default_session() -> Session:
     session = current_session.get()
     if session is None:
         from .._export.session import get_default_session
 
         session = get_default_session()
-    return _target(session)
+    return session
 
 
-async def _adefault_tracer() -> Target:
+async def _adefault_session() -> Session:
     session = current_session.get()
     if session is None:
         from .._export.session import aget_default_session
 
         session = await aget_default_session()
-    return await _atarget(session)
+    return session
+
+
+def _default_tracer() -> Target:
+    return _target(_default_session())
+
+
+async def _adefault_tracer() -> Target:
+    return await _atarget(await _adefault_session())
+
+
+def _default_cm(name: str, attributes: Mapping[str, Any]) -> SpanContextManager:
+    """A span of the current (or default) session that is that session's current one
+    for its block, so what runs inside (HTTP requests, see http.py) records there."""
+
+    def tracer() -> Target:
+        session = _default_session()
+        manager.bind_session(session)
+        return _target(session)
+
+    async def atracer() -> Target:
+        session = await _adefault_session()
+        manager.bind_session(session)
+        return await _atarget(session)
+
+    manager = SpanContextManager(tracer, name, attributes, atracer=atracer)
+    return manager
 
 
 def _start_detached(
@@ -275,7 +319,7 @@ def trace_span(name: Any = None, attributes: Mapping[str, Any] | None = None) ->
             attrs.setdefault("code.line.number", code.co_firstlineno)
 
         def cm() -> SpanContextManager:
-            return SpanContextManager(_default_tracer, span_name, attrs, atracer=_adefault_tracer)
+            return _default_cm(span_name, attrs)
 
         if inspect.isasyncgenfunction(func):
 

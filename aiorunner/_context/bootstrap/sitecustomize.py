@@ -3,10 +3,15 @@ aiorunner's in-script tracing bootstrap: start-up half (see ``aiorunner/_bootstr
 
 Runs inside the script's interpreter before the script, so it must cost next to nothing:
 it imports only what the interpreter has already loaded, reads and removes its two
-environment variables, installs a one-shot import hook on ``opentelemetry.trace``, and
-runs the ``sitecustomize`` this one shadows. Everything else happens in
-``_aiorunner_inscript`` when (and only if) the script touches OpenTelemetry, or at once
-when instrumentations were asked for. Nothing here may raise into the script.
+environment variables, installs an import hook on ``opentelemetry.trace`` and on the HTTP
+client libraries (each answered once), and runs the ``sitecustomize`` this one shadows.
+Everything else happens in ``_aiorunner_inscript`` when (and only if) the script touches
+OpenTelemetry, or at once when instrumentations were asked for, and in
+``_aiorunner_http`` when (and only if) the script imports an HTTP client library
+(``requests``, ``httpx``, ``aiohttp``, ``urllib3``, ``urllib.request``) that
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` does not name: its OpenTelemetry
+instrumentation is loaded, so its requests carry the run's trace context. Nothing here
+may raise into the script.
 
 What "next to nothing" means, measured: a trivial script starts in ~13 ms; importing
 ``__future__`` and ``importlib.machinery`` here (which pulls ``importlib`` and
@@ -31,6 +36,15 @@ if TYPE_CHECKING:
 _SETTINGS_VAR = "AIORUNNER_INSCRIPT"
 _PYTHONPATH_VAR = "AIORUNNER_INSCRIPT_PYTHONPATH"
 _HOOKED = "opentelemetry.trace"
+# Mirror of _aiorunner_http.LIBRARIES: watched module -> instrumentation entry point name.
+_HTTP_MODULES = {
+    "requests": "requests",
+    "httpx": "httpx",
+    "aiohttp": "aiohttp-client",
+    "urllib3": "urllib3",
+    "urllib.request": "urllib",
+}
+_DISABLED_VAR = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 
 
 def _warn(message: "str") -> None:
@@ -50,12 +64,13 @@ def _parse(raw: "str") -> "dict[str, str]":
 
 
 class _LoaderProxy:
-    """Wraps the real loader of ``opentelemetry.trace`` to run our set-up right after the
+    """Wraps the real loader of a watched module to run our set-up right after the
     module has executed; every other attribute is the real loader's."""
 
-    def __init__(self, loader: "object", on_loaded: "object") -> None:
+    def __init__(self, loader: "object", on_loaded: "object", failure: "str") -> None:
         self._loader = loader
         self._on_loaded = on_loaded
+        self._failure = failure
 
     def __getattr__(self, name: "str") -> "object":
         return getattr(self._loader, name)
@@ -73,14 +88,19 @@ class _LoaderProxy:
         try:
             self._on_loaded(module)  # type: ignore[operator]
         except Exception as exc:  # noqa: BLE001 - the script must run on regardless
-            _warn(f"in-script tracing is off for this script: {type(exc).__name__}: {exc}")
+            _warn(f"{self._failure}: {type(exc).__name__}: {exc}")
 
 
 class _ImportHook:
-    """A meta path finder that answers only for ``opentelemetry.trace``, once."""
+    """A meta path finder that lets the other finders find ``opentelemetry.trace`` (for
+    the tracing set-up) and the HTTP client libraries in ``http`` (module -> name, to
+    instrument them), and wraps their loaders; each module once. It leaves
+    ``sys.meta_path`` when it has nothing left to watch."""
 
-    def __init__(self, settings: "dict[str, str]") -> None:
+    def __init__(self, settings: "dict[str, str]", http: "dict[str, str]") -> None:
         self._settings = settings
+        self._trace = True
+        self._http = http
 
     def find_spec(
         self,
@@ -88,20 +108,29 @@ class _ImportHook:
         path: "Sequence[str] | None" = None,
         target: "ModuleType | None" = None,
     ) -> "ModuleSpec | None":
-        if name != _HOOKED:
-            return None
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            return None
+        if name == _HOOKED and self._trace:
+            self._trace = False
+            on_loaded: object = self._loaded
+            failure = "in-script tracing is off for this script"
+        else:
+            library = self._http.pop(name, None)
+            if library is None:
+                return None
+            on_loaded = _HttpLoaded(library)
+            failure = f"the {library} instrumentation failed"
+        if not self._trace and not self._http:
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
         for finder in list(sys.meta_path):
             find_spec = getattr(finder, "find_spec", None)
-            if find_spec is None:
+            if finder is self or find_spec is None:
                 continue
             spec: ModuleSpec | None = find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _LoaderProxy(spec.loader, self._loaded)  # type: ignore[assignment]
+                    spec.loader = _LoaderProxy(spec.loader, on_loaded, failure)  # type: ignore[assignment]
                 return spec
         return None
 
@@ -109,22 +138,49 @@ class _ImportHook:
         _inscript().on_trace_imported(module, self._settings)  # type: ignore[attr-defined]
 
 
+class _HttpLoaded:
+    """Instruments one HTTP client library once the script has imported it."""
+
+    def __init__(self, library: "str") -> None:
+        self.library = library
+
+    def __call__(self, module: "object" = None) -> None:
+        try:
+            _load("_aiorunner_http").on_imported(self.library)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the script must run on regardless
+            _warn(f"the {self.library} instrumentation failed: {type(exc).__name__}: {exc}")
+
+
+def _http_modules() -> "dict[str, str]":
+    """The watched modules of the HTTP libraries ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``
+    leaves on (comma-separated entry point names, ``*`` for all)."""
+    disabled = {part.strip() for part in os.environ.get(_DISABLED_VAR, "").split(",")}
+    if "*" in disabled:
+        return {}
+    return {module: name for module, name in _HTTP_MODULES.items() if name not in disabled}
+
+
 def _inscript() -> "object":
-    """Our second module, by file path: the script may have changed ``sys.path``."""
-    module = sys.modules.get("_aiorunner_inscript")
+    """Our second module (see :func:`_load`)."""
+    return _load("_aiorunner_inscript")
+
+
+def _load(name: "str") -> "object":
+    """One of our modules, by file path: the script may have changed ``sys.path``."""
+    module = sys.modules.get(name)
     if module is None:
         bootstrap, external = _importlib()
         here = os.path.dirname(os.path.abspath(__file__))
-        path = os.path.join(here, "_aiorunner_inscript.py")
-        spec = external.spec_from_file_location("_aiorunner_inscript", path)
+        path = os.path.join(here, name + ".py")
+        spec = external.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {path}")
         module = bootstrap.module_from_spec(spec)
-        sys.modules["_aiorunner_inscript"] = module
+        sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
         except BaseException:
-            del sys.modules["_aiorunner_inscript"]
+            del sys.modules[name]
             raise
     return module
 
@@ -221,6 +277,7 @@ def _main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     raw = os.environ.pop(_SETTINGS_VAR, None)
     settings: dict[str, str] = {}
+    loaded: list[str] = []
     _restore_pythonpath()
     if raw:
         settings = _parse(raw)
@@ -236,17 +293,25 @@ def _main() -> None:
             settings = {}
             _warn("in-script tracing is off: the span channel was not inherited")
         else:
-            hook = _ImportHook(settings)
+            http = _http_modules()
+            # Imported already (by a .pth file): handled below, after _chain.
+            loaded = [name for module, name in http.items() if module in sys.modules]
+            for module in [m for m in http if m in sys.modules]:
+                del http[module]
+            hook = _ImportHook(settings, http)
             if _HOOKED in sys.modules:  # a .pth file imported it already
+                hook._trace = False
                 try:
                     hook._loaded(sys.modules[_HOOKED])
                 except Exception as exc:  # noqa: BLE001 - the script must run on regardless
                     _warn(f"in-script tracing is off: {type(exc).__name__}: {exc}")
-            else:
+            if hook._trace or hook._http:
                 sys.meta_path.insert(0, hook)
             if settings.get("hwm") == "1":
                 _report_peak_at_exit(fd, int(settings["ino"]), os.getpid())
     _chain(here)
+    for library in loaded:
+        _HttpLoaded(library)()
     if settings.get("instrument"):
         try:
             _inscript().instrument(settings)  # type: ignore[attr-defined]
