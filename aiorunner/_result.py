@@ -188,6 +188,9 @@ class RunResult:
     skipped: bool = False
     #: The job's name when the run was part of ``run_many`` / ``as_completed``.
     name: str | None = None
+    #: The Dask worker that ran the script (``tcp://10.0.0.7:40123``), for runs of a
+    #: ``DaskExecutor``; None for runs here.
+    worker: str | None = None
 
     @property
     def stdout(self) -> str:
@@ -251,6 +254,7 @@ class RunResult:
             "export": self.export.to_dict() if self.export else None,
             "attempts": self.attempts,
             "name": self.name,
+            "worker": self.worker,
         }
 
     def to_json(self, **kwargs: Any) -> str:

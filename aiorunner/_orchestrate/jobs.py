@@ -26,6 +26,11 @@ A jobs file is TOML::
     name = "load"
     script = "load.py"
     after = ["extract"]          # starts only once extract succeeded
+    resources = { GPU = 1 }      # optional: Dask worker resources (DaskExecutor)
+
+    [executor]                   # optional: run the jobs on a Dask cluster
+    dask = "tcp://scheduler:8786"
+    ship_script = false          # true: send each script's bytes with its task
 """
 
 from __future__ import annotations
@@ -86,6 +91,22 @@ def _str_tuple(value: Any, what: str, example: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str)
+        and k
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and v > 0
+        for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"Job resources must map resource names to positive amounts "
+            f"(e.g. {{'GPU': 1}}), got {value!r}"
+        )
+    return {k: float(v) for k, v in value.items()}
+
+
 @dataclass(frozen=True)
 class Job:
     """
@@ -103,6 +124,8 @@ class Job:
         retries: extra attempts after a failure (default: ``run_many``'s ``retries``).
         after: names of jobs that must succeed before this one starts.
         interpreter: the Python for ``.py`` scripts (default: ours).
+        resources: Dask worker resources an attempt needs (``{"GPU": 1}``), for the
+            ``DaskExecutor``; the local executor ignores them.
 
     Raises:
         ConfigError: a field has the wrong type or value (the message names it).
@@ -117,6 +140,7 @@ class Job:
     retries: int | None = None
     after: tuple[str, ...] = ()
     interpreter: str | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise in place (frozen: object.__setattr__) so that lists from TOML or
@@ -143,6 +167,7 @@ class Job:
         _non_negative_int(self.retries, "Job retries")
         after = (self.after,) if isinstance(self.after, str) else self.after
         set_(self, "after", _str_tuple(after, "Job after", "['extract']"))
+        set_(self, "resources", _resources(self.resources))
 
     def __hash__(self) -> int:  # env is a dict: hash what identifies the job
         return hash((self.script, self.args, self.name, self.after))
@@ -272,8 +297,20 @@ def _find_cycle(nodes: Sequence[Node]) -> list[int] | None:
 
 # -- jobs files ---------------------------------------------------------------------------
 
-_JOB_KEYS = ("name", "script", "args", "env", "cwd", "timeout", "retries", "after", "interpreter")
-_DEFAULT_KEYS = ("args", "env", "cwd", "timeout", "retries", "interpreter")
+_JOB_KEYS = (
+    "name",
+    "script",
+    "args",
+    "env",
+    "cwd",
+    "timeout",
+    "retries",
+    "after",
+    "interpreter",
+    "resources",
+)
+_DEFAULT_KEYS = ("args", "env", "cwd", "timeout", "retries", "interpreter", "resources")
+_EXECUTOR_KEYS = ("dask", "ship_script")
 _TOP_KEYS = (
     "jobs",
     "defaults",
@@ -283,6 +320,7 @@ _TOP_KEYS = (
     "retry_backoff",
     "timeout",
     "trace",
+    "executor",
 )
 
 
@@ -298,6 +336,8 @@ class JobsFile:
     retry_backoff: float | None = None
     timeout: float | None = None
     trace: str | None = None
+    #: The ``[executor]`` table: ``dask`` (a scheduler address), ``ship_script``.
+    executor: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _resolve_path(value: str, base: str) -> str:
@@ -371,6 +411,22 @@ def parse_jobs(data: Mapping[str, Any], *, base_dir: str, source: str = "jobs fi
     trace = data.get("trace")
     if trace is not None and trace not in TRACE_MODES:
         raise ConfigError(f"{source}: trace must be one of {', '.join(TRACE_MODES)}, got {trace!r}")
+    executor = data.get("executor", {})
+    if not isinstance(executor, Mapping):
+        raise ConfigError(
+            f'{source}: [executor] must be a table, e.g. [executor] dask = "tcp://host:8786"'
+        )
+    _unknown_keys(executor, _EXECUTOR_KEYS, f"{source} [executor]")
+    if "dask" in executor and (not isinstance(executor["dask"], str) or not executor["dask"]):
+        raise ConfigError(
+            f"{source} [executor]: dask must be the scheduler's address, e.g. "
+            f'dask = "tcp://host:8786", got {executor["dask"]!r}'
+        )
+    if not isinstance(executor.get("ship_script", False), bool):
+        raise ConfigError(
+            f"{source} [executor]: ship_script must be true or false, "
+            f"got {executor['ship_script']!r}"
+        )
     result = JobsFile(
         path=source,
         jobs=tuple(jobs),
@@ -380,6 +436,7 @@ def parse_jobs(data: Mapping[str, Any], *, base_dir: str, source: str = "jobs fi
         retry_backoff=_non_negative_seconds(data.get("retry_backoff"), f"{source}: retry_backoff"),
         timeout=_positive_seconds(data.get("timeout"), f"{source}: timeout"),
         trace=trace,
+        executor=dict(executor),
     )
     try:
         plan(result.jobs)  # names, prerequisites and cycles are checked now, not mid-batch

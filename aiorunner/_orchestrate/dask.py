@@ -1,0 +1,541 @@
+"""
+:class:`DaskExecutor`: ``run_many``'s attempts as tasks on a Dask distributed cluster.
+
+The orchestrator still decides when (dependencies, concurrency, retries, fail-fast); this
+executor decides where: each attempt is one Dask task (``pure=False``, a unique key,
+``retries=0``: our orchestrator owns retries) that runs :class:`ScriptRunner` on a worker
+(``dask_worker.run_attempt``), under a client span ``dask.task`` that is a child of the
+batch's span, so ``trace="batch"`` is one trace across machines.
+
+What Dask does not do, and this module does (measured with distributed 2026.8.0):
+
+- Dask never stops a running task (``future.cancel()`` only marks it): the client sets
+  the attempt's *stop* ``distributed.Event`` on fail-fast, Ctrl-C or cancellation, and
+  the task, which waits on it beside its script, terminates the script's process group.
+- A killed worker makes the scheduler re-run its task elsewhere, even with
+  ``retries=0``: the task's *started* event (set on the scheduler before the script is
+  spawned) makes the re-run return ``lost`` without running the script again.
+- OTel SDK objects do not pickle: the worker's session records into memory and the task
+  returns its spans as OTLP/JSON dicts, which the client decodes and hands to its own
+  session (``export="client"``), so every backend works unchanged and workers need no
+  path to a collector; ``export="worker"`` has each worker export itself.
+
+``distributed`` is imported only when a :class:`DaskExecutor` is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import anyio
+import anyio.to_thread
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .._exceptions import AiorunnerError, ConfigError
+from .._result import RunResult
+from .dask_worker import TaskSpec, WorkerExport, run_attempt
+from .executor import ATTEMPT_ATTRIBUTE, JOB_ATTRIBUTE
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from .._export.session import Session
+    from .executor import Attempt
+
+__all__ = ["ClusterError", "DaskExecutor", "WorkerExport"]
+
+logger = logging.getLogger("aiorunner.dask")
+
+#: Seconds to reach the scheduler before giving up (the error names the address).
+DEFAULT_CONNECT_TIMEOUT = 3.0
+#: Seconds a stopped attempt gets to terminate its script and send its spans home,
+#: beyond the runner's kill grace.
+STOP_MARGIN = 10.0
+_INSTALL_HINT = "pip install 'aiorunner[dask]'"
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_executors = itertools.count(1)
+
+
+class ClusterError(AiorunnerError, ConnectionError):
+    """Raised when the Dask scheduler cannot be reached (the message names the address)
+    or the cluster cannot take work at all; a script-level failure, a lost worker or a
+    scheduler lost mid-run come back as results instead."""
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError(
+            f"DaskExecutor needs the 'distributed' package, which is not installed "
+            f"({exc}); install it with {_INSTALL_HINT}"
+        ) from None
+    return distributed
+
+
+class DaskExecutor:
+    """
+    Runs ``run_many`` attempts as tasks on a Dask distributed cluster.
+
+    Args:
+        address_or_client: the scheduler's address (``"tcp://host:8786"``), for which
+            the executor makes and owns an asynchronous ``distributed.Client`` on
+            ``run_many``'s loop, or an asynchronous ``Client`` of yours (kept open).
+        resources: Dask worker resources every attempt asks for (``{"GPU": 1}``);
+            a :class:`Job`'s own ``resources`` are added on top.
+        ship_script: send each script file's bytes with its task; the worker runs it
+            from a temporary directory (so its local imports must be there too).
+            Default: the script path must exist on the worker (shared file system, image).
+        export: ``"client"`` (default): the worker returns the run's spans and this
+            process's session exports them (every backend, the jsonl default
+            included); ``"worker"``: each worker exports through its own pipeline,
+            built from ``worker_export`` by a worker plugin (for large clusters).
+        worker_export: with ``export="worker"``: a :class:`WorkerExport` (a picklable
+            :class:`TracingConfig`; default: each worker's own ``OTEL_*`` environment).
+        runner_options: extra :class:`ScriptRunner` keyword arguments for the workers
+            (plain data: ``{"monitor_interval": 0.2, "kill_grace": 2}``).
+        connect_timeout: seconds to reach the scheduler.
+        on_output: called with ``(job name, stream, bytes)`` with each finished
+            attempt's output tails (Dask sends no live output).
+        on_worker: called with ``(job name, worker address)`` as each attempt starts
+            on a worker (the CLI's worker column).
+
+    Raises:
+        ConfigError: ``distributed`` is not installed (the message names
+            ``pip install 'aiorunner[dask]'``), or an argument is wrong.
+
+    Use it as an async context manager (``async with DaskExecutor(addr) as ex:``) to
+    connect up front (a :class:`ClusterError` right there when the scheduler is
+    unreachable) and to close the client it made; otherwise it connects at the first
+    attempt and ``aclose()`` closes it.
+    """
+
+    #: No local process slots: the scripts run on the workers.
+    uses_process_slots: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        address_or_client: Any,
+        *,
+        resources: Mapping[str, float] | None = None,
+        ship_script: bool = False,
+        export: Literal["client", "worker"] = "client",
+        worker_export: WorkerExport | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_output: Callable[[str, str, bytes], None] | None = None,
+        on_worker: Callable[[str, str], None] | None = None,
+    ) -> None:
+        distributed = _import_distributed()
+        self._distributed = distributed
+        if isinstance(address_or_client, str):
+            if not address_or_client.strip():
+                raise ConfigError(
+                    "DaskExecutor needs the scheduler's address, e.g. 'tcp://host:8786'"
+                )
+            self.address: str = address_or_client
+            self._client: Any = None
+            self._owns_client = True
+        elif isinstance(address_or_client, distributed.Client):
+            if not address_or_client.asynchronous:
+                raise ConfigError(
+                    "DaskExecutor needs an asynchronous Client "
+                    "(Client(address, asynchronous=True), awaited on run_many's loop), "
+                    "or just the scheduler's address"
+                )
+            self._client = address_or_client
+            self.address = str(getattr(address_or_client.scheduler, "address", "") or "")
+            self._owns_client = False
+        else:
+            raise ConfigError(
+                f"DaskExecutor takes a scheduler address ('tcp://host:8786') or an "
+                f"asynchronous distributed.Client, got {address_or_client!r}"
+            )
+        self.resources = _check_resources(resources, "DaskExecutor resources")
+        if export not in ("client", "worker"):
+            raise ConfigError(f"export must be 'client' or 'worker', got {export!r}")
+        if worker_export is not None and not isinstance(worker_export, WorkerExport):
+            raise ConfigError(
+                f"worker_export must be a WorkerExport(config=TracingConfig(...)), "
+                f"got {worker_export!r}"
+            )
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)):
+            raise ConfigError(f"connect_timeout must be seconds, got {connect_timeout!r}")
+        if connect_timeout <= 0:
+            raise ConfigError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
+        self.ship_script = bool(ship_script)
+        self.export = export
+        self.worker_export = worker_export or WorkerExport()
+        self.runner_options = dict(runner_options or {})
+        self.connect_timeout = float(connect_timeout)
+        self.on_output = on_output
+        self.on_worker = on_worker
+        self._id = f"{os.getpid()}-{next(_executors)}-{uuid.uuid4().hex[:8]}"
+        self._topic = f"aiorunner-{self._id}"
+        self._lock: anyio.Lock | None = None
+        self._failures = 0
+        self._ready = False
+        #: key -> (job name, latest worker, pid) of attempts under way.
+        self._under_way: dict[str, list[Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<DaskExecutor {self.address or 'client'} export={self.export}>"
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._connected()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client this executor made (a given client stays open)."""
+        client, self._ready = self._client, False
+        if client is None:
+            return
+        try:
+            client.unsubscribe_topic(self._topic)
+        except Exception:  # closing anyway
+            logger.debug("unsubscribing %s failed", self._topic, exc_info=True)
+        if self._owns_client:
+            self._client = None
+            with anyio.move_on_after(10, shield=True):
+                await client.close()
+
+    async def _connected(self) -> Any:
+        """The client, connected (and the worker plugin registered) on first use."""
+        if self._ready:
+            return self._client
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        failures = self._failures
+        async with self._lock:
+            if self._ready:
+                return self._client
+            if self._failures != failures:
+                # A concurrent attempt just failed to connect and raised ClusterError,
+                # which ends the batch: wait for that cancellation instead of raising
+                # the same error once per attempt.
+                await anyio.sleep_forever()
+            try:
+                await self._connect()
+            except BaseException:
+                self._failures += 1
+                raise
+            self._ready = True
+        return self._client
+
+    async def _connect(self) -> None:
+        distributed = self._distributed
+        if self._client is None:
+            started = time.perf_counter()
+            try:
+                with anyio.fail_after(self.connect_timeout + 2.0):
+                    client = await distributed.Client(
+                        self.address,
+                        asynchronous=True,
+                        timeout=self.connect_timeout,
+                        set_as_default=False,
+                    )
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ClusterError(
+                    f"cannot reach the Dask scheduler at {self.address} "
+                    f"(gave up after {time.perf_counter() - started:.1f} s: "
+                    f"{type(exc).__name__}: {exc}); check the address and that "
+                    f"`dask scheduler` is running there and reachable from here"
+                ) from exc
+            self._client = client
+        client = self._client
+        client.subscribe_topic(self._topic, self._on_topic)
+        if self.export == "worker":
+            from .dask_plugin import ExportPlugin
+
+            await client.register_plugin(ExportPlugin(self.worker_export), name="aiorunner-export")
+
+    def _on_topic(self, event: tuple[float, Any]) -> None:
+        """A worker's note that an attempt started there (and its script's pid)."""
+        message = event[1]
+        if not isinstance(message, dict):
+            return
+        entry = self._under_way.get(message.get("key", ""))
+        if entry is None:
+            return
+        worker = message.get("worker")
+        if message.get("pid") is not None:
+            entry[2] = message["pid"]
+        if worker and worker != entry[1]:
+            entry[1] = worker
+            if self.on_worker is not None:
+                self.on_worker(entry[0], worker)
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def run(self, attempt: Attempt) -> RunResult:
+        """Run the attempt as one Dask task; cancellation stops its script on the worker."""
+        job = attempt.job
+        if not isinstance(job, Job):
+            raise ConfigError(
+                f"DaskExecutor runs Job specs and script paths; job {attempt.name!r} is a "
+                "ScriptRunner object, which holds callbacks and cannot leave this process: "
+                "give aiorunner.Job(script, args, ...) instead"
+            )
+        client = await self._connected()
+        session = attempt.session
+        if session is None:
+            from .._export.session import aget_default_session
+
+            session = await aget_default_session()
+        key = (
+            f"aiorunner-{_KEY_SAFE.sub('_', attempt.name)[:60]}-{attempt.number}-{uuid.uuid4().hex}"
+        )
+        span = session.tracer().start_span(
+            "dask.task",
+            context=attempt.context,
+            kind=SpanKind.CLIENT,
+            attributes={
+                JOB_ATTRIBUTE: attempt.name,
+                ATTEMPT_ATTRIBUTE: attempt.number,
+                "aiorunner.dask.key": key,
+                "aiorunner.dask.scheduler": self.address,
+                "aiorunner.script": job.script,
+            },
+        )
+        carrier: dict[str, str] = {}
+        context = span.get_span_context()
+        if context.is_valid:
+            TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+            session.watch_trace(context.trace_id)
+        script_bytes = None
+        if self.ship_script:
+            script_bytes = await _read_script(job.script)
+        resources = {**self.resources, **job.resources}
+        spec = TaskSpec(
+            job=job,
+            name=attempt.name,
+            number=attempt.number,
+            key=key,
+            timeout=attempt.timeout,
+            carrier=carrier,
+            config=session.config if session.enabled else None,
+            runner_options=self.runner_options,
+            export=self.export,
+            script_bytes=script_bytes,
+            topic=self._topic,
+        )
+        self._under_way[key] = [attempt.name, None, None]
+        started_at = time.time()
+        t0 = time.perf_counter()
+        future = client.submit(
+            run_attempt,
+            spec,
+            key=key,
+            pure=False,
+            retries=0,
+            resources=resources or None,
+        )
+        try:
+            try:
+                reply = await self._outcome(future)
+            except BaseException:
+                # Cancelled (fail-fast, Ctrl-C, caller): stop the script on its worker and
+                # wait, bounded, for its spans and the word that its process group is gone.
+                with anyio.CancelScope(shield=True):
+                    stopped = await self._stop(client, key, future)
+                    if stopped is not None:
+                        self._bring_home(session, stopped)
+                    span.set_attribute("error.type", "cancelled")
+                    span.set_status(Status(StatusCode.ERROR, "cancelled"))
+                    self._end_span(span, stopped)
+                raise
+            result = self._result(
+                attempt, reply, self._under_way[key], started_at, time.perf_counter() - t0
+            )
+            self._bring_home(session, reply)
+            if not result.success:
+                span.set_attribute("error.type", _error_type(result, reply))
+                span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
+            self._end_span(span, reply)
+            if context.is_valid and context.trace_flags.sampled:
+                timeout = session.config.export_timeout
+                with anyio.move_on_after((timeout or 30.0) + 1.0):
+                    report = await session.flush_trace(context.trace_id, timeout=timeout)
+                    result = dataclasses.replace(result, export=report)
+        finally:
+            self._under_way.pop(key, None)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._forget(client, key, future)
+        if self.on_output is not None:
+            for stream, data in (("stdout", result.stdout_bytes), ("stderr", result.stderr_bytes)):
+                if data:
+                    self.on_output(attempt.name, stream, data)
+        return result
+
+    async def _outcome(self, future: Any) -> dict[str, Any]:
+        """The task's reply, or a reply that says why there is none (never raises for
+        what happened on the cluster; cancellation of the caller propagates)."""
+        distributed = self._distributed
+        try:
+            reply: dict[str, Any] = await future.result()
+        except distributed.client.FutureCancelledError as exc:
+            # Not our own cancellation (that is asyncio's CancelledError itself): the
+            # scheduler dropped the task, e.g. its connection broke.
+            return {"status": "scheduler-lost", "reason": getattr(exc, "reason", str(exc))}
+        except Exception as exc:  # noqa: BLE001 - the task's own error, or the cluster's
+            if type(exc).__name__ == "KilledWorker":
+                return {"status": "lost", "reason": str(exc)}
+            if isinstance(exc, OSError) or type(exc).__name__ == "CommClosedError":
+                return {"status": "scheduler-lost", "reason": f"{type(exc).__name__}: {exc}"}
+            return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+        return reply
+
+    async def _stop(self, client: Any, key: str, future: Any) -> dict[str, Any] | None:
+        """Set the attempt's stop event; return the task's reply once it stopped."""
+        distributed = self._distributed
+        grace = float(self.runner_options.get("kill_grace", 5.0))
+        with anyio.move_on_after(grace + STOP_MARGIN):
+            try:
+                await distributed.Event(f"{key}/stop", client=client).set()
+                return await self._outcome(future)
+            except Exception:  # the cluster is gone: nothing more to stop
+                logger.debug("stopping %s failed", key, exc_info=True)
+        return None
+
+    async def _forget(self, client: Any, key: str, future: Any) -> None:
+        """Release the task and its events on the scheduler."""
+        future.release()
+        try:
+            async with anyio.create_task_group() as tg:
+                for name in (f"{key}/started", f"{key}/stop"):
+                    tg.start_soon(partial(client.scheduler.event_clear, name=name))
+        except Exception:  # a lost scheduler keeps nothing anyway
+            logger.debug("clearing the events of %s failed", key, exc_info=True)
+
+    def _bring_home(self, session: Session, reply: Mapping[str, Any]) -> None:
+        """Hand the spans the worker sent to this process's session."""
+        data = reply.get("spans")
+        if not data:
+            return
+        from .._export.otlp_json import decode_request
+
+        session.submit_spans(decode_request(data))
+
+    @staticmethod
+    def _end_span(span: Any, reply: Mapping[str, Any] | None) -> None:
+        if reply is not None and reply.get("worker"):
+            span.set_attribute("aiorunner.dask.worker", reply["worker"])
+            span.set_attribute("host.name", reply.get("host") or "")
+        span.end()
+
+    def _result(
+        self,
+        attempt: Attempt,
+        reply: Mapping[str, Any],
+        under_way: list[Any],
+        started_at: float,
+        duration: float,
+    ) -> RunResult:
+        job = attempt.job
+        assert isinstance(job, Job)
+        status = reply.get("status")
+        worker = reply.get("worker")
+        if status in ("ran", "cancelled"):
+            result: RunResult = reply["result"]
+            error = result.error
+            if result.pid is None and error is not None:
+                # Never started there (missing script, missing dependency): say where.
+                error = f"{error} (on Dask worker {worker}, host {reply.get('host')})"
+            return dataclasses.replace(result, error=error, worker=worker)
+        # The worker that ran the script first, and its pid, as the worker told us.
+        first_worker, pid = under_way[1], under_way[2]
+        if status == "lost":
+            where = f"Dask worker {first_worker}" if first_worker else "its Dask worker"
+            error = (
+                f"worker lost: {where} died while running job {attempt.name!r}; the script "
+                "was not run again (Dask re-ran the task; aiorunner refused)"
+            )
+            if reply.get("reason"):
+                error += f" ({reply['reason']})"
+            error += "; give retries=N to run it again"
+        elif status == "scheduler-lost":
+            error = (
+                f"scheduler lost: the connection to the Dask scheduler at {self.address} "
+                f"broke while job {attempt.name!r} ran ({reply.get('reason')}); whether "
+                "its script finished is unknown"
+            )
+        else:
+            error = f"the Dask task of job {attempt.name!r} failed: {reply.get('reason')}"
+        return RunResult(
+            script=job.script,
+            success=False,
+            error=error,
+            started_at=started_at,
+            duration=duration,
+            pid=pid,
+            worker=first_worker or worker,
+        )
+
+
+def _error_type(result: RunResult, reply: Mapping[str, Any]) -> str:
+    status = reply.get("status")
+    if status == "lost":
+        return "worker_lost"
+    if status == "scheduler-lost":
+        return "scheduler_lost"
+    if result.timed_out:
+        return "timeout"
+    if result.cancelled:
+        return "cancelled"
+    return "script_failed"
+
+
+def _check_resources(value: Any, what: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str)
+        and k
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and v > 0
+        for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"{what} must map resource names to positive amounts (e.g. {{'GPU': 1}}), got {value!r}"
+        )
+    return {k: float(v) for k, v in value.items()}
+
+
+async def _read_script(path: str) -> bytes:
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    try:
+        return await anyio.to_thread.run_sync(read)
+    except OSError as exc:
+        raise ConfigError(
+            f"ship_script: cannot read {path} to send it to the workers: "
+            f"{exc.strerror or exc}; check the path"
+        ) from None
