@@ -109,6 +109,10 @@ class ReceivedSpan:
     end_time_unix_nano: int
     resource: dict[str, Any]
     scope: str
+    #: The span as it arrived (``opentelemetry.proto`` Span): every field, for tests
+    #: that check what the flattened ones leave out (link flags and tracestate,
+    #: dropped counts).
+    proto: Any = field(default=None, compare=False, repr=False)
 
     @property
     def service_name(self) -> Any:
@@ -474,6 +478,7 @@ def decode_otlp(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Re
                         end_time_unix_nano=span.end_time_unix_nano,
                         resource=resource,
                         scope=scope,
+                        proto=span,
                     )
                 )
     return spans

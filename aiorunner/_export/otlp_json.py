@@ -203,6 +203,9 @@ def _link(link: Link) -> dict[str, Any]:
         "traceId": format(link.context.trace_id, "032x"),
         "spanId": format(link.context.span_id, "016x"),
     }
+    trace_state = link.context.trace_state
+    if trace_state:
+        out["traceState"] = ",".join(f"{k}={v}" for k, v in trace_state.items())
     attributes = _attributes(link.attributes)
     if attributes:
         out["attributes"] = attributes
@@ -473,6 +476,9 @@ def _link_text(link: Link) -> str:
         '"traceId":"' + format(link.context.trace_id, "032x") + '"',
         '"spanId":"' + format(link.context.span_id, "016x") + '"',
     ]
+    trace_state = link.context.trace_state
+    if trace_state:
+        parts.append('"traceState":' + _text(",".join(f"{k}={v}" for k, v in trace_state.items())))
     attributes = _attributes_text(link.attributes)
     if attributes:
         parts.append('"attributes":' + attributes)

@@ -15,11 +15,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from aiorunner.backend import ExportResult
 
+from ._encode import encode_request
 from ._version import USER_AGENT
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class GrpcTransport:
 
     def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
         """Export one batch within ``timeout`` seconds; never raises for export failures."""
-        request = encode_spans(spans)
+        request = encode_request(spans)
         try:
             stub = self._connect()
         except _SetupError as exc:

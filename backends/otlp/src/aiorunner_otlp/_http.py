@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import urllib3
 from google.protobuf.message import DecodeError
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from urllib3.exceptions import (
     HTTPError,
@@ -40,6 +39,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from aiorunner.backend import ExportResult
 
+from ._encode import encode_request
 from ._settings import HTTP_JSON, OtlpSettings, redact_url
 from ._version import USER_AGENT
 
@@ -121,7 +121,7 @@ def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
     """One OTLP/JSON ``ExportTraceServiceRequest`` body (see the module docstring)."""
     from google.protobuf import json_format
 
-    data = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    data = json_format.MessageToDict(encode_request(spans), use_integers_for_enums=True)
     for resource_spans in data.get("resourceSpans", ()):
         for scope_spans in resource_spans.get("scopeSpans", ()):
             for span in scope_spans.get("spans", ()):
@@ -187,7 +187,7 @@ class HttpTransport:
 
     def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
         """POST one batch within ``timeout`` seconds; never raises for export failures."""
-        body = encode_json(spans) if self._json else encode_spans(spans).SerializeToString()
+        body = encode_json(spans) if self._json else encode_request(spans).SerializeToString()
         if self._settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         pool = self._connect()
