@@ -30,6 +30,7 @@ Both are set up on the first spawn of a process, in a worker thread.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
@@ -163,6 +164,21 @@ def _start_watchdog() -> None:
     assert _watchdog.stdin is not None
     _watchdog_fd = _watchdog.stdin.fileno()
     os.set_blocking(_watchdog_fd, False)
+    atexit.register(_stop_watchdog, _watchdog)
+
+
+def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    """At exit: close our end (the watchdog ends what is still registered, runs this
+    process leaves behind, and exits) and reap it."""
+    global _watchdog_fd
+    if watchdog is not _watchdog:
+        return  # a forked copy of us: not ours
+    _watchdog_fd = None
+    if watchdog.stdin is not None:
+        with contextlib.suppress(OSError):
+            watchdog.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        watchdog.wait(timeout=5.0)
 
 
 def _send(line: bytes) -> None:
