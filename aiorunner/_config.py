@@ -82,8 +82,15 @@ AIORUNNER_MONITOR_INTERVAL = "AIORUNNER_MONITOR_INTERVAL"
 AIORUNNER_IN_SCRIPT_TRACING = "AIORUNNER_IN_SCRIPT_TRACING"
 AIORUNNER_TAIL_THRESHOLD = "AIORUNNER_TAIL_SAMPLING_THRESHOLD"
 AIORUNNER_INSTRUMENT = "AIORUNNER_INSTRUMENT"
+AIORUNNER_SPOOL_DIR = "AIORUNNER_SPOOL_DIR"
+AIORUNNER_SPOOL_MAX_BYTES = "AIORUNNER_SPOOL_MAX_BYTES"
+AIORUNNER_CONNECT_BUDGET = "AIORUNNER_CONNECT_BUDGET"
 
 DEFAULT_TRACES_FILE = os.path.join(".aiorunner", "traces.jsonl")
+#: Where spans a backend could not take wait for it (next to the default traces file).
+DEFAULT_SPOOL_DIR = os.path.join(".aiorunner", "spool")
+#: The spool's bound per backend: 256 MiB (oldest dropped first, counted).
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 
 #: A Timeout of 0 means "no limit" (specification, "Timeout"); like the specification
 #: allows, it is stored as a very long time: the largest 32-bit number of milliseconds
@@ -337,6 +344,32 @@ def _seconds(raw: str) -> float:
     return value
 
 
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+def _bytes(raw: str) -> int:
+    """A size in bytes: ``268435456``, ``64MiB``, ``512k``, ``1GB``; 0 is allowed."""
+    accepted = "a number of bytes >= 0 such as 268435456 or 256MiB (0 turns the spool off)"
+    match = _SIZE.fullmatch(raw)
+    unit = _BYTE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise _Invalid(f"is not a size in bytes; use {accepted}", accepted)
+    return int(match.group(1)) * unit
+
+
 def _parse_list(var: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -497,6 +530,9 @@ _SPECS: dict[str, _Spec] = {
     "monitor_interval": _Spec(AIORUNNER_MONITOR_INTERVAL, _seconds, 0.5),
     "in_script_tracing": _Spec(AIORUNNER_IN_SCRIPT_TRACING, _our_bool, True),
     "instrument": _Spec(AIORUNNER_INSTRUMENT, _list, ()),
+    "spool_dir": _Spec(AIORUNNER_SPOOL_DIR, _text, DEFAULT_SPOOL_DIR),
+    "spool_max_bytes": _Spec(AIORUNNER_SPOOL_MAX_BYTES, _bytes, DEFAULT_SPOOL_MAX_BYTES),
+    "connect_budget": _Spec(AIORUNNER_CONNECT_BUDGET, _seconds, 1.0),
     "span_limits": _Spec(None, None, None),
     "backend_options": _Spec(None, None, {}),
 }
@@ -540,6 +576,12 @@ class TracingConfig:
         in_script_tracing: spans a Python script makes with the OpenTelemetry API join the
             run's trace (a bootstrap on its PYTHONPATH, a channel back to the runner).
         instrument: instrumentation names loaded inside Python scripts at their start.
+        spool_dir: where spans a backend could not take are kept for it (one directory
+            per backend and destination), default ``.aiorunner/spool``.
+        spool_max_bytes: the bound of each backend's spool (oldest dropped first,
+            counted); ``0`` turns the spool off (such spans then count as failed).
+        connect_budget: seconds spent retrying a backend that refuses connections or
+            whose name does not resolve, before its spans are spooled (about 1 s).
         backend_options: free-form options a backend may read (``config.option(...)``).
     """
 
@@ -564,6 +606,9 @@ class TracingConfig:
     monitor_interval: float | None = None
     in_script_tracing: bool | None = None
     instrument: Sequence[str] | None = None
+    spool_dir: str | os.PathLike[str] | None = None
+    spool_max_bytes: int | None = None
+    connect_budget: float | None = None
     span_limits: Mapping[str, int | None] | None = None
     backend_options: Mapping[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -694,8 +739,12 @@ class TracingConfig:
         if values["export_timeout"] in (0, NO_LIMIT_MS / 1000.0):
             values["export_timeout"] = NO_LIMIT_MS / 1000.0
             sources["export_timeout"] += " (0: no limit)"
-        for name in ("monitor_interval", "tail_latency_threshold"):
+        for name in ("monitor_interval", "tail_latency_threshold", "connect_budget"):
             values[name] = float(_check_number(name, values[name], minimum=0, strict=True))
+        values["spool_max_bytes"] = int(
+            _check_number("spool_max_bytes", values["spool_max_bytes"], minimum=0, integer=True)
+        )
+        values["spool_dir"] = os.fspath(values["spool_dir"])
         values["batch_size"] = min(values["batch_size"], values["max_queue_size"])
         values["traces_file"] = os.fspath(values["traces_file"])
         values["propagators"] = tuple(values["propagators"])
@@ -901,7 +950,7 @@ def _check_types(values: dict[str, Any]) -> None:
             f"exporter_type={exporters!r} must be a backend name or a list of names, "
             "e.g. 'otlp' or ['otlp', 'console']"
         )
-    for name in ("service_name", "traces_file"):
+    for name in ("service_name", "traces_file", "spool_dir"):
         if not isinstance(values[name], (str, os.PathLike)) or not os.fspath(values[name]):
             raise ConfigError(f"{name}={values[name]!r} must be a non-empty string")
     for name in ("enabled", "in_script_tracing"):

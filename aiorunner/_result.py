@@ -30,6 +30,9 @@ class BackendReport:
     last_error: str | None = None
     #: Spans handed to this backend and not yet exported or failed (timed out waiting).
     pending: int = 0
+    #: Spans the backend could not take now (unreachable, or no answer within the
+    #: export timeout), kept in its on-disk spool and sent by a later session.
+    spooled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +41,7 @@ class BackendReport:
             "failed": self.failed,
             "dropped": self.dropped,
             "pending": self.pending,
+            "spooled": self.spooled,
             "last_error": self.last_error,
         }
 
@@ -87,7 +91,9 @@ class ExportReport:
     What happened to a run's spans by the time ``upload_traces`` ended.
 
     ``dropped`` counts spans lost before reaching any backend (queue full, pipeline
-    closed); per-backend counts are in ``backends``. ``sampled_out`` is True when the
+    closed); per-backend counts are in ``backends``: exported, spooled (kept on disk for
+    a backend that could not take them now, sent later), failed (a permanent error) and
+    dropped (a full queue or spool). ``sampled_out`` is True when the
     sampler decided not to record the run (nothing was meant to arrive). ``inscript``:
     what the script's in-script channel delivered and what the runner discarded of it
     (None when the run had no channel).
@@ -109,7 +115,24 @@ class ExportReport:
             self.dropped == 0
             and self.pending == 0
             and (self.inscript is None or self.inscript.dropped_messages == 0)
-            and all(b.failed == 0 and b.dropped == 0 for b in self.backends)
+            and all(b.failed == 0 and b.dropped == 0 and b.spooled == 0 for b in self.backends)
+        )
+
+    @property
+    def spooled(self) -> int:
+        """Spans kept in backends' spools (summed over backends)."""
+        return sum(b.spooled for b in self.backends)
+
+    @property
+    def lost(self) -> bool:
+        """True when some span did not reach a backend and is not in its spool either
+        (dropped, failed for good, or still pending)."""
+        if self.disabled or self.sampled_out:
+            return False
+        return bool(
+            self.dropped
+            or self.pending
+            or any(b.failed or b.dropped or b.pending for b in self.backends)
         )
 
     @property
@@ -126,9 +149,11 @@ class ExportReport:
         parts = []
         for b in self.backends:
             text = f"{b.name}: {b.exported} exported"
+            if b.spooled:
+                text += f", {b.spooled} spooled"
             if b.failed or b.dropped:
                 text += f", {b.failed} failed, {b.dropped} dropped"
-            if b.last_error and not (b.failed == 0 and b.dropped == 0):
+            if b.last_error and (b.failed or b.dropped or b.spooled):
                 text += f" ({b.last_error})"
             parts.append(text)
         if self.dropped:
@@ -148,6 +173,7 @@ class ExportReport:
             "backends": [b.to_dict() for b in self.backends],
             "dropped": self.dropped,
             "pending": self.pending,
+            "spooled": self.spooled,
             "sampled_out": self.sampled_out,
             "disabled": self.disabled,
             "inscript": self.inscript.to_dict() if self.inscript is not None else None,

@@ -16,8 +16,24 @@ exception: the specification asks to warn and use the default, so report it with
 per process, shown by ``aiorunner doctor``) and carry on.
 
 ``export`` reports what happened with an :class:`ExportResult` instead of raising: the
-pipeline retries ``retryable`` results with backoff inside the export timeout, reports
-``permanent`` ones once, and isolates a backend that raises anyway from the others.
+pipeline retries ``retryable`` results with backoff inside the export timeout, then
+appends the batch to the backend's on-disk spool (sent first by the next session that
+exports there); it reports ``permanent`` ones once and never spools them, and isolates a
+backend that raises anyway from the others. A retryable result that says
+``unreachable=True`` (connection refused, name not resolved: known in milliseconds) is
+retried only within the short connect budget (``AIORUNNER_CONNECT_BUDGET``, about 1 s),
+then spooled. Backends written before ``unreachable`` existed keep working: their
+retryable results are retried until the deadline, then spooled.
+
+Optional attributes a backend may set (read with ``getattr``, none is required):
+
+- ``export_timeout`` (seconds): its own bound on the export of one batch, retries
+  included, when shorter than the pipeline's (``aiorunner-otlp`` sets
+  ``OTEL_EXPORTER_OTLP_TIMEOUT`` here);
+- ``destination`` (str, no credentials): where it sends; the spool is kept per backend
+  name and destination, so two endpoints never mix;
+- ``spool = False``: never spool (a local file or the terminal: spooling to disk what
+  the disk refused helps nobody).
 """
 
 from __future__ import annotations
@@ -65,17 +81,26 @@ class ExportResult:
     error: str | None = None
     #: Seconds the server asked us to wait (HTTP Retry-After, gRPC RetryInfo).
     retry_after: float | None = None
+    #: A retryable failure to reach the server at all (connection refused, DNS name
+    #: not resolved): retried within the connect budget only, then spooled.
+    unreachable: bool = False
 
     @classmethod
     def success(cls) -> ExportResult:
         return _SUCCESS
 
     @classmethod
-    def retryable(cls, error: str, *, retry_after: float | None = None) -> ExportResult:
-        return cls(ExportStatus.RETRYABLE, error, retry_after)
+    def retryable(
+        cls, error: str, *, retry_after: float | None = None, unreachable: bool = False
+    ) -> ExportResult:
+        """Worth trying again; ``unreachable=True`` when the server could not be reached
+        at all (refused, DNS), which the pipeline gives only a short connect budget."""
+        return cls(ExportStatus.RETRYABLE, error, retry_after, unreachable)
 
     @classmethod
     def permanent(cls, error: str) -> ExportResult:
+        """Trying again will not help (HTTP 400, 401/403, gRPC INVALID_ARGUMENT,
+        UNAUTHENTICATED, PERMISSION_DENIED): reported, never spooled."""
         return cls(ExportStatus.PERMANENT, error)
 
     @property

@@ -18,8 +18,9 @@ It is also installed as the backend named ``memory`` (``OTEL_TRACES_EXPORTER=mem
 reach the instance through ``session.backend("memory")``.
 
 It can misbehave on purpose, to test what your code does when export fails:
-``fail_next(n)`` (retryable failures, optionally with a Retry-After), ``fail_permanently``,
-``hang`` and ``raise_next``.
+``fail_next(n)`` (retryable failures, optionally with a Retry-After, or ``unreachable``
+like a refused connection), ``fail_permanently``, ``hang`` and ``raise_next``. What it
+cannot take is spooled like any backend's, under ``AIORUNNER_SPOOL_DIR``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = ["InMemoryBackend", "create_backend"]
 
 
 class _Fault:
-    __slots__ = ("error", "exception", "kind", "retry_after", "seconds")
+    __slots__ = ("error", "exception", "kind", "retry_after", "seconds", "unreachable")
 
     def __init__(
         self,
@@ -52,8 +53,10 @@ class _Fault:
         retry_after: float | None = None,
         seconds: float | None = None,
         exception: BaseException | None = None,
+        unreachable: bool = False,
     ) -> None:
         self.kind = kind
+        self.unreachable = unreachable
         self.error = error
         self.retry_after = retry_after
         self.seconds = seconds
@@ -110,11 +113,18 @@ class InMemoryBackend:
     # ------------------------------------------------------------------ faults
 
     def fail_next(
-        self, count: int = 1, *, retry_after: float | None = None, error: str = "unavailable"
+        self,
+        count: int = 1,
+        *,
+        retry_after: float | None = None,
+        error: str = "unavailable",
+        unreachable: bool = False,
     ) -> None:
-        """The next ``count`` exports return a *retryable* failure."""
+        """The next ``count`` exports return a *retryable* failure (``unreachable``: as
+        a refused connection, retried only within the connect budget)."""
         self._faults.extend(
-            _Fault("retryable", error=error, retry_after=retry_after) for _ in range(count)
+            _Fault("retryable", error=error, retry_after=retry_after, unreachable=unreachable)
+            for _ in range(count)
         )
 
     def fail_permanently(self, error: str = "rejected", *, count: int | None = None) -> None:
@@ -144,7 +154,9 @@ class InMemoryBackend:
         permanent = self._permanent
         if fault is not None:
             if fault.kind == "retryable":
-                return ExportResult.retryable(fault.error, retry_after=fault.retry_after)
+                return ExportResult.retryable(
+                    fault.error, retry_after=fault.retry_after, unreachable=fault.unreachable
+                )
             if fault.kind == "permanent":
                 return ExportResult.permanent(fault.error)
             if fault.kind == "raise":

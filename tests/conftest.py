@@ -1,6 +1,6 @@
 """
 Fixtures for the core's tests: a clean OTEL_*/AIORUNNER_* environment per test, a
-trace file per test, and a reader for the OTLP/JSON lines the embedded backend writes.
+trace file and spool directory per test, and a reader for the OTLP/JSON lines the embedded backend writes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
             monkeypatch.delenv(key)
     traces = tmp_path / "traces.jsonl"
     monkeypatch.setenv("AIORUNNER_TRACES_FILE", str(traces))
+    # Spans a backend could not take are spooled: into the test's own directory too.
+    monkeypatch.setenv("AIORUNNER_SPOOL_DIR", str(tmp_path / "spool"))
     return traces
 
 

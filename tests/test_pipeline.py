@@ -212,20 +212,23 @@ async def test_a_stuck_backends_queue_overflows_for_it_alone() -> None:
     assert stats.backend("stuck").exported == 0
     await session.aclose(timeout=0.2)
     stuck_stats = session.statistics().backend("stuck")
-    assert stuck_stats.failed + stuck_stats.dropped == 30
+    # What was in flight or queued at close went to the stuck backend's spool (#17).
+    assert stuck_stats.spooled > 0
+    assert stuck_stats.failed + stuck_stats.dropped + stuck_stats.spooled == 30
     assert stats.dropped == 0  # nothing was lost before reaching the backends
 
 
 async def test_a_hung_export_is_cut_at_the_export_timeout() -> None:
-    """An export that never returns is cancelled at the export timeout and counted as
-    failed, with a message that says so; flush_trace returns well before its own limit."""
+    """An export that never returns is cancelled at the export timeout and its spans are
+    spooled (#17), with a message that says why; flush_trace returns well before its own
+    limit."""
     stuck = InMemoryBackend("stuck")
     stuck.hang(count=100)
     async with Session(make_config(export_timeout=0.3), backends=[stuck]) as session:
         trace_id = end_trace(session, children=1)
         report = await session.flush_trace(trace_id, timeout=30)
         (backend,) = report.backends
-        assert (backend.exported, backend.failed, backend.pending) == (0, 2, 0)
+        assert (backend.exported, backend.spooled, backend.failed, backend.pending) == (0, 2, 0, 0)
         assert "timed out" in (backend.last_error or "")
         assert session.statistics().backends[0].timeouts == 1
 
@@ -264,14 +267,14 @@ async def test_retryable_failures_are_retried_until_success() -> None:
 
 async def test_retry_after_beyond_the_deadline_stops_retrying() -> None:
     """A server asking to retry after 5 s, with a 1 s export deadline: no retry is made
-    (the backoff alone would have retried at once), and the batch fails saying why."""
+    (the backoff alone would have retried at once), and the batch is spooled saying why."""
     backend = InMemoryBackend()
     backend.fail_next(1, retry_after=5.0, error="503 service unavailable")
     async with Session(make_config(export_timeout=1.0), backends=[backend]) as session:
         trace_id = end_trace(session)
         report = await session.flush_trace(trace_id)
     assert backend.export_calls == 1
-    assert report.backends[0].failed == 3
+    assert (report.backends[0].spooled, report.backends[0].failed) == (3, 0)
     error = report.backends[0].last_error or ""
     assert "503 service unavailable" in error
     assert "would pass" in error
@@ -352,8 +355,9 @@ def test_flush_trace_from_two_event_loops() -> None:
 
 
 async def test_close_with_a_hung_backend_returns_within_its_deadline() -> None:
-    """aclose() drains within its deadline: the hung backend's spans are counted as
-    failed, the healthy one's are exported, both are shut down, and it is idempotent."""
+    """aclose() drains within its deadline: the hung backend's spans are spooled (the
+    batch in flight at the deadline included, #17), the healthy one's are exported, both
+    are shut down, and it is idempotent."""
     stuck = InMemoryBackend("stuck")
     stuck.hang(count=100)
     good = InMemoryBackend("good")
@@ -366,7 +370,7 @@ async def test_close_with_a_hung_backend_returns_within_its_deadline() -> None:
     assert stats.backend("good").exported == 3
     stuck_stats = stats.backend("stuck")
     assert stuck_stats.exported == 0
-    assert stuck_stats.failed + stuck_stats.dropped == 3
+    assert (stuck_stats.spooled, stuck_stats.failed, stuck_stats.dropped) == (3, 0, 0)
     assert good.shutdown_called and stuck.shutdown_called
     assert session.closed
 

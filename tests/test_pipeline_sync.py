@@ -95,7 +95,8 @@ async def test_sync_failure_is_failed_for_the_batch_and_not_retried() -> None:
 
 async def test_hung_sync_exporter_is_abandoned_at_the_deadline() -> None:
     """A sync export that never returns is given up at the export timeout: its thread is
-    abandoned and counted, its spans failed, and an async backend beside it is unaffected."""
+    abandoned and counted, its spans spooled (#17), and an async backend beside it is
+    unaffected."""
     hanging = HangingExporter()
     memory = InMemoryBackend()
     session = Session(config(export_timeout=0.3), backends=[hanging, memory])
@@ -107,7 +108,7 @@ async def test_hung_sync_exporter_is_abandoned_at_the_deadline() -> None:
         await session.aclose(timeout=1)
     assert hanging.entered.is_set()
     by_name = {b.name: b for b in report.backends}
-    assert by_name["hangingexporter"].failed == 2
+    assert (by_name["hangingexporter"].spooled, by_name["hangingexporter"].failed) == (2, 0)
     assert "timed out" in (by_name["hangingexporter"].last_error or "")
     assert by_name["memory"].exported == 2
     assert stats.backend("hangingexporter").abandoned_threads == 1

@@ -75,6 +75,8 @@ class ConsoleBackend:
     """Prints every span to ``stream`` (default: the current ``sys.stderr``)."""
 
     name = "console"
+    #: Never spooled: the terminal is there now or not at all.
+    spool = False
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream

@@ -108,6 +108,8 @@ class JsonlBackend:
     """
 
     name = "jsonl"
+    #: Never spooled: spooling to disk what the disk refused helps nobody.
+    spool = False
     #: The export worker holds a root span's start this long and calls ``on_span_start``
     #: only if the run is still going then: most runs are shorter and never need an entry
     #: in the live-runs view (two file operations a run saved).

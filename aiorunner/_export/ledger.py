@@ -28,14 +28,23 @@ from .._result import BackendReport, ExportReport
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["DEFAULT_MAX_TRACES", "DROPPED", "EXPORTED", "FAILED", "BatchRecord", "TraceLedger"]
+__all__ = [
+    "DEFAULT_MAX_TRACES",
+    "DROPPED",
+    "EXPORTED",
+    "FAILED",
+    "SPOOLED",
+    "BatchRecord",
+    "TraceLedger",
+]
 
 DEFAULT_MAX_TRACES = 10_000
 #: Batch records kept for traces watched late (memory: at most this many batches' counts).
 DEFAULT_RECENT = 64
 
 # A backend's outcome for a batch.
-PENDING, EXPORTED, FAILED, DROPPED = 0, 1, 2, 3
+# SPOOLED: appended to the backend's on-disk spool, to be sent later (spool.py).
+PENDING, EXPORTED, FAILED, DROPPED, SPOOLED = 0, 1, 2, 3, 4
 
 
 class BatchRecord:
@@ -114,14 +123,14 @@ class TraceLedger:
         width = len(self.names)
         if row is None:
             return ExportReport(backends=tuple(BackendReport(name) for name in self.names))
-        # per backend: [pending, exported, failed, dropped]
-        sums = [[0, 0, 0, 0] for _ in range(width)]
+        # per backend: [pending, exported, failed, dropped, spooled]
+        sums = [[0, 0, 0, 0, 0] for _ in range(width)]
         errors: list[str | None] = [None] * width
         for record in row[1:]:
             count = record.counts[trace_id]
             for index, outcome in enumerate(record.outcomes):
                 sums[index][outcome] += count
-                if outcome in (FAILED, DROPPED) and record.errors is not None:
+                if outcome in (FAILED, DROPPED, SPOOLED) and record.errors is not None:
                     errors[index] = record.errors[index]
         backends = tuple(
             BackendReport(
@@ -129,6 +138,7 @@ class TraceLedger:
                 exported=sums[i][EXPORTED],
                 failed=sums[i][FAILED],
                 dropped=sums[i][DROPPED],
+                spooled=sums[i][SPOOLED],
                 last_error=errors[i],
                 pending=sums[i][PENDING],
             )

@@ -42,6 +42,8 @@ class ChannelBackend:
     """
 
     name = "parent"
+    #: Never spooled: the parent runner spools for its own backends.
+    spool = False
 
     def __init__(self, channel: Any) -> None:
         self._channel = channel

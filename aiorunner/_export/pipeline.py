@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
     from .._result import ExportReport
     from .adapters import BackendAdapter
+    from .spool import Spool
     from .tail_sampling import TailSampler
 
 __all__ = ["ROOT_SPAN_NAME", "ExportPipeline"]
@@ -127,6 +128,8 @@ class ExportPipeline(SpanProcessor):
         export_timeout: deadline of one export, retries included (OTEL_BSP_EXPORT_TIMEOUT).
         policy: backoff between retries.
         max_traces: traces whose counts are kept for ``flush_trace`` (oldest forgotten).
+        spools: each backend's spool (``None``: that backend is not spooled), in order.
+        connect_budget: seconds of retries for a backend that cannot be reached.
     """
 
     def __init__(
@@ -140,8 +143,11 @@ class ExportPipeline(SpanProcessor):
         policy: RetryPolicy = DEFAULT_POLICY,
         max_traces: int = DEFAULT_MAX_TRACES,
         tail_sampler: TailSampler | None = None,
+        spools: Sequence[Spool | None] | None = None,
+        connect_budget: float | None = None,
     ) -> None:
         self.adapters = tuple(adapters)
+        self._spools = tuple(spools) if spools is not None else (None,) * len(self.adapters)
         if len(self.adapters) == 1 and hasattr(self.adapters[0].target, "write_on_export_thread"):
             # Nothing else to hold up: the embedded default (jsonl) writes on the export
             # thread itself (see JsonlBackend.write_on_export_thread).
@@ -163,11 +169,9 @@ class ExportPipeline(SpanProcessor):
             "max_queue": 2 * max_queue_size,
             "timeout": export_timeout,
             "policy": policy,
+            "connect_budget": connect_budget,
         }
-        self._workers = [
-            BackendWorker(index, adapter, self._errors, **self._worker_options)
-            for index, adapter in enumerate(self.adapters)
-        ]
+        self._workers = self._make_workers()
         # Between the hand-off queue and the batcher, on the export thread (issue 6).
         self._tail = tail_sampler
         # A run announced as running could be sampled out later: no announcements then.
@@ -226,8 +230,13 @@ class ExportPipeline(SpanProcessor):
         self._timer = None
         self._taken = self._dropped = 0
         self.ledger = TraceLedger(self.ledger.names, max_traces=self.ledger.max_traces)
-        self._workers = [
-            BackendWorker(index, adapter, self._errors, **self._worker_options)
+        self._workers = self._make_workers()
+
+    def _make_workers(self) -> list[BackendWorker]:
+        return [
+            BackendWorker(
+                index, adapter, self._errors, spool=self._spools[index], **self._worker_options
+            )
             for index, adapter in enumerate(self.adapters)
         ]
 
@@ -378,15 +387,25 @@ class ExportPipeline(SpanProcessor):
             async with anyio.create_task_group() as tg:
                 for worker in self._workers:
                     tg.start_soon(worker.run, name=f"aiorunner export to {worker.name}")
+                    if worker.spool is not None:
+                        tg.start_soon(worker.drain, name=f"aiorunner spool of {worker.name}")
                 await self._close_event.wait()
+                for worker in self._workers:
+                    worker.stop_draining()
                 self._drain_all()
                 self._release_tail()
                 with anyio.move_on_after(max(0.0, self._close_deadline - anyio.current_time())):
                     for worker in self._workers:
                         await worker.wait_settled(worker.received)
+                    for worker in self._workers:
+                        await worker.wait_drain_stopped()
                 self._workers_stopped = True
                 tg.cancel_scope.cancel()
             self._drain_all()  # late arrivals are counted as dropped
+            # What was still in flight or queued goes to the spools, not waited for.
+            with anyio.move_on_after(_SHUTDOWN_GRACE + _TASKS_GRACE, shield=True):
+                for worker in self._workers:
+                    await worker.spool_leftovers()
             budget = max(self._close_deadline - anyio.current_time(), _SHUTDOWN_GRACE)
             async with anyio.create_task_group() as tg:
                 for adapter in self.adapters:
@@ -735,6 +754,7 @@ class ExportPipeline(SpanProcessor):
             dropped=dropped,
             exported=sum(b.exported for b in backends),
             failed=sum(b.failed for b in backends),
+            spooled=sum(b.spooled for b in backends),
             backends=backends,
             tail=self._tail.statistics() if self._tail is not None else None,
         )

@@ -8,6 +8,12 @@ jitter, or after the server's ``retry_after`` when that is longer; retrying stop
 as the next wait would pass the deadline (the OTLP exporters' rule). ``permanent``
 results are not retried. A backend that raises is treated as a permanent failure of that
 batch: its bug must not cost the other backends their time.
+
+Unreachable is told apart: a refused connection or a name that does not resolve is known
+in milliseconds, and waiting out a 30 s deadline for it only holds the run up. Results
+marked ``unreachable`` are retried a few times within ``connect_budget`` (about 1 s:
+waits of 1/8, 1/4 and 1/2 of it), then given up on with ``Outcome.unreachable`` set: the
+worker spools the batch.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Outcome:
     attempts: int
     timed_out: bool = False
     raised: bool = False
+    #: The backend could not be reached within the connect budget.
+    unreachable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -68,15 +76,19 @@ async def export_with_retry(
     timeout: float,
     policy: RetryPolicy = DEFAULT_POLICY,
     describe: str = "export",
+    connect_budget: float | None = None,
 ) -> Outcome:
     """
     Call ``attempt(time_left)`` until it succeeds, fails permanently, or the deadline
-    ``timeout`` seconds from now would pass.
+    ``timeout`` seconds from now would pass; with ``connect_budget``, results marked
+    ``unreachable`` are retried only while their retries fit in that many seconds.
 
     Never raises (except cancellation of the caller): failures come back in the outcome.
     """
-    deadline = anyio.current_time() + timeout
+    started = anyio.current_time()
+    deadline = started + timeout
     attempts = 0
+    unreachable = 0
     while True:
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
@@ -105,6 +117,23 @@ async def export_with_retry(
             )
         if result.status is not ExportStatus.RETRYABLE:
             return Outcome(result, attempts, raised=raised)
+        if result.unreachable and connect_budget is not None:
+            unreachable += 1
+            wait = connect_budget * 2 ** (unreachable - 1) / 8
+            spent = anyio.current_time() - started
+            if unreachable > 3 or spent + wait > connect_budget or spent + wait >= timeout:
+                return Outcome(
+                    ExportResult.retryable(
+                        f"{result.error or 'unreachable'} (gave up after {attempts} "
+                        f"attempt{'s' if attempts > 1 else ''} within the "
+                        f"{connect_budget:g}s connect budget, AIORUNNER_CONNECT_BUDGET)",
+                        unreachable=True,
+                    ),
+                    attempts,
+                    unreachable=True,
+                )
+            await anyio.sleep(wait)
+            continue
         wait = policy.delay(attempts)
         if result.retry_after is not None:
             wait = max(wait, result.retry_after)

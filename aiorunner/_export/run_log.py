@@ -7,7 +7,9 @@ gRPC error (500 scripts, 500 warnings). So the first run of a session whose trac
 all arrive logs a warning; the next ones log at DEBUG only (each ``RunResult.export`` still
 says what became of its spans, and ``Session.statistics()`` counts them); and the first
 run whose traces arrive again logs, at INFO, how many runs in between were not logged.
-The pipeline's own warning (once per backend and distinct error) is unchanged.
+The pipeline's own warning (once per backend and distinct error) is unchanged. Spans
+kept in a backend's spool are not lost: the worker's one warning per outage says where
+they are, and runs whose spans were only spooled are not logged here.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class RunExportLog:
         """Log what ``report`` (a run's ``RunResult.export``) calls for, if anything."""
         if report.sampled_out:
             return
-        if report.ok:
+        if not report.lost:
+            # Exported, or spooled for later: the worker warned once per outage already.
             if not self._failing:  # unlocked read: the common case takes no lock
                 return
             with self._lock:

@@ -19,6 +19,7 @@ import atexit
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
 from .sampling import TAILBASED, make_sampler
+from .spool import Spool
 from .statistics import PipelineStatistics
 
 if TYPE_CHECKING:
@@ -125,6 +127,32 @@ def _load_backend(name: str, config: TracingConfig) -> BackendAdapter:
         return broken(name, str(exc))
 
 
+def destination_of(adapter: BackendAdapter) -> str:
+    """Where a backend sends (its ``destination`` attribute, else what an OpenTelemetry
+    exporter keeps as its endpoint, else its class): with its name, selects its spool."""
+    target = adapter.target
+    where = getattr(target, "destination", None)
+    if isinstance(where, str) and where:
+        return where
+    kind = f"{type(target).__module__}.{type(target).__qualname__}"
+    endpoint = getattr(target, "_endpoint", None)
+    return f"{kind} {endpoint}" if isinstance(endpoint, str) else kind
+
+
+def _spools(config: TracingConfig, adapters: Sequence[BackendAdapter]) -> list[Spool | None]:
+    """Each backend's spool; none for backends that say ``spool = False`` (a file, the
+    terminal, the parent runner), broken plugins, or when ``spool_max_bytes`` is 0."""
+    size = int(config.spool_max_bytes or 0)
+    root = os.fspath(config.spool_dir or ".aiorunner/spool")
+    spools: list[Spool | None] = []
+    for adapter in adapters:
+        if size <= 0 or adapter.kind == "broken" or getattr(adapter.target, "spool", True) is False:
+            spools.append(None)
+        else:
+            spools.append(Spool(root, adapter.name, destination_of(adapter), max_bytes=size))
+    return spools
+
+
 def _adapt_given(backends: Sequence[Any]) -> list[BackendAdapter]:
     adapters: list[BackendAdapter] = []
     seen: dict[str, int] = {}
@@ -210,6 +238,8 @@ class Session:
             export_timeout=self._timeout(None),
             policy=policy,
             tail_sampler=tail,
+            spools=_spools(self.config, adapters),
+            connect_budget=self.config.connect_budget,
         )
         self.tracer_provider.add_span_processor(self._pipeline)
 

@@ -29,8 +29,17 @@ class BackendStatistics:
     exported: int = 0
     #: Spans whose export failed for good (permanent error, retries or deadline exhausted).
     failed: int = 0
-    #: Spans this backend never tried: its queue was full, or the session closed first.
+    #: Spans this backend never got: its queue was full, the session closed first, or
+    #: its spool could not take them (full disk, larger than the spool's bound).
     dropped: int = 0
+    #: Spans it could not take now (unreachable, no answer in time), kept in its spool.
+    spooled: int = 0
+    #: Spans sent from the spool (this session's or earlier ones', any process's).
+    unspooled: int = 0
+    #: Older spooled spans removed to make room (AIORUNNER_SPOOL_MAX_BYTES).
+    spool_evicted: int = 0
+    #: The backend's spool directory (None: this backend is not spooled).
+    spool_dir: str | None = None
     #: Calls to the backend's export (after merging queued batches), retries included.
     export_calls: int = 0
     retries: int = 0
@@ -57,6 +66,8 @@ class PipelineStatistics:
     exported: int = 0
     #: Span exports that failed for good, summed over backends.
     failed: int = 0
+    #: Spans spooled for a later export, summed over backends.
+    spooled: int = 0
     backends: tuple[BackendStatistics, ...] = ()
     #: The tail sampler's counters (held, kept, sampled out) when the sampler is
     #: ``tailbased``; its spans are counted in ``received`` as taken from the queue.

@@ -16,6 +16,16 @@ asks for a ``span_start_delay`` (the jsonl file, where announcing a start is wri
 entry of its live-runs view): there the worker holds the start that long and announces it
 only if the span's end has not come through meanwhile, so a short run costs that backend
 nothing at its start. A held start counts as settled at once: flushes never wait for it.
+
+A batch the backend could not take (unreachable within the connect budget, or retryable
+until its deadline: the pipeline's export timeout, or the backend's own
+``export_timeout`` when shorter) goes to the backend's :class:`~.spool.Spool` and is
+settled as *spooled*. The backend is then *down* for a while (1 s, doubling per failed
+probe up to 30 s): batches meanwhile go straight to the spool instead of waiting out
+another deadline, so a dead collector costs a run one connect budget, not one per
+batch. The worker's drainer (:meth:`BackendWorker.drain`) sends the spool back, oldest
+line first, at the session's start and whenever the backend comes back; its first
+success ends the outage. One WARNING per outage says where the spans went.
 """
 
 from __future__ import annotations
@@ -24,13 +34,15 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
 import re
 from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
 
-from .ledger import DROPPED, EXPORTED, FAILED
+from ..backend import ExportStatus
+from .ledger import DROPPED, EXPORTED, FAILED, SPOOLED
 from .retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
 from .statistics import BackendStatistics
 
@@ -42,6 +54,8 @@ if TYPE_CHECKING:
     from ..backend import ExportResult
     from .adapters import BackendAdapter
     from .ledger import BatchRecord
+    from .retry import Outcome
+    from .spool import Spool
 
 __all__ = ["BackendWorker", "ErrorLog"]
 
@@ -61,6 +75,10 @@ def redact(text: str) -> str:
 
 
 _DIGITS = re.compile(r"\d+")
+
+#: How long a backend that failed is left alone before it is tried again (doubling).
+_DOWN_FIRST = 1.0
+_DOWN_MAX = 30.0
 
 
 class ErrorLog:
@@ -121,6 +139,8 @@ class BackendWorker:
         max_queue: int,
         timeout: float,
         policy: RetryPolicy = DEFAULT_POLICY,
+        spool: Spool | None = None,
+        connect_budget: float | None = None,
     ) -> None:
         self.index = index
         self.adapter = adapter
@@ -129,7 +149,26 @@ class BackendWorker:
         self._batch_size = batch_size
         self._max_queue = max_queue
         self._timeout = timeout
+        # The deadline of one batch, retries included: the backend's own bound
+        # (OTEL_EXPORTER_OTLP_TIMEOUT for aiorunner-otlp) when it is the shorter.
+        own = getattr(adapter.target, "export_timeout", None)
+        if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
+            self._deadline = min(timeout, float(own))
+        else:
+            self._deadline = timeout
         self._policy = policy
+        self.spool = spool
+        self._connect_budget = connect_budget
+        # Outage state (loop clock): while now < _down_until, batches go to the spool.
+        self._down_until = 0.0
+        self._down_streak = 0
+        self._outage_warned = False
+        self._drain_wakeup: asyncio.Event | None = None
+        self._drain_running = False
+        self._drain_stopped: asyncio.Event | None = None
+        self._stop_draining = False
+        # Batches left at close (in flight, queued): spooled by spool_leftovers().
+        self._leftovers: list[_Batch] = []
         self._queue: deque[_Batch | _Start] = deque()
         self._queued_spans = 0
         self._wakeup: asyncio.Event | None = None
@@ -154,6 +193,9 @@ class BackendWorker:
         self.export_calls = 0
         self.retries = 0
         self.timeouts = 0
+        self.spooled = 0
+        self.unspooled = 0
+        self.spool_evicted = 0
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- fed by the batcher
@@ -271,9 +313,10 @@ class BackendWorker:
             records.extend(head.records)
         return _Batch(spans, records)
 
-    async def _export(self, batch: _Batch) -> None:
+    async def _send(self, spans: Sequence[ReadableSpan]) -> Outcome:
+        """One batch to the backend, retried inside its deadline (and, when it is
+        unreachable, inside the connect budget)."""
         adapter = self.adapter
-        spans = batch.spans
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
@@ -281,26 +324,203 @@ class BackendWorker:
 
         outcome = await export_with_retry(
             attempt,
-            timeout=self._timeout,
+            timeout=self._deadline,
             policy=self._policy,
             describe=f"export to {self.name!r}",
+            connect_budget=self._connect_budget if self.spool is not None else None,
         )
         self.retries += max(0, outcome.attempts - 1)
+        if outcome.timed_out:
+            self.timeouts += 1
+        return outcome
+
+    @property
+    def down(self) -> bool:
+        """True while the backend is left alone after a failure (batches are spooled)."""
+        return self._down_until > anyio.current_time()
+
+    async def _export(self, batch: _Batch) -> None:
+        spans = batch.spans
         size = len(spans)
+        if self.spool is not None and self.down:
+            await self._to_spool(batch, self.last_error or "the backend is unreachable")
+            return
+        outcome = await self._send(spans)
         if outcome.ok:
+            self._up()
             self.exported += size
             for record in batch.records:
                 record.settle(self.index, EXPORTED)
-        else:
-            error = redact(outcome.result.error or "export failed")
-            if outcome.timed_out:
-                self.timeouts += 1
-            self.failed += size
-            self.last_error = error
-            for record in batch.records:
-                record.settle(self.index, FAILED, error)
-            self._errors.warn(self.name, error, spans=size)
+            self._settled(size)
+            return
+        error = redact(outcome.result.error or "export failed")
+        self.last_error = error
+        if self.spool is not None and outcome.result.status is ExportStatus.RETRYABLE:
+            self._mark_down()
+            await self._to_spool(batch, error)
+            return
+        self.failed += size
+        for record in batch.records:
+            record.settle(self.index, FAILED, error)
+        self._errors.warn(self.name, error, spans=size)
         self._settled(size)
+
+    # ------------------------------------------------------------------- the spool
+
+    def _mark_down(self) -> None:
+        self._down_streak += 1
+        pause = min(_DOWN_MAX, _DOWN_FIRST * 2 ** (self._down_streak - 1))
+        self._down_until = anyio.current_time() + pause
+
+    def _up(self) -> None:
+        if not self._down_streak:
+            return
+        self._down_streak = 0
+        self._down_until = 0.0
+        if self._outage_warned:
+            self._outage_warned = False
+            logger.info("backend %r takes spans again; its spool is being sent", self.name)
+        if self._drain_wakeup is not None:
+            self._drain_wakeup.set()
+
+    async def _to_spool(self, batch: _Batch, error: str) -> None:
+        """Append the batch to the spool (in a worker thread) and settle it as spooled,
+        or as dropped when the spool cannot take it."""
+        spool = self.spool
+        assert spool is not None
+        spans = batch.spans
+        size = len(spans)
+        from .otlp_json import encode_line
+
+        def write() -> tuple[int, int, str | None, bool]:
+            outcome = spool.append(encode_line(spans), size)
+            return outcome.written, outcome.evicted, outcome.error, outcome.disk_full
+
+        with anyio.CancelScope(shield=True):
+            written, evicted, problem, _ = await anyio.to_thread.run_sync(write)
+        self.spool_evicted += evicted
+        if evicted:
+            logger.warning(
+                "the spool of backend %r is at its bound (AIORUNNER_SPOOL_MAX_BYTES=%d): "
+                "its %d oldest spans were removed to make room",
+                self.name,
+                spool.max_bytes,
+                evicted,
+            )
+        if problem is not None:
+            self._settle_dropped(batch, redact(f"{error}; not spooled: {problem}"))
+            return
+        self.spooled += written
+        for record in batch.records:
+            record.settle(self.index, SPOOLED, error)
+        if not self._outage_warned:
+            self._outage_warned = True
+            logger.warning(
+                "backend %r could not take %d span%s (%s): spooled to %s; they are sent "
+                "when it takes spans again (the next run, or `aiorunner traces push "
+                "--spool`). Logged once per outage; RunResult.export counts them",
+                self.name,
+                size,
+                "" if size == 1 else "s",
+                error,
+                os.fspath(spool.directory),
+            )
+        if self._drain_wakeup is not None:
+            self._drain_wakeup.set()
+        self._settled(size)
+
+    def stop_draining(self) -> None:
+        """The session closes: the drainer finishes the line in flight, then stops."""
+        self._stop_draining = True
+        if self._drain_wakeup is not None:
+            self._drain_wakeup.set()
+
+    async def drain(self) -> None:
+        """Send the spool back, oldest first, whenever the backend may take it: at the
+        start, after an outage's pause, when it comes back. Until cancelled."""
+        if self.spool is None:
+            return
+        wakeup = self._drain_wakeup = asyncio.Event()
+        self._drain_stopped = asyncio.Event()
+        self._drain_running = True
+        try:
+            await self._drain_loop(wakeup)
+        finally:
+            self._drain_running = False
+            self._drain_stopped.set()
+
+    async def wait_drain_stopped(self) -> None:
+        """At close, after :meth:`stop_draining`: return once the drainer has finished
+        the line in flight (so that a line the backend accepts is also recorded as
+        accepted, and not sent again by the next session)."""
+        if self._drain_running and self._drain_stopped is not None:
+            await self._drain_stopped.wait()
+
+    async def _drain_loop(self, wakeup: asyncio.Event) -> None:
+        wakeup.set()
+        while not self._stop_draining:
+            await wakeup.wait()
+            wakeup.clear()
+            while not self._stop_draining:
+                pause = self._down_until - anyio.current_time()
+                if pause > 0:
+                    with anyio.move_on_after(pause):
+                        await wakeup.wait()
+                    wakeup.clear()
+                    continue
+                if await self._drain_pass():
+                    break  # empty: wait for the next spooled batch
+
+    async def _drain_pass(self) -> bool:
+        """Send claimed spool files until none is left (True) or the backend fails
+        (False: it is marked down) or the session closes."""
+        spool = self.spool
+        assert spool is not None
+        from .otlp_json import decode_line
+
+        while not self._stop_draining:
+            claim = await anyio.to_thread.run_sync(spool.claim)
+            if claim is None:
+                return True
+            finished = False
+            try:
+                while not self._stop_draining:
+                    item = await anyio.to_thread.run_sync(claim.next_line)
+                    if item is None:
+                        await anyio.to_thread.run_sync(claim.finish)
+                        finished = True
+                        break
+                    line, end = item
+                    try:
+                        spans = await anyio.to_thread.run_sync(decode_line, line)
+                    except ValueError as exc:
+                        self._errors.warn(
+                            self.name, f"skipped an unreadable spool line: {exc}", spans=0
+                        )
+                        await anyio.to_thread.run_sync(claim.commit, end)
+                        continue
+                    outcome = await self._send(spans)
+                    if outcome.ok:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(claim.commit, end)
+                        self.unspooled += len(spans)
+                        self._up()
+                        continue
+                    error = redact(outcome.result.error or "export failed")
+                    self.last_error = error
+                    if outcome.result.status is ExportStatus.RETRYABLE:
+                        self._mark_down()
+                        return False
+                    # Permanent: this line will never be taken; report it, go on.
+                    self.failed += len(spans)
+                    self._errors.warn(
+                        self.name, f"spooled spans refused: {error}", spans=len(spans)
+                    )
+                    await anyio.to_thread.run_sync(claim.commit, end)
+            finally:
+                if not finished:
+                    claim.release()
+        return True
 
     async def _span_start(self, span: ReadableSpan) -> None:
         with anyio.move_on_after(self._timeout) as scope:
@@ -328,7 +548,17 @@ class BackendWorker:
 
     def _abandon(self) -> None:
         """Count what the session closed on: the batch in flight as failed, queued ones
-        as dropped. Wakes every waiter: nothing more will settle."""
+        as dropped; with a spool, keep them for :meth:`spool_leftovers` instead. Wakes
+        every waiter: nothing more will settle."""
+        if self.spool is not None:
+            if self._inflight is not None:
+                self._leftovers.append(self._inflight)
+                self._inflight = None
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Batch):
+                    self._queued_spans -= len(item.spans)
+                    self._leftovers.append(item)
         if self._inflight is not None:
             batch, self._inflight = self._inflight, None
             size = len(batch.spans)
@@ -345,6 +575,13 @@ class BackendWorker:
                 self._settle_dropped(item, "the session closed before these spans were exported")
         self.settled = max(self.settled, self.received)
         self._release(all_waiters=True)
+
+    async def spool_leftovers(self) -> None:
+        """At close: spool what was still in flight or queued (what is still pending at
+        exit is spooled, not waited for twice)."""
+        leftovers, self._leftovers = self._leftovers, []
+        for batch in leftovers:
+            await self._to_spool(batch, "the session closed before the backend took these")
 
     def _settled(self, count: int) -> None:
         self.settled += count
@@ -376,6 +613,10 @@ class BackendWorker:
             export_calls=self.export_calls,
             retries=self.retries,
             timeouts=self.timeouts,
+            spooled=self.spooled,
+            unspooled=self.unspooled,
+            spool_evicted=self.spool_evicted,
+            spool_dir=os.fspath(self.spool.directory) if self.spool is not None else None,
             abandoned_threads=self.adapter.abandoned_threads,
             last_error=self.last_error,
         )

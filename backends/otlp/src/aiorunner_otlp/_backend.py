@@ -80,6 +80,12 @@ class OtlpBackend:
     def __init__(self, name: str, settings: OtlpSettings) -> None:
         self.name = name
         self.settings = settings
+        #: OTEL_EXPORTER_OTLP_TIMEOUT bounds the whole export of a batch, retries
+        #: included (the specification's "max waiting time for a batch export"): the
+        #: pipeline reads this (aiorunner.backend, optional attributes).
+        self.export_timeout = settings.timeout
+        #: Where it sends, without credentials: names this backend's spool.
+        self.destination = f"{settings.protocol} {redact_url(settings.endpoint)}"
         self._transport = _make_transport(settings)
         self._limiter: anyio.CapacityLimiter | None = None
         self._closed = False

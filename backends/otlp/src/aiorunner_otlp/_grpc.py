@@ -54,6 +54,14 @@ _HINTS = {
     "the compression (try OTEL_EXPORTER_OTLP_COMPRESSION=none)",
 }
 
+# UNAVAILABLE because nothing could be connected to (refused, DNS, no route), as opposed
+# to a server that answered UNAVAILABLE: given only the pipeline's short connect budget.
+_UNREACHABLE = re.compile(
+    r"failed to connect|connection refused|DNS resolution failed|name resolution|"
+    r"could not resolve|Network is unreachable|No route to host|Domain name not found",
+    re.IGNORECASE,
+)
+
 _TLS_FAILURE = re.compile(
     r"handshake failed|CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER", re.IGNORECASE
 )
@@ -181,6 +189,8 @@ class GrpcTransport:
                 f"{message} (TLS failed: check OTEL_EXPORTER_OTLP_CERTIFICATE, or use "
                 "http:// for a plaintext collector)"
             )
+        if code is grpc.StatusCode.UNAVAILABLE and _UNREACHABLE.search(details):
+            return ExportResult.retryable(message, unreachable=True)
         if code in RETRYABLE:
             return ExportResult.retryable(message, retry_after=_retry_after(error))
         return ExportResult.permanent(message)

@@ -205,7 +205,11 @@ class HttpTransport:
                 redirect=False,
             )
         except NewConnectionError as exc:
-            return ExportResult.retryable(redact(f"{self.where} is unreachable: {_describe(exc)}"))
+            # Refused, or the name does not resolve (NameResolutionError is one): known
+            # at once, given only the pipeline's short connect budget.
+            return ExportResult.retryable(
+                redact(f"{self.where} is unreachable: {_describe(exc)}"), unreachable=True
+            )
         except Urllib3Timeout:
             return ExportResult.retryable(f"{self.where}: no answer within {timeout:g} s")
         except SSLError as exc:

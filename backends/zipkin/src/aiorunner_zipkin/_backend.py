@@ -79,6 +79,10 @@ class ZipkinBackend:
         self._closed = False
         self._abandoned = 0
         self.where = f"Zipkin endpoint {redact_url(settings.endpoint)}"
+        #: Where it sends, without credentials: names this backend's spool.
+        self.destination = f"zipkin {redact_url(settings.endpoint)}"
+        #: OTEL_EXPORTER_ZIPKIN_TIMEOUT bounds the export of a batch, retries included.
+        self.export_timeout = settings.timeout
 
     def __repr__(self) -> str:
         return f"ZipkinBackend(name={self.name!r}, endpoint={redact_url(self.settings.endpoint)!r})"
@@ -129,7 +133,9 @@ class ZipkinBackend:
                 redirect=False,
             )
         except NewConnectionError as exc:
-            return ExportResult.retryable(f"{self.where} is unreachable: {_describe(exc)}")
+            return ExportResult.retryable(
+                f"{self.where} is unreachable: {_describe(exc)}", unreachable=True
+            )
         except Urllib3Timeout:
             return ExportResult.retryable(f"{self.where}: no answer within {timeout:g} s")
         except SSLError as exc:
