@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._redact import redact_args
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -271,7 +273,9 @@ class RunResult:
             "started_at_iso": self.started_at_iso,
             "duration": self.duration,
             "pid": self.pid,
-            "command": list(self.command),
+            # Printed (--json) and stored: secret-looking values as [secure], as on the
+            # span's process.command_args; the attribute keeps the argv that ran.
+            "command": redact_args(self.command),
             "stdout": self.stdout,
             "stderr": self.stderr,
             "stdout_truncated": self.stdout_truncated,

@@ -5,10 +5,17 @@ attributes. Checked on the raw bytes of the real trace file, so a secret anywher
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
 from aiorunner import ScriptRunner
-from aiorunner._redact import REDACTED, redact_args
+from aiorunner._redact import REDACTED, is_secret_env_name, redact_args, secret_values
+from conftest import attr_value
 
 SECRETS = ("hunter2-pw", "tok-123abc", "k3y-456", "urlpw-789", "qtok-000", "bearer-abc")
 
@@ -106,3 +113,133 @@ async def test_baggage_is_propagated_not_recorded(make_script, traces_file):
 def test_redact_args(args, expected):
     """The redaction rules, one case each (a flag with no value is left as is)."""
     assert redact_args(args) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("PWD", False),  # the shell's working directory (issue 16 item 2)
+        ("OLDPWD", False),
+        ("DB_PWD", True),
+        ("DB_PASSWORD", True),
+        ("MYSQLPASSWORD", True),
+        ("GITHUB_TOKEN", True),
+        ("AWS_ACCESS_KEY_ID", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("OTEL_EXPORTER_OTLP_HEADERS", True),
+        ("DATABASE_URL", True),
+        ("APP_DATABASE_URL", True),
+        ("SENTRY_DSN", True),
+        ("SMTP_PASS", True),
+        ("BASIC_AUTH", True),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("SSH_AUTH_SOCK", False),
+        ("SSH_ASKPASS", False),
+        ("GIT_AUTHOR_NAME", False),
+        ("XDG_SESSION_ID", False),
+        ("KEYBOARD_LAYOUT", False),
+        ("HOME", False),
+    ],
+)
+def test_environment_secrets_are_known_by_name(name, secret):
+    """A variable's value is a secret when a word of its name says so (PASSWORD, TOKEN,
+    SECRET, KEY, PWD, HEADERS, DSN, ...), or it is DATABASE_URL; the shell's PWD and
+    OLDPWD are directories, and a word merely containing TOKEN or AUTH is not one."""
+    assert is_secret_env_name(name) is secret
+    assert ("value-1234" in secret_values([], {name: "value-1234"})) is secret
+
+
+async def test_tracebacks_keep_the_working_directory(tmp_path, monkeypatch, spans_of):
+    """With the shell's PWD and OLDPWD set (every interactive shell sets them), the
+    script's path in its traceback stays readable on the trace and in RunResult.error:
+    it used to read File "[secure]/fail.py" everywhere."""
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", str(tmp_path))
+    script = tmp_path / "fail.py"
+    script.write_text("raise RuntimeError('boom')\n")
+    result = await ScriptRunner(str(script)).run()
+    assert not result.success
+    assert f'File "{script}"' in (result.error or "")
+    execute = next(s for s in spans_of(result.trace_id) if s["name"] == "execute_script")
+    (event,) = [e for e in execute["events"] if e["name"] == "exception"]
+    attrs = {a["key"]: attr_value(a["value"]) for a in event["attributes"]}
+    assert f'File "{script}"' in attrs["exception.stacktrace"]
+    assert REDACTED not in attrs["exception.stacktrace"]
+
+
+#: Echoed by SHOUT: short secret argument values, long ones, and environment secrets.
+SHOUT = (
+    "import os, sys\n"
+    "print('kept: zq7x qzq', file=sys.stderr)\n"
+    "raise SystemExit('bad args ' + ' '.join(sys.argv[1:]) + ' key '"
+    " + os.environ['AWS_SECRET_ACCESS_KEY'] + ' id ' + os.environ['AWS_ACCESS_KEY_ID'])\n"
+)
+SHOUT_ARGS = ["token=zq7", "--password", "qz", "password=hunter2", "--api-key", "sk-live-123"]
+SHOUT_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+}
+SHOUT_SECRETS = ("zq7", " qz", "hunter2", "sk-live-123", *SHOUT_ENV.values())
+
+
+def _leaks(text: str) -> list[str]:
+    """The secrets of SHOUT found in ``text`` (a short one only as a whole word)."""
+    found = [s for s in SHOUT_SECRETS if s.strip() not in ("zq7", "qz") and s in text]
+    found += [s for s in ("zq7", "qz") if re.search(rf"(?<!\w){s}(?!\w)", text)]
+    return found
+
+
+async def test_short_secret_argument_values_are_scrubbed(make_script, traces_file, spans_of):
+    """`token=zq7` and `--password qz` are secrets whatever their length: scrubbed from
+    RunResult.error, the statuses, the exception and stderr events (only values of 4
+    characters or more were), where they stand as words; `zq7x` (a longer word) stays."""
+    script = make_script(SHOUT)
+    result = await ScriptRunner(script, SHOUT_ARGS, env=SHOUT_ENV).run()
+    assert not result.success
+    assert "bad args" in (result.error or "")
+    assert _leaks(result.error or "") == []
+    raw = traces_file.read_text()
+    assert _leaks(raw) == []
+    assert "kept: zq7x" in raw  # the stderr event: a word that only contains one stays
+    spans = {s["name"]: s for s in spans_of(result.trace_id)}
+    assert f"token={REDACTED}" in spans["execute_script"]["status"]["message"]
+    assert _leaks(spans["ScriptRunner"]["status"]["message"]) == []
+
+
+def test_the_cli_prints_what_it_exports_scrubbed(make_script, tmp_path):
+    """`aiorunner run -q` printed the script's error with hunter2, sk-live-123 and an
+    AWS key in it; now every line the CLI prints is scrubbed like the trace: the error
+    and summary of one run, its --json (error and command), the many-scripts summary
+    of a jobs file, and `traces show -v` of the run."""
+    script = make_script(SHOUT)
+    env = {**os.environ, **SHOUT_ENV}
+
+    def aiorunner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aiorunner", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    one = aiorunner("run", "-q", str(script), *SHOUT_ARGS)
+    assert one.returncode == 1, one.stderr
+    assert "bad args" in one.stderr and REDACTED in one.stderr
+    assert _leaks(one.stdout + one.stderr) == []
+    as_json = aiorunner("run", "-q", "--json", str(script), *SHOUT_ARGS)
+    data = json.loads(as_json.stdout)
+    assert "bad args" in data["error"]
+    assert _leaks(data["error"]) == [] and _leaks(" ".join(data["command"])) == []
+    assert data["command"][-2:] == ["--api-key", REDACTED]
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f"[[jobs]]\nscript = {str(script)!r}\nargs = {SHOUT_ARGS!r}\n")
+    many = aiorunner("run", "-q", "--jobs-file", str(jobs))
+    assert many.returncode == 1, many.stderr
+    assert "bad args" in many.stdout + many.stderr
+    assert _leaks(many.stdout + many.stderr) == []
+    trace_id = one.stderr.strip().rsplit("trace ", 1)[1].split()[0]
+    show = aiorunner("traces", "show", "-v", "--width", "200", trace_id)
+    assert show.returncode == 0, show.stderr
+    assert "bad args" in show.stdout
+    assert _leaks(show.stdout) == []

@@ -172,15 +172,17 @@ class _Run:
     ) -> None:
         """Mark ``span`` (and, at the end, the run) failed: ERROR status with ``message``
         and ``error.type`` ``error_type`` (one of ``ERROR_TYPES``, an exit code or a
-        signal name). The run's error is the first failure's."""
+        signal name). The run's error is the first failure's, scrubbed of the run's
+        secrets like the status (``RunResult.error`` is printed by the CLI and kept)."""
         outcome = self.outcome
+        message = self.scrub(message)
         if outcome.error is None:
             outcome.error = message
             outcome.error_type = error_type
         if exc is not None:
             record_exception(span, exc)
         span.set_attribute("error.type", error_type)
-        span.set_status(Status(StatusCode.ERROR, self.scrub(message)))
+        span.set_status(Status(StatusCode.ERROR, message))
 
     async def execute(self) -> None:
         try:
@@ -646,7 +648,8 @@ class _Run:
             root.set_attributes(attributes)
         if outcome.error is not None:
             root.set_status(
-                Status(StatusCode.ERROR, self.scrub(outcome.error.splitlines()[0][:1000]))
+                # outcome.error is scrubbed already (fail()).
+                Status(StatusCode.ERROR, outcome.error.splitlines()[0][:1000])
             )
         # A run that succeeded leaves the root's status UNSET: instrumentation SHOULD NOT
         # set OK (recording-errors.md); OK is for the application to say.

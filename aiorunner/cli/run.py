@@ -126,10 +126,12 @@ def _many_scripts(
         return scripts, trailing[0]
     missing = [s for s in scripts[1:] if s.endswith(".py") and not _is_script_file(s)]
     if len(scripts) >= 2 and _is_script_file(script) and missing:
+        from .._redact import redact_args
+
         # Probably a typo in one of several scripts: say why this is one script.
         click.echo(
             click.style(
-                f"note: running {script} alone with arguments {' '.join(args)!r}: "
+                f"note: running {script} alone with arguments {' '.join(redact_args(args))!r}: "
                 f"{', '.join(missing)} is not a file. For several scripts give -j N before "
                 "them (aiorunner run -j N a.py b.py) or use --jobs-file.",
                 fg="yellow",
