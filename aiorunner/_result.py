@@ -155,7 +155,7 @@ class ExportReport:
                 text += f", {b.spooled} spooled"
             if b.failed or b.dropped:
                 text += f", {b.failed} failed, {b.dropped} dropped"
-            if b.last_error and (b.failed or b.dropped or b.spooled):
+            if b.last_error and (b.failed or b.dropped):
                 text += f" ({b.last_error})"
             parts.append(text)
         if self.dropped:

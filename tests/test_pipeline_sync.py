@@ -81,14 +81,14 @@ async def test_sync_exporter_runs_in_a_worker_thread() -> None:
     assert exporter.shut_down
 
 
-async def test_sync_failure_is_failed_for_the_batch_and_not_retried() -> None:
-    """SpanExportResult.FAILURE counts the batch as failed, once (the SDK's exporters retry
-    internally), with a message naming the exporter."""
+async def test_sync_failure_is_spooled_and_not_retried() -> None:
+    """SpanExportResult.FAILURE counts as retryable (#17): the batch is spooled after one
+    call (the SDK's exporters retry internally), with a message naming the exporter."""
     exporter = CollectingExporter(SpanExportResult.FAILURE)
     async with Session(config(), backends=[exporter]) as session:
         report = await session.flush_trace(make_trace(session))
     (backend,) = report.backends
-    assert (backend.exported, backend.failed) == (0, 2)
+    assert (backend.exported, backend.spooled, backend.failed) == (0, 2, 0)
     assert "CollectingExporter.export() returned FAILURE" in (backend.last_error or "")
     assert exporter.calls == 1
 

@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from .._config import EnvProblem, TracingConfig, collect_env_problems, looks_secret
 from .._exceptions import BackendError, ConfigError, UnknownBackendError
+from .._export.spool import SpoolUsage, spool_usage
 from .probe import Endpoint, explain, redact_url
 
 if TYPE_CHECKING:
@@ -149,6 +150,10 @@ class DoctorReport:
     ignored: list[EnvProblem] = field(default_factory=list)
     #: Which rule chose the exporters ("named by OTEL_TRACES_EXPORTER", the default...).
     exporter_rule: str = ""
+    #: The backends' spools under AIORUNNER_SPOOL_DIR: spans waiting for a backend that
+    #: could not take them (informational: a run sends them when it can).
+    spools: list[SpoolUsage] = field(default_factory=list)
+    spool_dir: str = ""
 
     @property
     def ok(self) -> bool:
@@ -172,6 +177,8 @@ class DoctorReport:
             "environment": dict(self.environment),
             "installed": [info.to_dict() for info in self.installed],
             "checks": [check.to_dict() for check in self.checks],
+            "spool_dir": self.spool_dir,
+            "spools": [dataclasses.asdict(usage) for usage in self.spools],
         }
 
 
@@ -217,6 +224,8 @@ async def _diagnose(
         check_detectors, env.get(OTEL_EXPERIMENTAL_RESOURCE_DETECTORS, "")
     )
     settings = _settings_rows(resolved)
+    spool_dir = await anyio.to_thread.run_sync(os.path.abspath, os.fspath(resolved.spool_dir or ""))
+    spools = await anyio.to_thread.run_sync(spool_usage, spool_dir)
     names = resolved.exporters
     if resolved.enabled and resolved.sources.get("exporter_type") != "argument":
         # What a run would use: OTEL_TRACES_EXPORTER names that are not installed left
@@ -235,7 +244,15 @@ async def _diagnose(
             fix="unset OTEL_SDK_DISABLED and set OTEL_TRACES_EXPORTER to a backend "
             "(jsonl, the default, needs nothing else)",
         )
-        return DoctorReport(settings, environment, installed, [check], exporter_rule=rule)
+        return DoctorReport(
+            settings,
+            environment,
+            installed,
+            [check],
+            exporter_rule=rule,
+            spools=spools,
+            spool_dir=spool_dir,
+        )
     checks: dict[str, BackendCheck] = {}
 
     async def run(name: str) -> None:
@@ -245,7 +262,13 @@ async def _diagnose(
         for name in names:
             tg.start_soon(run, name)
     return DoctorReport(
-        settings, environment, installed, [checks[n] for n in names], exporter_rule=rule
+        settings,
+        environment,
+        installed,
+        [checks[n] for n in names],
+        exporter_rule=rule,
+        spools=spools,
+        spool_dir=spool_dir,
     )
 
 

@@ -11,6 +11,7 @@ fails every export with the load error, so reports say what is wrong). The worke
 from __future__ import annotations
 
 import inspect
+import math
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -100,11 +101,13 @@ class _SyncExporterAdapter(BackendAdapter):
         if outcome is SpanExportResult.SUCCESS:
             return ExportResult.success()
         if outcome is SpanExportResult.FAILURE:
-            # OpenTelemetry's exporters retry internally and log the cause themselves;
-            # retrying here would only multiply their retries. Failed for this batch.
-            return ExportResult.permanent(
+            # OpenTelemetry's exporters log the cause themselves and do not say whether
+            # it may pass: retryable, so the batch is spooled, not lost (#17). They retry
+            # internally already: an infinite Retry-After spools it after this one call.
+            return ExportResult.retryable(
                 f"{type(self.target).__name__}.export() returned FAILURE "
-                "(the exporter logs the cause under the 'opentelemetry' logger)"
+                "(the exporter logs the cause under the 'opentelemetry' logger)",
+                retry_after=math.inf,
             )
         return _coerce(self.name, outcome)
 

@@ -148,6 +148,9 @@ class ExportPipeline(SpanProcessor):
     ) -> None:
         self.adapters = tuple(adapters)
         self._spools = tuple(spools) if spools is not None else (None,) * len(self.adapters)
+        #: Each spooled backend's drainer runs in the background from the export
+        #: thread's start; ``aiorunner traces push --spool`` drains in the foreground.
+        self.background_drain = True
         if len(self.adapters) == 1 and hasattr(self.adapters[0].target, "write_on_export_thread"):
             # Nothing else to hold up: the embedded default (jsonl) writes on the export
             # thread itself (see JsonlBackend.write_on_export_thread).
@@ -387,7 +390,7 @@ class ExportPipeline(SpanProcessor):
             async with anyio.create_task_group() as tg:
                 for worker in self._workers:
                     tg.start_soon(worker.run, name=f"aiorunner export to {worker.name}")
-                    if worker.spool is not None:
+                    if worker.spool is not None and self.background_drain:
                         tg.start_soon(worker.drain, name=f"aiorunner spool of {worker.name}")
                 await self._close_event.wait()
                 for worker in self._workers:
@@ -682,6 +685,21 @@ class ExportPipeline(SpanProcessor):
                 finally:
                     stuck.cancel()
         return self._finished.done(), None
+
+    async def drain_spools(self, timeout: float) -> dict[str, bool]:
+        """Send every spooled backend's spool now (``aiorunner traces push --spool``),
+        within ``timeout``; per backend name, True when its spool was emptied."""
+        self._start()
+        _, result = await self._call(timeout, self._drain_spools_on_loop, timeout)
+        return result if isinstance(result, dict) else {}
+
+    async def _drain_spools_on_loop(self, timeout: float) -> tuple[bool, dict[str, bool]]:
+        emptied = {w.name: False for w in self._workers if w.spool is not None}
+        with anyio.move_on_after(timeout):
+            for worker in self._workers:
+                if worker.spool is not None:
+                    emptied[worker.name] = await worker._drain_pass()
+        return True, emptied
 
     def watch_trace(self, trace_id: int) -> None:
         """Keep per-trace counts for ``trace_id`` from now on (runs' traces are watched

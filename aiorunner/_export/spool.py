@@ -151,7 +151,14 @@ class Spool:
 
     # ------------------------------------------------------------------ helpers
 
+    def _absolute(self) -> None:
+        """Made absolute at the first use (in a worker thread: it reads the current
+        directory): messages name it, and a later chdir must not move it."""
+        if not self.directory.is_absolute():
+            self.directory = Path(os.path.abspath(self.directory))
+
     def _ensure(self) -> None:
+        self._absolute()
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
             note = self.directory / _DESTINATION
@@ -267,6 +274,7 @@ class Spool:
         """Take the oldest file no live drainer holds (a drainer that died left its
         ``.draining`` file unlocked: it is taken over from its recorded offset), or
         ``None`` when nothing waits."""
+        self._absolute()
         if not self.directory.is_dir():
             return None
         with _locked(self.directory):

@@ -15,6 +15,9 @@ The file is read in a worker thread, a chunk at a time, and each chunk is flushe
 the next is read, so a big file neither fills memory nor overflows the pipeline's queue;
 pushing stops early once a backend fails for good (a dead collector is reported after one
 export timeout, not once per chunk).
+
+``push --spool`` (:func:`push_spool`) sends what backends could not take earlier, from
+their on-disk spools (``_export/spool.py``), as the next run would in the background.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from .._export.statistics import PipelineStatistics
     from .reader import SpanRecord
 
-__all__ = ["PushReport", "push_traces"]
+__all__ = ["PushReport", "SpoolPushReport", "push_spool", "push_traces"]
 
 
 @dataclass(frozen=True)
@@ -326,3 +329,59 @@ def _stat(path: Path) -> os.stat_result | None:
         return path.stat()
     except OSError:  # rotated away meanwhile
         return None
+
+
+@dataclass(frozen=True)
+class SpoolPushReport:
+    """What ``aiorunner traces push --spool`` did, per backend."""
+
+    statistics: PipelineStatistics
+    #: Backend name -> True when its spool is empty now.
+    emptied: dict[str, bool]
+    #: The spool directory (``AIORUNNER_SPOOL_DIR``, default ``.aiorunner/spool``).
+    spool_dir: str
+
+    @property
+    def ok(self) -> bool:
+        """Every spooled backend's spool was sent and emptied."""
+        return bool(self.emptied) and all(self.emptied.values())
+
+
+async def push_spool(
+    *,
+    exporter: str | None = None,
+    endpoint: str | None = None,
+    export_timeout: float | None = None,
+) -> SpoolPushReport:
+    """
+    Send the spools of the backends named by ``exporter`` (default: the configured
+    ones, ``OTEL_TRACES_EXPORTER``...) now, oldest first, and remove what was accepted:
+    what the next run would do in the background, by hand. The spool kept for a
+    backend is the one of its name and destination (``--endpoint``, or its variables).
+
+    Raises:
+        ConfigError: a backend name is unknown or its configuration is invalid.
+    """
+    from .._export.session import Session
+
+    config = TracingConfig(
+        enabled=True,
+        exporter_type=exporter,
+        collector_endpoint=endpoint,
+        export_timeout=export_timeout,
+    ).resolve()
+    session = await anyio.to_thread.run_sync(Session, config)
+    pipeline = _pipeline_of(session)
+    pipeline.background_drain = False  # drained here, in the foreground
+    timeout = float(config.export_timeout or 30.0)
+    try:
+        # A spool of many batches takes one deadline per batch at most; the drain stops
+        # at the first batch the backend does not take (it is down: try again later).
+        emptied = await pipeline.drain_spools(max(timeout, 1.0) * 1000)
+    finally:
+        await session.aclose()
+    return SpoolPushReport(
+        statistics=session.statistics(),
+        emptied=emptied,
+        spool_dir=os.fspath(config.spool_dir or ".aiorunner/spool"),
+    )

@@ -9,6 +9,7 @@ environment value is ignored (so it works as a CI step), 2 for a usage error.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -85,6 +86,20 @@ def _print(report: DoctorReport, console: Console) -> None:
         if check.fix:
             console.print(Text("      fix: ", style="bold yellow") + Text(check.fix))
     console.print()
+    if report.spool_dir:
+        console.print(Text("Spools", style="bold") + Text(f"  {report.spool_dir}"))
+        if not report.spools:
+            console.print("  empty: no backend has spans waiting")
+        for usage in report.spools:
+            console.print(
+                Text(f"  {os.path.basename(usage.directory)}", style="bold")
+                + Text(
+                    f"  {usage.spans} spans, {usage.bytes} bytes in {usage.files} file(s)"
+                    f"  ({usage.destination or '?'}; sent by the next run that exports "
+                    "there, or `aiorunner traces push --spool`)"
+                )
+            )
+        console.print()
     if report.ok:
         console.print(Text("Traces would arrive.", style="bold green"))
     elif report.ignored and not report.config_error and all(c.ok for c in report.checks):

@@ -328,6 +328,13 @@ def show_command(
     default=None,
     help="Export timeout in seconds (default: OTEL_BSP_EXPORT_TIMEOUT, else 30).",
 )
+@click.option(
+    "--spool",
+    is_flag=True,
+    help="Send what backends could not take earlier, from their spools "
+    "($AIORUNNER_SPOOL_DIR, else .aiorunner/spool), instead of a trace file; "
+    "default backends: the configured ones.",
+)
 def push_command(
     file: str | None,
     exporter: str | None,
@@ -336,6 +343,7 @@ def push_command(
     since: str | None,
     trace_ids: tuple[str, ...],
     timeout: float | None,
+    spool: bool,
 ) -> None:
     """Replay recorded traces into a backend, through the export pipeline.
 
@@ -345,11 +353,22 @@ def push_command(
     \b
     aiorunner traces push --exporter otlp --endpoint http://collector:4317 --since 1d
     aiorunner traces push --file ci/traces.jsonl --to all.jsonl
+    aiorunner traces push --spool
     """
     import anyio
 
     from .._traces.push import push_traces
     from .._traces.reader import ReadStats
+
+    if spool:
+        if file is not None or to is not None or since or trace_ids:
+            raise click.UsageError(
+                "--spool sends the spools, not a trace file: drop --file, --to, --since "
+                "and --trace (or drop --spool to replay a file)",
+                ctx=click.get_current_context(),
+            )
+        _push_spool(exporter, endpoint, timeout)
+        return
 
     if exporter is None:
         if to is None:
@@ -421,4 +440,35 @@ def push_command(
             + ". Pushing again sends every selected span again (--since, --trace select "
             "fewer)."
         )
+        raise SystemExit(1)
+
+
+def _push_spool(exporter: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """``traces push --spool``: send the spools now; exit 1 unless all were emptied."""
+    import anyio
+
+    from .._traces.push import push_spool
+
+    async def push() -> Any:
+        return await push_spool(exporter=exporter, endpoint=endpoint, export_timeout=timeout)
+
+    try:
+        report = anyio.run(push)
+    except AiorunnerError as exc:
+        raise _fail(exc) from None
+    spooled = [b for b in report.statistics.backends if b.spool_dir is not None]
+    if not spooled:
+        click.echo("None of these backends keeps a spool (a file or the terminal never does).")
+        return
+    for backend in spooled:
+        line = f"  {backend.name}: {backend.unspooled} spans sent from {backend.spool_dir}"
+        if report.emptied.get(backend.name):
+            line += " (the spool is empty now)"
+        else:
+            line += "; the rest stays spooled"
+            if backend.last_error:
+                line += f" ({_printable(backend.last_error)})"
+        click.echo(line)
+    if not report.ok:
+        click.echo("Not every spool could be sent: try again once the backend is reachable.")
         raise SystemExit(1)
