@@ -187,6 +187,7 @@ class DaskExecutor:
         self.on_worker = on_worker
         self._id = f"{os.getpid()}-{next(_executors)}-{uuid.uuid4().hex[:8]}"
         self._topic = f"aiorunner-{self._id}"
+        self._plugin = f"aiorunner-export-{self._id}"
         self._lock: anyio.Lock | None = None
         self._failures = 0
         self._ready = False
@@ -219,6 +220,13 @@ class DaskExecutor:
             client.unsubscribe_topic(self._topic)
         except Exception:  # closing anyway
             logger.debug("unsubscribing %s failed", self._topic, exc_info=True)
+        if self.export == "worker":
+            # Its teardown flushes and closes each worker's pipeline.
+            with anyio.move_on_after(30, shield=True):
+                try:
+                    await client.unregister_worker_plugin(self._plugin)
+                except Exception:  # a worker gone, or the scheduler: nothing to flush
+                    logger.debug("removing plugin %s failed", self._plugin, exc_info=True)
         if self._owns_client:
             self._client = None
             with anyio.move_on_after(10, shield=True):
@@ -272,7 +280,9 @@ class DaskExecutor:
         if self.export == "worker":
             from .dask_plugin import ExportPlugin
 
-            await client.register_plugin(ExportPlugin(self.worker_export), name="aiorunner-export")
+            await client.register_plugin(
+                ExportPlugin(self.worker_export, self._plugin), name=self._plugin
+            )
 
     def _on_topic(self, event: tuple[float, Any]) -> None:
         """A worker's note that an attempt started there (and its script's pid)."""
@@ -343,6 +353,7 @@ class DaskExecutor:
             export=self.export,
             script_bytes=script_bytes,
             topic=self._topic,
+            plugin=self._plugin if self.export == "worker" else None,
         )
         self._under_way[key] = [attempt.name, None, None]
         started_at = time.time()
@@ -355,6 +366,7 @@ class DaskExecutor:
             retries=0,
             resources=resources or None,
         )
+        reply: dict[str, Any] | None = None
         try:
             try:
                 reply = await self._outcome(future)
@@ -384,8 +396,9 @@ class DaskExecutor:
                     result = dataclasses.replace(result, export=report)
         finally:
             self._under_way.pop(key, None)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._forget(client, key, future)
+            if reply is None or reply.get("status") != "scheduler-lost":
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self._forget(client, key, future)
         if self.on_output is not None:
             for stream, data in (("stdout", result.stdout_bytes), ("stderr", result.stderr_bytes)):
                 if data:

@@ -25,13 +25,12 @@ class ExportPlugin(WorkerPlugin):  # type: ignore[misc]
     flushes and closes it at teardown (worker shutdown or plugin removal), so spans
     recorded on the worker are exported before it goes."""
 
-    idempotent = True
-
-    def __init__(self, spec: WorkerExport) -> None:
+    def __init__(self, spec: WorkerExport, name: str) -> None:
         self.spec = spec
+        self.name = name
 
     def setup(self, worker: Worker) -> None:
-        setup_worker_export(self.spec)
+        setup_worker_export(self.spec, self.name)
 
     async def teardown(self, worker: Worker) -> Any:
-        await teardown_worker_export()
+        await teardown_worker_export(self.name)

@@ -73,6 +73,8 @@ class TaskSpec:
     script_bytes: bytes | None = None
     #: The client's event topic (worker, pid of each attempt as it starts).
     topic: str | None = None
+    #: With ``export="worker"``: the name of the executor's export plugin.
+    plugin: str | None = None
 
 
 @dataclass
@@ -175,8 +177,8 @@ class WorkerExport:
 
 #: config key -> (session, collector) of this worker process, for export="client".
 _client_sessions: dict[str, tuple[Session, SpanCollector]] = {}
-#: The session the WorkerExport plugin built on this worker (export="worker").
-_worker_session: list[Session] = []
+#: plugin name -> the session a WorkerExport plugin built on this worker (export="worker").
+_worker_sessions: dict[str, Session] = {}
 
 
 def _config_key(config: TracingConfig | None) -> str:
@@ -204,16 +206,17 @@ async def _client_session(config: TracingConfig | None) -> tuple[Session, SpanCo
     return found
 
 
-def setup_worker_export(spec: WorkerExport) -> None:
-    """The WorkerPlugin's setup: this worker's own export pipeline."""
-    if not _worker_session:
-        _worker_session.append(_new_session(spec.config, None))
+def setup_worker_export(spec: WorkerExport, name: str) -> None:
+    """The WorkerPlugin's setup: this worker's own export pipeline for executor ``name``."""
+    if name not in _worker_sessions:
+        _worker_sessions[name] = _new_session(spec.config, None)
 
 
-async def teardown_worker_export() -> None:
-    """The WorkerPlugin's teardown: flush and close this worker's pipeline."""
-    while _worker_session:
-        await _worker_session.pop().aclose()
+async def teardown_worker_export(name: str) -> None:
+    """The WorkerPlugin's teardown: flush and close that pipeline."""
+    session = _worker_sessions.pop(name, None)
+    if session is not None:
+        await session.aclose()
 
 
 # -- one attempt -------------------------------------------------------------------------------
@@ -274,8 +277,8 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     collector: SpanCollector | None = None
     if spec.export == "client":
         session, collector = await _client_session(spec.config)
-    elif _worker_session:
-        session = _worker_session[0]
+    elif spec.plugin in _worker_sessions:
+        session = _worker_sessions[spec.plugin]
     else:  # the plugin is not there (a worker that joined late): the worker's defaults
         from .._export.session import aget_default_session
 

@@ -1,0 +1,402 @@
+"""
+``DaskExecutor`` (issue 20) on one real ``LocalCluster(processes=True)`` shared by every
+test of this file: two plain workers and a third with the resource ``GPU=1``, each one
+thread, in worker processes of their own (nannies), like a real cluster's.
+
+What is checked is what arrived: spans in the client's jsonl file, pids read with psutil,
+a side-effect counter file the scripts write, the errors' text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+import pytest
+
+pytest.importorskip("distributed")
+
+from aiorunner import Job, run_many
+from aiorunner.dask import ClusterError, DaskExecutor
+
+from .conftest import attr_value, pid_alive, read_spans
+
+pytestmark = pytest.mark.filterwarnings(
+    # distributed's own resource warnings when its workers restart (a killed worker).
+    "ignore::ResourceWarning",
+    "ignore:Port .* is already in use:UserWarning",
+)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Any:
+    """The one cluster: started once (its own loop thread), closed at the end."""
+    from distributed import Client, LocalCluster
+
+    local = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        worker_dashboard_address=None,
+    )
+    try:
+        # A third worker with a resource the others lack (SpecCluster: a spec, then scale).
+        spec = dict(local.new_spec)
+        spec["options"] = {**spec["options"], "resources": {"GPU": 1}}
+        local.worker_spec["gpu"] = spec
+        local.scale(3)
+        with Client(local) as client:
+            client.wait_for_workers(3, timeout=60)
+        yield local
+    finally:
+        local.close()
+
+
+@pytest.fixture
+def address(cluster: Any) -> str:
+    return str(cluster.scheduler_address)
+
+
+def _workers(cluster: Any) -> dict[str, dict[str, Any]]:
+    from distributed import Client
+
+    with Client(cluster) as client:
+        return dict(client.scheduler_info()["workers"])
+
+
+def _gpu_worker(cluster: Any) -> str:
+    return next(a for a, w in _workers(cluster).items() if w["resources"].get("GPU"))
+
+
+async def test_etl_dag_is_one_trace_in_the_clients_jsonl(
+    address: str, make_script: Any, traces_file: Path
+):
+    """extract -> transform -> load on the cluster with trace="batch": every span (the
+    batch's, the client's dask.task spans, each worker's ScriptRunner and phases) lands
+    in this process's jsonl file in one trace; the three scripts ran in three distinct
+    processes on the workers, none of them this process."""
+    script = make_script("import os\nprint('pid', os.getpid())\n", name="step.py")
+    jobs = [
+        Job(str(script), name="extract"),
+        Job(str(script), name="transform", after=["extract"]),
+        Job(str(script), name="load", after=["transform"]),
+    ]
+    async with DaskExecutor(address) as executor:
+        results = await run_many(jobs, executor=executor, trace="batch")
+    assert [r.success for r in results] == [True, True, True], [r.error for r in results]
+    assert all(r.worker and r.worker.startswith("tcp://") for r in results)
+    spans = read_spans(traces_file)
+    trace_ids = {s["traceId"] for s in spans}
+    assert trace_ids == {results[0].trace_id}
+    by_id = {s["spanId"]: s for s in spans}
+    names = sorted(s["name"] for s in spans)
+    assert names.count("ScriptRunner") == 3
+    assert names.count("dask.task") == 3
+    assert names.count("run_many") == 1
+    root = next(s for s in spans if s["name"] == "run_many")
+    for span in spans:
+        if span["name"] == "dask.task":
+            assert span["parentSpanId"] == root["spanId"]
+        if span["name"] == "ScriptRunner":
+            assert by_id[span["parentSpanId"]]["name"] == "dask.task"
+    pids = {
+        attr_value(a["value"])
+        for s in spans
+        if s["name"] == "execute_script"
+        for a in s["attributes"]
+        if a["key"] == "process.pid"
+    }
+    assert pids == {r.pid for r in results}
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert {r.stdout.strip() for r in results} == {f"pid {p}" for p in pids}
+
+
+async def test_fail_fast_kills_the_remote_script(address: str, make_script: Any, tmp_path: Path):
+    """fail_fast: the first failure stops a remote `sleep 60` on its worker: its result
+    says cancelled and its process is gone (psutil) within 2 s of run_many returning."""
+    pidfile = tmp_path / "sleep.pid"
+    sleeper = make_script(
+        f"""
+        import os, time
+        with open({str(pidfile)!r} + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
+        time.sleep(60)
+        """,
+        name="sleeper.py",
+    )
+    failer = make_script(
+        f"""
+        import os, sys, time
+        while not os.path.exists({str(pidfile)!r}):
+            time.sleep(0.02)
+        sys.exit(3)
+        """,
+        name="failer.py",
+    )
+    async with DaskExecutor(address) as executor:
+        results = await run_many(
+            [Job(str(sleeper), name="sleep"), Job(str(failer), name="fail")],
+            executor=executor,
+            fail_fast=True,
+            max_concurrency=2,
+        )
+    sleep, fail = results
+    assert fail.exit_code == 3 and not fail.success
+    assert sleep.cancelled, sleep
+    pid = int(pidfile.read_text())
+    try:
+        psutil.Process(pid).wait(timeout=2)  # raises TimeoutExpired if still running
+    except psutil.NoSuchProcess:
+        pass
+    assert not pid_alive(pid)
+
+
+async def test_cancelling_run_many_stops_the_remote_script(
+    address: str, make_script: Any, tmp_path: Path
+):
+    """Cancelling the caller (as Ctrl-C does) reaches the script on its worker: the
+    stop event makes the task terminate the script's process group."""
+    pidfile = tmp_path / "sleep.pid"
+    sleeper = make_script(
+        f"""
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+        """,
+    )
+    async with DaskExecutor(address) as executor:
+        task = asyncio.ensure_future(run_many([Job(str(sleeper))], executor=executor))
+        while not pidfile.exists() or not pidfile.read_text():
+            await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        assert pid_alive(pid)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not pid_alive(pid)
+
+
+async def test_resources_choose_the_worker(cluster: Any, address: str, make_script: Any):
+    """A job asking for {"GPU": 1} runs on the one worker that has it (a job's own
+    resources and the executor's are both passed to Dask)."""
+    gpu = _gpu_worker(cluster)
+    script = make_script("print('ok')\n")
+    jobs = [Job(str(script), name=f"gpu{i}", resources={"GPU": 1}) for i in range(3)]
+    async with DaskExecutor(address) as executor:
+        results = await run_many(jobs, executor=executor, max_concurrency=3)
+    assert [r.worker for r in results] == [gpu] * 3, [r.error for r in results]
+    async with DaskExecutor(address, resources={"GPU": 1}) as executor:
+        (result,) = await run_many([Job(str(script))], executor=executor)
+    assert result.success and result.worker == gpu
+
+
+def test_job_round_trips_through_cloudpickle():
+    """A Job (what a task carries to a worker) survives cloudpickle unchanged, its
+    resources, env and dependencies included."""
+    job = Job(
+        "etl.py",
+        ["--day", "2024-10-23"],
+        name="etl",
+        env={"DAY": "1"},
+        after=["extract"],
+        timeout=5,
+        resources={"GPU": 1},
+    )
+    copy = cloudpickle.loads(cloudpickle.dumps(job))
+    assert copy == job
+    assert copy.resources == {"GPU": 1.0} and copy.env == {"DAY": "1"}
+
+
+def test_job_resources_are_checked():
+    """A resource amount that is not a positive number is a clear error."""
+    from aiorunner import ConfigError
+
+    with pytest.raises(ConfigError, match="resources must map resource names"):
+        Job("a.py", resources={"GPU": 0})
+    with pytest.raises(ConfigError, match="resources must map resource names"):
+        Job("a.py", resources={"GPU": "one"})
+
+
+async def test_ship_script_runs_the_scripts_bytes_from_a_temp_dir(
+    address: str, make_script: Any, tmp_path: Path
+):
+    """ship_script=True sends the file's bytes: the worker runs its own copy from a
+    temporary directory (removed afterwards); the result names the original path."""
+    script = make_script("print(__file__)\n", name="shipped.py")
+    async with DaskExecutor(address, ship_script=True) as executor:
+        (result,) = await run_many([Job(str(script))], executor=executor)
+    assert result.success, result.error
+    ran = Path(result.stdout.strip())
+    assert ran.name == "shipped.py" and ran.parent != tmp_path
+    assert ran.parent.name.startswith("aiorunner-")
+    assert not ran.parent.exists()
+    assert result.script == str(script)
+
+
+async def test_missing_script_on_the_worker_names_the_worker(address: str, tmp_path: Path):
+    """A script path that does not exist on the worker is the usual "not found" result,
+    not retried, and says which worker looked for it."""
+    missing = tmp_path / "nowhere" / "gone.py"
+    async with DaskExecutor(address) as executor:
+        (result,) = await run_many([Job(str(missing))], executor=executor, retries=2)
+    assert not result.success and result.pid is None and result.attempts == 1
+    assert "not found" in (result.error or "")
+    assert f"on Dask worker {result.worker}" in (result.error or "")
+
+
+async def test_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path: Path):
+    """An address where no scheduler listens: ClusterError naming the address, after the
+    connect timeout (a few seconds), not a hang."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at {address}"):
+        await run_many(
+            [Job("a.py"), Job("b.py")], executor=DaskExecutor(address, connect_timeout=1.0)
+        )
+    assert time.monotonic() - started < 5  # loose bound (issue 20: within 5 s)
+
+
+def test_missing_distributed_is_a_config_error_naming_the_extra():
+    """Without distributed installed, making a DaskExecutor is a ConfigError naming
+    pip install 'aiorunner[dask]'; importing aiorunner.dask alone does not need it."""
+    code = (
+        "import sys; sys.modules['distributed'] = None\n"
+        "import aiorunner.dask\n"
+        "from aiorunner import ConfigError\n"
+        "try:\n"
+        "    aiorunner.dask.DaskExecutor('tcp://127.0.0.1:8786')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'aiorunner[dask]'" in out.stdout
+
+
+def test_import_costs_no_distributed():
+    """`import aiorunner.dask` does not import distributed (only making an executor does)."""
+    code = "import sys, aiorunner.dask; print('distributed' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def test_a_killed_worker_leaves_no_orphan_and_the_script_ran_once(
+    cluster: Any, address: str, make_script: Any, tmp_path: Path
+):
+    """SIGKILL of the worker process running a script: the script dies with it (no
+    orphan), Dask's re-run of the task elsewhere does not run it again (the counter file
+    says 1), and the result says the worker was lost, naming it."""
+    counter = tmp_path / "runs"
+    pidfile = tmp_path / "script.pid"
+    script = make_script(
+        f"""
+        import os, time
+        with open({str(counter)!r}, "a") as f:
+            f.write("run\\n")
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+        """,
+    )
+    async with DaskExecutor(address) as executor:
+        task = asyncio.ensure_future(run_many([Job(str(script), name="victim")], executor=executor))
+        while not pidfile.exists() or not pidfile.read_text():
+            await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        worker_pid = psutil.Process(pid).ppid()
+        assert worker_pid != os.getpid()
+        os.kill(worker_pid, signal.SIGKILL)
+        (result,) = await asyncio.wait_for(task, 60)
+    assert not result.success
+    assert (result.error or "").startswith("worker lost: Dask worker tcp://"), result.error
+    assert result.pid == pid
+    assert counter.read_text() == "run\n"
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not pid_alive(pid)
+    from distributed import Client
+
+    async with Client(address, asynchronous=True) as client:
+        await client.wait_for_workers(3, timeout=60)  # the nanny restarted it
+
+
+async def test_export_worker_has_each_worker_export_itself(
+    address: str, make_script: Any, tmp_path: Path, traces_file: Path
+):
+    """export="worker": the workers' own pipelines (built by the executor's plugin from a
+    picklable WorkerExport, flushed when the executor closes) write the run's spans; the
+    client's file holds only its own span of the task, parent of the remote run."""
+    from aiorunner import TracingConfig
+    from aiorunner.dask import WorkerExport
+
+    worker_file = tmp_path / "worker-traces.jsonl"
+    script = make_script("print('hi')\n")
+    spec = WorkerExport(TracingConfig(exporter_type="jsonl", traces_file=str(worker_file)))
+    async with DaskExecutor(address, export="worker", worker_export=spec) as executor:
+        (result,) = await run_many([Job(str(script))], executor=executor)
+    assert result.success, result.error
+    remote = read_spans(worker_file)
+    local = read_spans(traces_file)
+    assert "ScriptRunner" in {s["name"] for s in remote}
+    assert [s["name"] for s in local] == ["dask.task"]
+    (runner,) = [s for s in remote if s["name"] == "ScriptRunner"]
+    assert runner["traceId"] == local[0]["traceId"] == result.trace_id
+    assert runner["parentSpanId"] == local[0]["spanId"]
+
+
+async def test_scheduler_lost_mid_run_is_a_clear_result(make_script: Any, tmp_path: Path):
+    """The scheduler goes away while a script runs (its own small cluster, not the shared
+    one): the attempt's result says the scheduler was lost, naming its address, and the
+    client's span of the task ends with ERROR."""
+    import dask.config
+    from distributed import LocalCluster
+
+    pidfile = tmp_path / "script.pid"
+    script = make_script(
+        f"""
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+        """,
+    )
+    # The worker left behind retries the scheduler for the connect timeout: keep it short.
+    config = dask.config.set({"distributed.comm.timeouts.connect": "2s"})
+    cluster = await LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        asynchronous=True,
+        dashboard_address=":0",
+    )
+    try:
+        address = cluster.scheduler_address
+        async with DaskExecutor(address) as executor:
+            task = asyncio.ensure_future(run_many([Job(str(script))], executor=executor))
+            while not pidfile.exists() or not pidfile.read_text():
+                await asyncio.sleep(0.02)
+            await cluster.scheduler.close()
+            (result,) = await asyncio.wait_for(task, 60)
+    finally:
+        await cluster.close()
+        config.__exit__(None, None, None)
+    assert not result.success
+    assert (result.error or "").startswith(
+        f"scheduler lost: the connection to the Dask scheduler at {address}"
+    ), result.error
+    # Nothing is left running once the cluster is closed.
+    pid = int(pidfile.read_text())
+    assert not pid_alive(pid)
