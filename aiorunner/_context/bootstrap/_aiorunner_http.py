@@ -258,6 +258,10 @@ class AutoInstrumenter:
 
         def first_call(owner: Any, method: str, original: Any) -> Any:
             def trampoline(self_: Any, *args: Any, **kwargs: Any) -> Any:
+                if owner.__dict__.get(method) is not trampoline:
+                    # Wrapped by an instrumentation loaded another way (auto_instrument,
+                    # instrument=), which took this function for the original: be it.
+                    return original.__get__(self_, type(self_))(*args, **kwargs)
                 disarm()
                 self.handle(name)
                 # What the class holds now (the instrumentation's wrapper, or the
