@@ -128,13 +128,15 @@ class ExportReport:
     @property
     def lost(self) -> bool:
         """True when some span did not reach a backend and is not in its spool either
-        (dropped, failed for good, or still pending)."""
+        (dropped, failed for good, or still pending), or the runner discarded messages
+        of the script's in-script channel."""
         if self.disabled or self.sampled_out:
             return False
         return bool(
             self.dropped
             or self.pending
             or any(b.failed or b.dropped or b.pending for b in self.backends)
+            or (self.inscript is not None and self.inscript.dropped_messages)
         )
 
     @property
