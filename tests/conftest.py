@@ -42,10 +42,12 @@ def blockbuster() -> Iterator[None]:
         # own private loop when it is the only backend (JsonlBackend.write_on_export_thread),
         # the fork/exec of a script (vfork: back once the child exec'd, as asyncio's
         # own create_subprocess_exec does on the loop), and the monitor's reading of a
-        # one-process tree (a few reads of /proc, see ProcessTreeMonitor._sample_now).
+        # one-process tree (a few reads of /proc, see ProcessTreeMonitor._sample_now), and
+        # the check for a run's escaped processes (a few reads of /proc, end_escapees).
         for function in bb.functions.values():
             function.can_block_in("aiorunner/_export/jsonl.py", "_write_here")
             function.can_block_in("aiorunner/_run/process.py", "_spawn_here")
+            function.can_block_in("aiorunner/_run/process.py", "_may_find_here")
             function.can_block_in("aiorunner/_monitor/monitor.py", "_read_here")
         yield
 

@@ -39,6 +39,7 @@ __all__ = [
     "claimed",
     "find_escaped",
     "forget",
+    "may_find",
     "proc_state",
 ]
 
@@ -158,9 +159,9 @@ def find_escaped(
             known = key in _checked
             token = _checked.get(key)
         if not known:
-            if state.state in ("Z", "X"):
-                continue  # no environment left to read; look again never
-            token = _token_of(pid)
+            # A zombie has no environment left to read: never a find (if it was a run's,
+            # the run claimed it while it was alive, or the monitor tracked it).
+            token = None if state.state in ("Z", "X") else _token_of(pid)
             with _lock:
                 _checked[key] = token
         if token is not None and token in tokens:
@@ -171,6 +172,31 @@ def find_escaped(
         for key in [k for k in _checked if k not in seen]:
             del _checked[key]
     return found
+
+
+def may_find(token: bytes, exclude: Collection[int] = ()) -> bool:
+    """
+    False when :func:`find_escaped` for ``token`` would surely find nothing and nothing
+    was claimed for it: every child of ours besides ``exclude`` was looked at before and
+    carries another token or none. A few reads of ``/proc`` (tens of µs): the common
+    case, a run that left nothing behind, costs no worker thread.
+    """
+    if not _SUPPORTED:
+        return False
+    with _lock:
+        if any(t == token for t, _start in _claimed.values()):
+            return True
+    for pid in _own_children():
+        if pid in exclude:
+            continue
+        state = proc_state(pid)
+        if state is None:
+            continue
+        key = (pid, state.start)
+        with _lock:
+            if key not in _checked or _checked[key] == token:
+                return True
+    return False
 
 
 def claim(token: bytes, pids: Iterable[tuple[int, int]]) -> None:
