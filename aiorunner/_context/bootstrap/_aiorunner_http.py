@@ -1,6 +1,7 @@
 """
 HTTP requests carry the trace context: OpenTelemetry's HTTP client instrumentations,
-loaded by aiorunner itself when tracing is on, one library at a time as it is imported.
+loaded by aiorunner itself when tracing is on, one library at a time, at its first
+request once the program has imported it.
 
 Used in two interpreters:
 
@@ -11,11 +12,12 @@ Used in two interpreters:
   TracerProvider, which the bootstrap makes send them to the runner.
 
 A library is instrumented only once the program has imported it (this module never
-imports a client library), only when its instrumentation is installed, and not when
+imports a client library) and sends a request through it (see
+:meth:`AutoInstrumenter.arm`), only when its instrumentation is installed, and not when
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names it (comma-separated entry point names,
 ``*`` for all, as ``opentelemetry-instrument`` reads it). A library imported without its
-instrumentation is reported once, naming the package to install, unless it was only
-imported by another client library of the table (``requests`` imports ``urllib3`` and
+instrumentation is reported once (at its first request), naming the package to install,
+unless another client library of the table that imports it is loaded (``requests`` imports ``urllib3`` and
 ``urllib.request``: the ``requests`` instrumentation covers those calls).
 
 Written for any Python >= 3.8 with ``opentelemetry-api`` installed; it never imports
