@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, option_name
 from ._redact import redact_text
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class _EnvReader:
                 value = parse(raw)
             except _Invalid as exc:
                 if not _is_spec_variable(var):
-                    raise ConfigError(f"{var}={raw!r} {exc.reason}") from None
+                    raise ConfigError(f"{var}={raw!r} {exc.reason}", variable=var) from None
                 fix = f"set {var} to {exc.accepted}, or unset it"
                 self.ignore(var, raw, exc.reason, instead, fix)
         self._read[var] = value
@@ -283,7 +283,7 @@ def _parse_bool(var: str, raw: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(f"{var}={raw!r} is not a boolean; use true or false")
+    raise ConfigError(f"{var}={raw!r} is not a boolean; use true or false", variable=var)
 
 
 def _our_bool(raw: str) -> bool:
@@ -713,17 +713,20 @@ class TracingConfig:
             values["exporter_type"] = _parse_list("exporter_type", values["exporter_type"])
         values["exporter_type"] = tuple(values["exporter_type"])
         if not values["exporter_type"]:
-            raise ConfigError("exporter_type is empty; name at least one backend, or 'none'")
+            raise ConfigError(
+                f"{option_name('exporter_type')} is empty; name at least one backend, or 'none'"
+            )
         if "none" in values["exporter_type"]:
             if len(values["exporter_type"]) > 1:
                 raise ConfigError(
-                    f"exporter_type {','.join(values['exporter_type'])!r} mixes 'none' "
+                    f"{option_name('exporter_type')} {','.join(values['exporter_type'])!r} "
+                    "mixes 'none' "
                     "with other backends; use 'none' alone to turn export off"
                 )
             values["enabled"] = False
         if values["collector_endpoint"] is not None:
             values["collector_endpoint"] = validate_endpoint(
-                "collector_endpoint", values["collector_endpoint"]
+                option_name("collector_endpoint"), values["collector_endpoint"]
             )
         values["sampler"] = _parse_sampler("sampler", str(values["sampler"]))
         rate = _check_number("sample_rate", values["sample_rate"], minimum=0)

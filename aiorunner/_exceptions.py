@@ -17,6 +17,13 @@ back in ``RunResult``. What raises is a mistake the caller can fix in their code
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
 __all__ = [
     "AiorunnerError",
     "BackendError",
@@ -34,7 +41,15 @@ class AiorunnerError(Exception):
 
 class ConfigError(AiorunnerError, ValueError):
     """Raised when a configuration value is invalid: the message names the field or
-    environment variable, the value, and the accepted values."""
+    environment variable, the value, and the accepted values.
+
+    ``variable`` is the environment variable the bad value came from (None when it was
+    an argument): the command line was fine then, and the CLI says so by not printing
+    its usage."""
+
+    def __init__(self, *args: object, variable: str | None = None) -> None:
+        super().__init__(*args)
+        self.variable = variable
 
 
 class UnknownBackendError(ConfigError):
@@ -69,3 +84,35 @@ class TraceNotFoundError(AiorunnerError, LookupError):
 class UsageError(AiorunnerError, RuntimeError):
     """Raised when the API is used in a way that cannot work, such as calling the
     synchronous ``run_script()`` from inside a running event loop."""
+
+
+# -- how messages name the caller's options ------------------------------------------------
+
+_option_names: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "aiorunner_option_names", default=None
+)
+
+
+def option_name(python: str) -> str:
+    """
+    How a message names one of the caller's options: ``python`` as code writes it
+    (``"interpreter="``, ``"validate_dependencies=False"``, ``"exporter_type"``), or
+    the front end's spelling while one is active (``--interpreter``,
+    ``--no-validate-dependencies``, ``--exporter`` under ``aiorunner run``): an error
+    tells the fix in the words of whoever made the mistake. Unknown names stay as given.
+    """
+    names = _option_names.get()
+    if names is None:
+        return python
+    return names.get(python, python)
+
+
+@contextlib.contextmanager
+def naming_options(names: Mapping[str, str]) -> Iterator[None]:
+    """Within this context (and tasks and worker threads started in it: they copy the
+    context), :func:`option_name` spells options by ``names`` (Python text -> flag)."""
+    token = _option_names.set(names)
+    try:
+        yield
+    finally:
+        _option_names.reset(token)

@@ -273,10 +273,42 @@ def extract_parent(
         return propagator.extract({k.lower(): v for k, v in carrier.items()})
     if trace.get_current_span().get_span_context().is_valid:
         return None  # the current context of the calling task
-    extracted = propagator.extract(os.environ if environ is None else environ, getter=_GETTER)
-    if trace.get_current_span(extracted).get_span_context().is_valid or baggage.get_all(extracted):
+    env = os.environ if environ is None else environ
+    extracted = propagator.extract(env, getter=_GETTER)
+    if trace.get_current_span(extracted).get_span_context().is_valid:
+        return extracted
+    _check_traceparent(propagators, env)
+    if baggage.get_all(extracted):
         return extracted
     return None
+
+
+#: What a W3C ``traceparent`` looks like, for the warning about one that is not.
+_TRACEPARENT_FORM = (
+    "a W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, ids not "
+    "all zeros, e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+)
+
+
+def _check_traceparent(propagators: Sequence[str], env: Mapping[str, str]) -> None:
+    """A ``TRACEPARENT`` in our environment that the tracecontext propagator could not
+    read: warned about once per value (the run starts a new trace, as the
+    specification's extract does). Silently, the run would leave the trace its caller
+    meant it to join, and nothing would say why."""
+    var = env_var("traceparent")
+    raw = env.get(var)
+    if not raw or not raw.strip() or "tracecontext" not in _load(tuple(propagators)).used:
+        return
+    shown = raw if len(raw) <= 120 else raw[:120] + "..."
+    report_env_problem(
+        EnvProblem(
+            var,
+            shown,
+            f"is not {_TRACEPARENT_FORM}",
+            "a new trace (no parent)",
+            f"set {var} to a valid traceparent, or unset it",
+        )
+    )
 
 
 def inject_env(propagators: Sequence[str], context: Context, env: dict[str, str]) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._config import OTEL_TRACES_EXPORTER, EnvProblem, otlp_endpoint_variable, report_env_problem
-from .._exceptions import BackendError, ConfigError, UnknownBackendError
+from .._exceptions import BackendError, ConfigError, UnknownBackendError, option_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -184,7 +184,10 @@ def _unknown(name: str) -> UnknownBackendError:
             if known
             else ""
         )
-    message += ". Set OTEL_TRACES_EXPORTER (or TracingConfig(exporter_type=...)) to one of them."
+    message += (
+        f". Set OTEL_TRACES_EXPORTER (or {option_name('TracingConfig(exporter_type=...)')}) "
+        "to one of them."
+    )
     return UnknownBackendError(message, name=name, known=installed)
 
 

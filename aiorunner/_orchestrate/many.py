@@ -33,7 +33,7 @@ import anyio
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, option_name
 from .._result import RunResult
 from .._run.slots import ProcessSlot, SlotPool
 from .executor import Attempt, Executor, LocalExecutor
@@ -103,10 +103,9 @@ def _check_options(
         or not isinstance(max_concurrency, int)
         or (max_concurrency < 1)
     ):
-        raise ConfigError(
-            f"max_concurrency must be an integer >= 1 (or None for the CPU count), "
-            f"got {max_concurrency!r}"
-        )
+        name = option_name("max_concurrency")  # -j on the command line: no None there
+        cpus = " (or None for the CPU count)" if name == "max_concurrency" else ""
+        raise ConfigError(f"{name} must be an integer >= 1{cpus}, got {max_concurrency!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
     if (

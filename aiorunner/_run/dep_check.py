@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .._exceptions import option_name
 from . import deps as _deps
+from .tail import last_error_line
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -64,12 +66,16 @@ async def inventory_for(
             check=False,
         )
     except OSError as exc:
-        return f"cannot run interpreter {interpreter}: {exc.strerror or exc}; check interpreter="
-    if result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
         return (
-            f"interpreter {interpreter} failed to list its modules"
-            f"{': ' + err[0] if err else ''}; pass validate_dependencies=False to skip the check"
+            f"cannot run interpreter {interpreter}: {exc.strerror or exc}; "
+            f"check {option_name('interpreter=')}"
+        )
+    if result.returncode != 0:
+        err = last_error_line(result.stderr.decode(errors="replace"))
+        return (
+            f"interpreter {interpreter} failed to list its modules (exit {result.returncode})"
+            f"{': ' + err if err else ''}; fix the interpreter, or pass "
+            f"{option_name('validate_dependencies=False')} to skip the check"
         )
     inventory = _deps.probe_interpreter(result.stdout)
     _interpreter_cache[key] = inventory
@@ -92,11 +98,11 @@ def check_dependencies(
             with _AST_LOCK:
                 tree = ast.parse(info.source, filename=info.path)
         except SyntaxError as exc:
-            if own:
+            if own or b"\0" in info.source:  # null bytes: no Python reads them
                 return exc
             return None  # another interpreter may know newer syntax: let it decide
-        except ValueError:  # null bytes
-            return None
+        except ValueError:  # null bytes (Python < 3.12): not Python text whatever reads it
+            return SyntaxError("source code string cannot contain null bytes")
         imports = _deps.top_level_imports(tree)
         # The imports are a function of the source alone: a script run again (the same
         # sha256) is not parsed again. Bounded; the oldest entry goes first.

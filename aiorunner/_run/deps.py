@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._exceptions import option_name
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -61,7 +63,7 @@ class DependencyReport:
         return (
             f"dependency check failed for interpreter {interpreter}: {'; '.join(parts)}. "
             "Install them into that interpreter's environment, or turn the check off with "
-            "validate_dependencies=False (--no-validate-dependencies)"
+            f"{option_name('validate_dependencies=False')}"
         )
 
 

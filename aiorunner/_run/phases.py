@@ -30,6 +30,7 @@ from .._context.bootstrap import precompile
 from .._context.channel import open_channel
 from .._context.errors import record_exception
 from .._context.propagation import inject_env
+from .._exceptions import option_name
 from .._redact import Scrubber, redact_args, secret_values
 from .._result import ExportReport, InscriptReport
 from . import deps as _deps
@@ -37,6 +38,7 @@ from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_in
 from .metadata import ScriptInfo, ScriptProblem, read_script
 from .phase_span import PhaseSpans
 from .process import ChildProcess, OutputCallback
+from .tail import last_error_line
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -269,6 +271,16 @@ class _Run:
             if isinstance(inventory, str):  # the probe itself failed
                 self.fail(deps_span, inventory, "dependency_check_failed")
                 raise _Failure
+            if isinstance(report, SyntaxError) and b"\0" in info.source:
+                message = (
+                    f"{info.path} is not Python source text: it contains null bytes (a "
+                    "compiled program or a data file?); give the script's .py source, or run "
+                    "a program itself (executable, without a .py name"
+                    + (f" or {option_name('interpreter=')}" if runner.interpreter else "")
+                    + ")"
+                )
+                self.fail(deps_span, message, "syntax_error")
+                raise _Failure
             if isinstance(report, SyntaxError):
                 message = f"syntax error in {info.path} line {report.lineno}: {report.msg}" + (
                     f"\n    {report.text.rstrip()}" if report.text else ""
@@ -310,7 +322,8 @@ class _Run:
         if not self.cwd_ok:
             self.fail(
                 span,
-                f"working directory does not exist: {runner.cwd}; create it or fix cwd=",
+                f"working directory does not exist: {runner.cwd}; create it or fix "
+                f"{option_name('cwd=')}",
                 "cwd_missing",
             )
             span.end()
@@ -379,7 +392,7 @@ class _Run:
             self.fail(
                 span,
                 f"script is not executable: {info.path}; make it executable (chmod +x) "
-                "or pass interpreter= to run it with one",
+                f"or pass {option_name('interpreter=')} to run it with one",
                 "not_executable",
             )
             span.end()
@@ -594,9 +607,9 @@ class _Run:
                 },
             )
         else:
-            last = [line for line in stderr.splitlines() if line.strip()][-1:]
+            last = last_error_line(stderr)
             if last:
-                message += f": {last[0].strip()[:500]}"
+                message += f": {last}"
         self.fail(span, message, str(code))
 
     def _make_monitor(self, pid: int, reader: Reader | None, token: str) -> Any:

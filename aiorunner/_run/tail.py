@@ -8,9 +8,47 @@ the limit (the oldest surviving chunk is trimmed when the tail is read).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
-__all__ = ["TailBuffer"]
+__all__ = ["TailBuffer", "last_error_line"]
+
+# What Python's faulthandler prints after a fatal error: the threads' stacks, then the
+# extension modules loaded. None of it says what went wrong.
+_FAULT_DUMP = re.compile(
+    r"^(?:(?:Current thread|Thread) 0x[0-9a-fA-F]+ .*\(most recent call first\):"
+    r"|\s+File \".*\", line \d+ in .*|\s+<no Python frame>|\s+\.\.\.|"
+    r"Extension modules: .*)$"
+)
+_FATAL = "Fatal Python error:"
+# "ModuleNotFoundError: No module named 'encodings'" under a fatal error.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning): ")
+_MAX_LINE = 500
+
+
+def last_error_line(stderr: str) -> str:
+    """
+    The line of a program's stderr that says why it failed, whole (up to 500 characters):
+    its last non-blank line, past Python's faulthandler dump. A ``Fatal Python error:``
+    (a broken interpreter: no standard library, a bad ``PYTHONHOME``) is followed by a
+    thread dump whose last line is ``<no Python frame>``, a fragment that says nothing;
+    the fatal error's own line is given instead, with the exception under it
+    (``... filesystem encoding (ModuleNotFoundError: No module named 'encodings')``).
+    """
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    fatal = max((i for i, line in enumerate(lines) if line.startswith(_FATAL)), default=-1)
+    if fatal >= 0:
+        message = lines[fatal].strip()
+        for line in lines[fatal + 1 :]:
+            if _FAULT_DUMP.match(line):
+                break
+            if _EXCEPTION_LINE.match(line):
+                message += f" ({line.strip()})"
+                break
+        return message[:_MAX_LINE]
+    while lines and _FAULT_DUMP.match(lines[-1]):
+        lines.pop()
+    return lines[-1].strip()[:_MAX_LINE] if lines else ""
 
 
 class TailBuffer:

@@ -15,9 +15,19 @@ from typing import Any
 
 import click
 
+from .._exceptions import naming_options
 from .._version import __version__
 
 __all__ = ["main"]
+
+#: How errors from the library name the options every command spells alike (see
+#: aiorunner._exceptions.option_name): ``--exporter`` of run, traces push and doctor,
+#: ``--endpoint`` of traces push and doctor. ``run`` adds its own (cli/run.py).
+OPTION_NAMES = {
+    "exporter_type": "--exporter",
+    "TracingConfig(exporter_type=...)": "--exporter",
+    "collector_endpoint": "--endpoint",
+}
 
 # subcommand name -> (module, attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -72,6 +82,8 @@ def main(**_: Any) -> None:
     Traces go to the embedded default (.aiorunner/traces.jsonl) unless
     OTEL_TRACES_EXPORTER names other backends (see `aiorunner backends`).
     """
+    # The command line's user gets errors in the command line's words (--exporter).
+    click.get_current_context().with_resource(naming_options(OPTION_NAMES))
     # Registered before any command's own exit work, so it runs after all of it (atexit
     # is last in, first out): the session has flushed and closed by then. Freezing the
     # heap spares the interpreter's final garbage collection over the few hundred modules

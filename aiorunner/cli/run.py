@@ -33,7 +33,7 @@ import click
 
 from .._config import TracingConfig, collect_env_problems, report_env_problem
 from .._context.instrument import check_installed
-from .._exceptions import AiorunnerError
+from .._exceptions import AiorunnerError, naming_options
 from .otel_options import format_help, given, otel_environment, otel_options, usage_message
 
 if TYPE_CHECKING:
@@ -41,6 +41,40 @@ if TYPE_CHECKING:
     from .._result import RunResult
 
 __all__ = ["parse_env_pairs", "run_command"]
+
+#: How messages from the runner name this command's options (they name the Python
+#: parameters otherwise; see aiorunner._exceptions.option_name).
+OPTION_NAMES = {
+    "interpreter=": "--interpreter",
+    "validate_dependencies=False": "--no-validate-dependencies",
+    "cwd=": "--cwd",
+    "exporter_type": "--exporter",
+    "TracingConfig(exporter_type=...)": "--exporter",
+    "max_concurrency": "-j",
+}
+#: With --jobs-file a job's own keys may be the ones to fix.
+JOBS_FILE_OPTION_NAMES = {
+    **OPTION_NAMES,
+    "interpreter=": "--interpreter (or the job's interpreter = in the jobs file)",
+    "cwd=": "--cwd (or the job's cwd = in the jobs file)",
+}
+
+
+class NotTheCommandLine(click.ClickException):
+    """A bad value that came from where the command line pointed, not from the command
+    line itself (an ``AIORUNNER_*`` variable, the jobs file): click's ``Error:`` line
+    without its ``Usage:`` header, which would say the command was mistyped. Exit 2,
+    as for a usage error."""
+
+    exit_code = 2
+
+
+def config_problem(exc: AiorunnerError) -> click.ClickException:
+    """The click error for ``exc``: a usage error when the command line gave the bad
+    value, :class:`NotTheCommandLine` when the environment did."""
+    if getattr(exc, "variable", None):
+        return NotTheCommandLine(str(exc))
+    return click.UsageError(str(exc))
 
 
 def parse_env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -162,6 +196,15 @@ def _many_scripts(
     help="Run the jobs of a TOML jobs file (args, env, timeout, retries, after).",
 )
 @click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    help=(
+        "Many scripts: run them on the Dask cluster whose scheduler is at ADDRESS "
+        "(tcp://host:8786; needs pip install 'aiorunner[dask]')."
+    ),
+)
+@click.option(
     "--fail-fast",
     is_flag=True,
     default=None,
@@ -248,6 +291,7 @@ def run_command(
     args: tuple[str, ...],
     jobs: int | None,
     jobs_file: str | None,
+    dask_address: str | None,
     fail_fast: bool | None,
     retries: int | None,
     retry_backoff: float | None,
@@ -290,6 +334,8 @@ def run_command(
       aiorunner run --jobs-file jobs.toml --trace batch
     """
     env = parse_env_pairs(env_pairs)
+    # Errors from the runner name our flags (--interpreter), not its parameters.
+    ctx.with_resource(naming_options(OPTION_NAMES if jobs_file is None else JOBS_FILE_OPTION_NAMES))
     flags = given(otel_flags)
     # --exporter_otlp_endpoint URL and the like set their variable for this command.
     ctx.with_resource(otel_environment(flags))
@@ -307,7 +353,7 @@ def run_command(
         if instrument and interpreter is None:
             check_installed(config.instrument or ())
     except AiorunnerError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise config_problem(exc) from None
 
     many = _many_scripts(ctx, script, args, jobs)
     if jobs_file is not None or many is not None:
@@ -322,6 +368,7 @@ def run_command(
             "retry_backoff": retry_backoff,
             "timeout": timeout,
             "trace": trace_mode,
+            "dask": dask_address,
         }
         defaults = {"cwd": cwd, "env": env, "interpreter": interpreter}
         runner_options: dict[str, Any] = {
@@ -341,6 +388,11 @@ def run_command(
             quiet=quiet,
         )
         raise SystemExit(code)
+    if dask_address is not None:
+        raise click.UsageError(
+            "--dask runs many scripts on a cluster: add -j N before the scripts, or use "
+            "--jobs-file (aiorunner run -j 8 --dask tcp://host:8786 a.py b.py)"
+        )
     if jobs is None and any(v is not None for v in (fail_fast, retries, retry_backoff, trace_mode)):
         raise click.UsageError(
             "--fail-fast, --retries, --retry-backoff and --trace are for many scripts: "
@@ -372,7 +424,7 @@ def run_command(
         )
         result = runner.run_script()
     except AiorunnerError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise config_problem(exc) from None
     except KeyboardInterrupt:
         # The run killed the script's process group and flushed what it could (bounded);
         # do not wait a whole export timeout again at exit.
@@ -428,10 +480,18 @@ def _build_jobs(
     from .._orchestrate.jobs import Job, load_jobs_file
 
     if jobs_file is not None:
-        spec = load_jobs_file(jobs_file)
+        try:
+            spec = load_jobs_file(jobs_file)
+        except AiorunnerError as exc:
+            # The message names the file (and the job): the command line was fine.
+            raise NotTheCommandLine(str(exc)) from None
         for key in ("max_concurrency", "fail_fast", "retries", "retry_backoff", "timeout", "trace"):
             if options.get(key) is None:
                 options[key] = getattr(spec, key)
+        # [executor] dask = "tcp://..." unless --dask said where.
+        if options.get("dask") is None:
+            options["dask"] = spec.executor.get("dask")
+        options["ship_script"] = bool(spec.executor.get("ship_script", False))
         jobs = list(spec.jobs)
     else:
         assert scripts is not None
@@ -454,6 +514,22 @@ def _build_jobs(
             changes["interpreter"] = defaults["interpreter"]
         result.append(dataclasses.replace(job, **changes) if changes else job)
     return result
+
+
+async def _run_on_cluster(batch: Any, executor: Any) -> list[RunResult]:
+    """The batch on a Dask cluster: connect first (an unreachable scheduler is an error
+    naming its address, exit 1), close the client at the end."""
+    from .._orchestrate.dask import ClusterError
+
+    try:
+        await executor.__aenter__()
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        results: list[RunResult] = await batch.run()
+    finally:
+        await executor.aclose()
+    return results
 
 
 def _run_many_cli(
@@ -480,7 +556,19 @@ def _run_many_cli(
         display = ProgressDisplay(
             len(jobs), show_output=not quiet, stdout=sys.stderr.buffer if as_json else None
         )
-        executor = LocalExecutor(runner_options=runner_options, on_output=display.on_output)
+        executor: Any
+        if options.get("dask"):
+            from .._orchestrate.dask import DaskExecutor
+
+            executor = DaskExecutor(
+                options["dask"],
+                runner_options=runner_options,
+                ship_script=bool(options.get("ship_script")),
+                on_output=display.on_output,
+                on_worker=display.on_worker,
+            )
+        else:
+            executor = LocalExecutor(runner_options=runner_options, on_output=display.on_output)
         batch = _Batch(
             jobs,
             max_concurrency=options["max_concurrency"],
@@ -498,7 +586,7 @@ def _run_many_cli(
             on_event=display.on_event,
         )
     except AiorunnerError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise config_problem(exc) from None
 
     stopped_by: list[int] = []
 
@@ -517,7 +605,10 @@ def _run_many_cli(
                         batch.stop(f"cancelled: interrupted by {name}")
 
             tg.start_soon(stop_on_signals)
-            results = await batch.run()
+            if isinstance(executor, LocalExecutor):
+                results = await batch.run()
+            else:
+                results = await _run_on_cluster(batch, executor)
             tg.cancel_scope.cancel()
         return results
 
@@ -526,7 +617,7 @@ def _run_many_cli(
         try:
             results = asyncio.run(main())
         except AiorunnerError as exc:
-            raise click.UsageError(str(exc)) from None
+            raise config_problem(exc) from None
     display.summary(results, time.perf_counter() - started)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
