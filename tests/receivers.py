@@ -32,6 +32,8 @@ also kept in ``attempts`` with the status it got):
 - ``reject_spans(count, message)``: OTLP partial success (accepted request, rejected spans).
 - ``start_late(receiver, delay)``: the port is reserved now (connections are refused), the
   server starts after ``delay`` seconds.
+- ``HungSocket()``: not a receiver but a collector that hangs: it accepts connections and
+  never answers (no handshake, no response), until stopped.
 
 ``await receiver.wait_for_spans(n, timeout)`` polls without blocking the event loop (the
 exporter under test may run on it); ``wait_for_spans_sync`` is for threads and sync tests.
@@ -66,6 +68,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from typing_extensions import Self
 
 __all__ = [
+    "HungSocket",
     "OtlpGrpcReceiver",
     "OtlpHttpReceiver",
     "ReceivedEvent",
@@ -839,3 +842,51 @@ class ZipkinReceiver(_HttpReceiver[dict[str, Any]]):
         self, verdict: _Verdict, content_type: str | None = None
     ) -> tuple[int, dict[str, str], bytes, str]:
         return 202, {}, b"", "text/plain"
+
+
+class HungSocket:
+    """
+    A collector that hangs: a TCP socket on 127.0.0.1 that accepts every connection and
+    never reads or answers (not even a TLS or HTTP/2 handshake), until :meth:`stop`.
+    ``endpoint`` is ``http://127.0.0.1:PORT``; ``connections`` counts accepted ones.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(64)
+        self.port: int = self._sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._held.append(conn)  # held open, never read: the client waits
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -77,6 +77,7 @@ async def export_with_retry(
     policy: RetryPolicy = DEFAULT_POLICY,
     describe: str = "export",
     connect_budget: float | None = None,
+    limit_name: str = "export timeout, OTEL_BSP_EXPORT_TIMEOUT",
 ) -> Outcome:
     """
     Call ``attempt(time_left)`` until it succeeds, fails permanently, or the deadline
@@ -109,8 +110,8 @@ async def export_with_retry(
         if result is None or scope.cancelled_caught:
             return Outcome(
                 ExportResult.retryable(
-                    f"{describe} timed out after {timeout:g}s (export timeout, "
-                    "OTEL_BSP_EXPORT_TIMEOUT); the backend did not answer in time"
+                    f"{describe} timed out after {timeout:g}s ({limit_name}); the backend "
+                    "did not answer in time"
                 ),
                 attempts,
                 timed_out=True,

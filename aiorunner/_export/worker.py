@@ -79,6 +79,9 @@ _DIGITS = re.compile(r"\d+")
 #: How long a backend that failed is left alone before it is tried again (doubling).
 _DOWN_FIRST = 1.0
 _DOWN_MAX = 30.0
+#: At close, the drainer goes on sending this long (a small spool empties; a big one
+#: does not hold the process's exit up), then stops after the line in flight.
+_DRAIN_AT_CLOSE = 1.0
 
 
 class ErrorLog:
@@ -152,10 +155,11 @@ class BackendWorker:
         # The deadline of one batch, retries included: the backend's own bound
         # (OTEL_EXPORTER_OTLP_TIMEOUT for aiorunner-otlp) when it is the shorter.
         own = getattr(adapter.target, "export_timeout", None)
-        if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
-            self._deadline = min(timeout, float(own))
-        else:
-            self._deadline = timeout
+        self._limit_name = "export timeout, OTEL_BSP_EXPORT_TIMEOUT"
+        self._deadline = timeout
+        if isinstance(own, (int, float)) and not isinstance(own, bool) and 0 < own < timeout:
+            self._deadline = float(own)
+            self._limit_name = "the backend's own timeout, e.g. OTEL_EXPORTER_OTLP_TIMEOUT"
         self._policy = policy
         self.spool = spool
         self._connect_budget = connect_budget
@@ -167,6 +171,7 @@ class BackendWorker:
         self._drain_running = False
         self._drain_stopped: asyncio.Event | None = None
         self._stop_draining = False
+        self._drain_until = 0.0
         # Batches left at close (in flight, queued): spooled by spool_leftovers().
         self._leftovers: list[_Batch] = []
         self._queue: deque[_Batch | _Start] = deque()
@@ -328,6 +333,7 @@ class BackendWorker:
             policy=self._policy,
             describe=f"export to {self.name!r}",
             connect_budget=self._connect_budget if self.spool is not None else None,
+            limit_name=self._limit_name,
         )
         self.retries += max(0, outcome.attempts - 1)
         if outcome.timed_out:
@@ -430,10 +436,16 @@ class BackendWorker:
         self._settled(size)
 
     def stop_draining(self) -> None:
-        """The session closes: the drainer finishes the line in flight, then stops."""
+        """The session closes: the drainer goes on for up to a second while the backend
+        takes lines, then finishes the line in flight and stops."""
         self._stop_draining = True
+        self._drain_until = anyio.current_time() + _DRAIN_AT_CLOSE
         if self._drain_wakeup is not None:
             self._drain_wakeup.set()
+
+    @property
+    def _draining_over(self) -> bool:
+        return self._stop_draining and (self.down or anyio.current_time() >= self._drain_until)
 
     async def drain(self) -> None:
         """Send the spool back, oldest first, whenever the backend may take it: at the
@@ -478,13 +490,13 @@ class BackendWorker:
         assert spool is not None
         from .otlp_json import decode_line
 
-        while not self._stop_draining:
+        while not self._draining_over:
             claim = await anyio.to_thread.run_sync(spool.claim)
             if claim is None:
                 return True
             finished = False
             try:
-                while not self._stop_draining:
+                while not self._draining_over:
                     item = await anyio.to_thread.run_sync(claim.next_line)
                     if item is None:
                         await anyio.to_thread.run_sync(claim.finish)

@@ -516,22 +516,6 @@ def _build_jobs(
     return result
 
 
-async def _run_on_cluster(batch: Any, executor: Any) -> list[RunResult]:
-    """The batch on a Dask cluster: connect first (an unreachable scheduler is an error
-    naming its address, exit 1), close the client at the end."""
-    from .._orchestrate.dask import ClusterError
-
-    try:
-        await executor.__aenter__()
-    except ClusterError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        results: list[RunResult] = await batch.run()
-    finally:
-        await executor.aclose()
-    return results
-
-
 def _run_many_cli(
     *,
     scripts: list[str] | None,
@@ -605,17 +589,28 @@ def _run_many_cli(
                         batch.stop(f"cancelled: interrupted by {name}")
 
             tg.start_soon(stop_on_signals)
-            if isinstance(executor, LocalExecutor):
-                results = await batch.run()
-            else:
-                results = await _run_on_cluster(batch, executor)
+            results = await batch.run()
             tg.cancel_scope.cancel()
         return results
+
+    async def on_cluster() -> list[RunResult]:
+        """Connect first (an unreachable scheduler: one error naming its address, exit
+        1), run, close the client."""
+        from .._orchestrate.dask import ClusterError
+
+        try:
+            await executor.__aenter__()
+        except ClusterError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            return await main()
+        finally:
+            await executor.aclose()
 
     started = time.perf_counter()
     with display:
         try:
-            results = asyncio.run(main())
+            results = asyncio.run(main() if isinstance(executor, LocalExecutor) else on_cluster())
         except AiorunnerError as exc:
             raise config_problem(exc) from None
     display.summary(results, time.perf_counter() - started)
