@@ -400,3 +400,86 @@ async def test_scheduler_lost_mid_run_is_a_clear_result(make_script: Any, tmp_pa
     # Nothing is left running once the cluster is closed.
     pid = int(pidfile.read_text())
     assert not pid_alive(pid)
+
+
+def test_cli_runs_scripts_on_the_cluster(address: str, make_script: Any, traces_file: Path):
+    """`aiorunner run -j 2 --dask ADDRESS a.py b.py`: both scripts run on workers, their
+    output comes through prefixed, the progress lines and the summary say which worker
+    ran each job, and the spans land in this machine's jsonl file."""
+    a = make_script("print('from a')\n", name="a.py")
+    b = make_script("print('from b')\n", name="b.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorunner", "run", "-j", "2", "--dask", address, str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{a} | from a" in proc.stdout and f"{b} | from b" in proc.stdout
+    assert f"▶ {a} on tcp://" in proc.stderr
+    assert "worker" in proc.stderr and "2 succeeded of 2" in proc.stderr
+    runners = [s for s in read_spans(traces_file) if s["name"] == "ScriptRunner"]
+    assert len(runners) == 2
+
+
+def test_cli_jobs_file_executor_table(address: str, make_script: Any, tmp_path: Path):
+    """A jobs file's `[executor] dask = ADDRESS` runs its jobs on the cluster (no --dask
+    needed), with `ship_script = true` and a job's `resources` passed along; --json
+    gives each result's worker."""
+    import json
+
+    step = make_script("print('step')\n", name="step.py")
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        f"""
+[executor]
+dask = "{address}"
+ship_script = true
+
+[[jobs]]
+name = "one"
+script = "{step.name}"
+
+[[jobs]]
+name = "two"
+script = "{step.name}"
+after = ["one"]
+resources = {{ GPU = 1 }}
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorunner", "run", "--json", "--jobs-file", str(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["name"] for r in results] == ["one", "two"]
+    assert all(r["success"] and r["worker"].startswith("tcp://") for r in results)
+
+
+def test_cli_dask_unreachable_is_an_error_naming_the_address(make_script: Any):
+    """--dask with no scheduler there: exit 1 and one error line naming the address."""
+    a = make_script("print('a')\n", name="a.py")
+    b = make_script("print('b')\n", name="b.py")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aiorunner",
+            "run",
+            "-j",
+            "2",
+            "--dask",
+            "tcp://127.0.0.1:1",
+            str(a),
+            str(b),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in proc.stderr
+    assert "Traceback" not in proc.stderr

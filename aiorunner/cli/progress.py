@@ -85,6 +85,8 @@ class _Running:
     cpu_percent: float | None = None
     rss_bytes: int | None = None
     cpu_seconds: float | None = None
+    #: The Dask worker running it (DaskExecutor's on_worker), None for local runs.
+    worker: str | None = None
 
 
 class ProgressDisplay:
@@ -204,10 +206,23 @@ class ProgressDisplay:
                 line += f" · {escape(result.error or '')}"
             else:
                 line += f" in {result.duration:.2f}s"
+                if result.worker:
+                    line += f" on {escape(result.worker)}"
                 if result.trace_id.strip("0"):
                     line += f" · trace {result.trace_id}"
             line += f" [dim]({self._done}/{self.total})[/]"
         self.console.print(f"[dim]\\[aiorunner][/] {line}", highlight=False)
+
+    def on_worker(self, name: str, worker: str) -> None:
+        """The ``DaskExecutor``'s ``on_worker`` hook: job ``name`` runs on ``worker``."""
+        with self._lock:
+            state = self._running.get(name)
+            if state is not None:
+                state.worker = worker
+        if not self.live_mode:
+            self.console.print(
+                f"[dim]\\[aiorunner][/] ▶ {escape(name)} on {escape(worker)}", highlight=False
+            )
 
     def on_output(self, name: str, stream: str, data: bytes) -> None:
         """
@@ -276,21 +291,32 @@ class ProgressDisplay:
         with self._lock:
             running = sorted(self._running.items(), key=lambda item: item[1].started)
             rows = [
-                (name, state.attempt, now - state.started, state.cpu_percent, state.rss_bytes)
+                (
+                    name,
+                    state.attempt,
+                    now - state.started,
+                    state.cpu_percent,
+                    state.rss_bytes,
+                    state.worker,
+                )
                 for name, state in running
             ]
             done, failed = self._done, self._failed
         grid = Table.grid(padding=(0, 2))
-        for _ in range(5):
+        remote = any(row[5] for row in rows)
+        for _ in range(6 if remote else 5):
             grid.add_column()
-        for name, attempt, elapsed, cpu, rss in rows:
-            grid.add_row(
+        for name, attempt, elapsed, cpu, rss, worker in rows:
+            cells = [
                 Text(f"● {name}", style="cyan"),
                 Text(f"attempt {attempt}" if attempt > 1 else "", style="dim"),
                 Text(f"{elapsed:6.1f}s", justify="right"),
                 Text(f"CPU {cpu:5.1f}%" if cpu is not None else "CPU     -", justify="right"),
                 Text(f"RSS {format_bytes(rss)}", justify="right"),
-            )
+            ]
+            if remote:
+                cells.append(Text(f"on {worker}" if worker else "", style="dim"))
+            grid.add_row(*cells)
         waiting = self.total - done - len(rows)
         footer = Text(
             f"{done}/{self.total} done · {len(rows)} running · {waiting} waiting"
@@ -313,6 +339,9 @@ class ProgressDisplay:
         retried = any(r.attempts > 1 for r in results)
         if retried:
             table.add_column("tries", justify="right", no_wrap=True)
+        remote = any(r.worker for r in results)
+        if remote:
+            table.add_column("worker", no_wrap=True)
         table.add_column("trace id", no_wrap=True, min_width=32)
         for result in results:
             status, style = status_of(result)
@@ -329,6 +358,8 @@ class ProgressDisplay:
             ]
             if retried:
                 row.append(str(result.attempts))
+            if remote:
+                row.append(result.worker or "-")
             row.append(result.trace_id if result.trace_id.strip("0") else "-")
             table.add_row(*row)
         self.console.print(table)
