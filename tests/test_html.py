@@ -3,6 +3,7 @@ parent links, bar geometry, events, details, escaping, and no network access."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -357,3 +358,40 @@ def test_time_axis_lines_up_with_the_bars(chromium: str, tmp_path: Path, width: 
     assert anchors == pytest.approx(starts, abs=2)
     assert (root[0], root[1]) == pytest.approx((starts[0], starts[-1]), abs=2)
     assert starts[-1] - starts[0] > width / 3  # the bars have room: a real layout
+
+
+# Appended to a copy of the page (after its own script opened every span's details):
+# the status cells as the browser renders them (innerText follows the layout).
+_STATUS_PROBE = """<script>
+var cells = Array.from(document.querySelectorAll('.details td:first-child'))
+  .filter(function (td) { return td.textContent === 'status'; })
+  .map(function (td) { return td.nextElementSibling.innerText; });
+var pre = document.createElement('pre');
+pre.id = 'measured';
+pre.textContent = JSON.stringify(cells);
+document.body.appendChild(pre);
+</script></body>"""
+
+
+def test_status_message_line_breaks_in_the_browser(chromium: str, tmp_path: Path) -> None:
+    """A status message holding a traceback keeps its line breaks in the HTML view, as
+    Chromium lays it out (it ran together as one paragraph), and stays escaped text."""
+    message = (
+        "script exited with code 1: KeyError: 'x'\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/job.py", line 3, in <module>\n'
+        "<b>KeyError</b>: 'x'"
+    )
+    path = write(
+        tmp_path / "t.jsonl",
+        line(span(TRACE_A, "a000000000000001", None, "ScriptRunner", 0, 10, error=message)),
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(
+        render_html(load_trace(path, TRACE_A)).replace("</body>", _STATUS_PROBE), encoding="utf-8"
+    )
+    dom, _ = dump_dom(chromium, page.as_uri() + "#expand", tmp_path / "profile")
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom)
+    assert found, dom[-2000:]
+    (cell,) = json.loads(html.unescape(found.group(1)))
+    assert cell.splitlines() == ["error: " + message.splitlines()[0], *message.splitlines()[1:]]

@@ -253,3 +253,66 @@ async def test_trace_span_inside_runner_span_goes_to_the_runners_session(tmp_pat
     await runner.session.flush()
     names = {s["name"] for s in spans_in(target)}
     assert names == {"outer", "decorated"}
+
+
+@trace_span("tb_inner")
+def tb_inner():
+    raise KeyError("deep")
+
+
+@trace_span("tb_outer")
+def tb_outer():
+    return tb_inner()
+
+
+@trace_span("tb_async")
+async def tb_async():
+    await asyncio.sleep(0)
+    raise LookupError("async failure")
+
+
+@trace_span("tb_gen")
+def tb_gen():
+    yield 1
+    raise LookupError("generator failure")
+
+
+@trace_span("tb_agen")
+async def tb_agen():
+    yield 1
+    raise LookupError("async generator failure")
+
+
+async def test_exception_stack_trace_starts_at_the_users_frame(spans_in, traces_file):
+    """The exception event of a @trace_span span (plain, async, generator, async
+    generator, one decorated function calling another) starts at the user's frame and
+    holds none of aiorunner's wrapper frames (it began inside tracer.py's wrapper).
+    Like the SDK's own after issue 15, the event has no exception.escaped: it is only
+    recorded for an exception that left the function."""
+    with pytest.raises(KeyError):
+        tb_outer()
+    with pytest.raises(LookupError):
+        await tb_async()
+    with pytest.raises(LookupError):
+        list(tb_gen())
+    with pytest.raises(LookupError):
+        [i async for i in tb_agen()]
+    await _flush()
+    spans = _by_name(spans_in(traces_file))
+    expected = {
+        "tb_inner": ["tb_inner"],
+        "tb_outer": ["tb_outer", "tb_inner"],
+        "tb_async": ["tb_async"],
+        "tb_gen": ["tb_gen"],
+        "tb_agen": ["tb_agen"],
+    }
+    for name, functions in expected.items():
+        (event,) = spans[name]["events"]
+        attrs = {a["key"]: a["value"]["stringValue"] for a in event["attributes"]}
+        assert set(attrs) == {"exception.type", "exception.message", "exception.stacktrace"}
+        stack = attrs["exception.stacktrace"]
+        files = [line for line in stack.splitlines() if line.startswith("  File ")]
+        assert files, stack
+        assert all(f'File "{__file__}"' in line for line in files), (name, stack)
+        assert [line.rsplit(" in ", 1)[1] for line in files] == functions
+        assert "_context/tracer.py" not in stack

@@ -183,3 +183,35 @@ def test_print_trace_colours_on_a_terminal(tmp_path: Path) -> None:
     plain = Console(file=io.StringIO(), width=100)
     print_trace(load_trace(path, TRACE_A), width=100, console=plain)
     assert "\n".join(ln.rstrip() for ln in plain.file.getvalue().splitlines()) == KNOWN_100
+
+
+def test_status_message_line_breaks_are_kept(tmp_path: Path) -> None:
+    """`traces show -v`: a status message holding a traceback prints line by line, each
+    line under the status (indented by two more), each wrapped to the width; it printed
+    as one run-on paragraph. Other control characters in it stay escaped: a line break
+    is the only one printed as itself."""
+    message = (
+        "script exited with code 1: KeyError: 'x'\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/job.py", line 3, in <module>\n'
+        "    rows['x']\x1b[2J\n"
+        "KeyError: 'x'"
+    )
+    path = write(
+        tmp_path / "t.jsonl",
+        line(span(TRACE_A, "a000000000000001", None, "ScriptRunner", 0, 10, error=message)),
+    )
+    lines = render_waterfall(load_trace(path, TRACE_A), width=80, verbose=True).splitlines()
+    at = next(i for i, text in enumerate(lines) if "status error: script exited" in text)
+    status_column = lines[at].index("status")
+    assert lines[at].endswith("status error: script exited with code 1: KeyError: 'x'")
+    expected = [
+        "Traceback (most recent call last):",
+        '  File "/srv/job.py", line 3, in <module>',
+        "    rows['x']\\x1b[2J",
+        "KeyError: 'x'",
+    ]
+    following = lines[at + 1 : at + 1 + len(expected)]
+    assert [text[status_column + 2 :] for text in following] == expected
+    assert all(text[: status_column + 2].strip() in ("", "│") for text in following)
+    assert "\x1b" not in "\n".join(lines)

@@ -61,6 +61,8 @@ h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .details table { border-collapse: collapse; } .details td { padding: 1px .8em 1px 0;
   vertical-align: top; font-family: ui-monospace, monospace; }
 .details td:first-child { color: #666; } .details ul { margin: .3em 0; padding-left: 1.2em; }
+/* A status message may be a traceback: its line breaks are kept. */
+.details td.lines { white-space: pre-wrap; }
 .note { color: #777; margin-top: 1em; } .script { color: #777; }
 """
 
@@ -123,6 +125,10 @@ def _script(span: SpanRecord) -> str:
     return f' <span class="script">{escape(os.path.basename(str(script)))}</span>'
 
 
+#: The class of a detail cell whose line breaks are kept (a status message).
+_LINES = ' class="lines"'
+
+
 def _details(trace: Trace, span: SpanRecord) -> str:
     rows = [
         ("span id", span.span_id),
@@ -137,7 +143,10 @@ def _details(trace: Trace, span: SpanRecord) -> str:
         for key, value in sorted(span.attributes.items())
         if not (key == "aiorunner.pending" and span.pending)
     )
-    table = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
+    table = "".join(
+        f"<tr><td>{escape(k)}</td><td{_LINES if k == 'status' else ''}>{escape(v)}</td></tr>"
+        for k, v in rows
+    )
     events = "".join(
         f'<li class="event-item">{escape(event.name)} '
         f"+{escape(format_duration(max(0, event.time_ns - trace.start_ns) / 1e9))} "

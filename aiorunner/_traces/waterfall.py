@@ -128,12 +128,14 @@ def _clip(text: str, cells: int) -> str:
     return set_cell_size(text, max(0, cells - 1)) + "…"
 
 
-def _wrap(text: str, cells: int) -> list[str]:
-    """Wrap a detail line to ``cells``, continuation lines indented by two."""
+def _wrap(text: str, cells: int, indent: str = "") -> list[str]:
+    """Wrap a detail line to ``cells``, continuation lines indented by two (more than
+    ``indent``, the first line's)."""
     lines = textwrap.wrap(
         text,
         width=cells,
-        subsequent_indent="  ",
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
         break_long_words=True,
         break_on_hyphens=False,
         drop_whitespace=False,
@@ -164,8 +166,20 @@ def _details(trace: Trace, span: SpanRecord, width: int, lead: str, service: str
     return [
         Text(lead, style="dim") + Text(part, style="dim")
         for line in lines
-        for part in _wrap(printable(line, newlines=True), room)
+        for part in _wrap_lines(printable(line, newlines=True), room)
     ]
+
+
+def _wrap_lines(text: str, cells: int) -> list[str]:
+    """A detail that has line breaks (a status message holding a traceback) printed as
+    several lines, each wrapped; the lines after the first are indented by two, under
+    the detail they belong to. ``text`` went through :func:`printable` first: a line
+    break is the only control character left in it."""
+    first, *rest = text.split("\n")
+    out = _wrap(first, cells)
+    for line in rest:
+        out.extend(_wrap(line, cells, indent="  "))
+    return out
 
 
 def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> list[Text]:
