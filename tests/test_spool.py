@@ -250,3 +250,22 @@ async def _wait(predicate: object, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():  # type: ignore[operator]
             await anyio.sleep(0.02)
+
+
+async def test_doctor_lists_each_spool_with_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aiorunner doctor` shows the spools under AIORUNNER_SPOOL_DIR: spans, bytes,
+    files and the backend and destination they wait for; an empty spool dir shows none."""
+    import anyio
+
+    from aiorunner._doctor.checks import diagnose
+
+    root = Path(os.environ["AIORUNNER_SPOOL_DIR"])
+    empty = await diagnose(timeout=1.0)
+    assert empty.spools == [] and empty.spool_dir == str(root)
+    spool = Spool(root, "otlp", "grpc http://collector:4317", max_bytes=1 << 20)
+    await anyio.to_thread.run_sync(spool.append, line_of(1, 4), 4)
+    report = await diagnose(timeout=1.0)
+    (usage,) = report.spools
+    assert (usage.spans, usage.files) == (4, 1)
+    assert usage.destination == "otlp grpc http://collector:4317"
+    assert report.to_dict()["spools"][0]["spans"] == 4
