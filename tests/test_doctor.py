@@ -250,10 +250,11 @@ def test_disabled_tracing_is_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_configuration() -> None:
     """A bad explicit value (--endpoint) makes the configuration invalid: exit 1, the
-    option named and what is accepted."""
+    option named as the command line spells it (issue 16 item 4) and what is accepted."""
     code, out = doctor("--endpoint", "not a url at all")
     assert code == 1
-    assert "invalid: collector_endpoint='not a url at all' is not a valid endpoint" in out
+    assert "invalid: --endpoint='not a url at all' is not a valid endpoint" in out
+    assert "collector_endpoint" not in out
 
 
 def test_ignored_environment_values_are_problems(
