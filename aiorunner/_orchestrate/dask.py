@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .._exceptions import AiorunnerError, ConfigError
 from .._result import RunResult
-from .dask_worker import TaskSpec, WorkerExport, run_attempt
+from .dask_worker import TaskSpec, WorkerExport, config_key, run_attempt
 from .executor import ATTEMPT_ATTRIBUTE, JOB_ATTRIBUTE
 from .jobs import Job
 
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from .._config import TracingConfig
     from .._export.session import Session
     from .executor import Attempt
 
@@ -191,6 +192,7 @@ class DaskExecutor:
         self._lock: anyio.Lock | None = None
         self._failures = 0
         self._ready = False
+        self._config_keys: dict[int, tuple[TracingConfig | None, str]] = {}
         #: key -> (job name, latest worker, pid) of attempts under way.
         self._under_way: dict[str, list[Any]] = {}
 
@@ -284,6 +286,13 @@ class DaskExecutor:
                 ExportPlugin(self.worker_export, self._plugin), name=self._plugin
             )
 
+    def _config_key(self, config: TracingConfig | None) -> str:
+        """``config_key(config)``, computed once per configuration object."""
+        cached = self._config_keys.get(id(config))
+        if cached is None or cached[0] is not config:
+            cached = self._config_keys[id(config)] = (config, config_key(config))
+        return cached[1]
+
     def _on_topic(self, event: tuple[float, Any]) -> None:
         """A worker's note that an attempt started there (and its script's pid)."""
         message = event[1]
@@ -341,6 +350,7 @@ class DaskExecutor:
         if self.ship_script:
             script_bytes = await _read_script(job.script)
         resources = {**self.resources, **job.resources}
+        spec_config = session.config if session.enabled else None
         spec = TaskSpec(
             job=job,
             name=attempt.name,
@@ -348,12 +358,13 @@ class DaskExecutor:
             key=key,
             timeout=attempt.timeout,
             carrier=carrier,
-            config=session.config if session.enabled else None,
+            config=spec_config,
             runner_options=self.runner_options,
             export=self.export,
             script_bytes=script_bytes,
             topic=self._topic,
             plugin=self._plugin if self.export == "worker" else None,
+            config_key=self._config_key(spec_config),
         )
         self._under_way[key] = [attempt.name, None, None]
         started_at = time.time()
@@ -397,8 +408,9 @@ class DaskExecutor:
         finally:
             self._under_way.pop(key, None)
             if reply is None or reply.get("status") != "scheduler-lost":
+                stop_used = reply is None or bool(reply.get("stop_used", True))
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await self._forget(client, key, future)
+                    await self._forget(client, key, future, stop_used)
         if self.on_output is not None:
             for stream, data in (("stdout", result.stdout_bytes), ("stderr", result.stderr_bytes)):
                 if data:
@@ -435,12 +447,14 @@ class DaskExecutor:
                 logger.debug("stopping %s failed", key, exc_info=True)
         return None
 
-    async def _forget(self, client: Any, key: str, future: Any) -> None:
-        """Release the task and its events on the scheduler."""
+    async def _forget(self, client: Any, key: str, future: Any, stop_used: bool) -> None:
+        """Release the task and its events on the scheduler (the stop event only when it
+        was set or waited on: a short run never touches it)."""
         future.release()
+        names = [f"{key}/started", f"{key}/stop"] if stop_used else [f"{key}/started"]
         try:
             async with anyio.create_task_group() as tg:
-                for name in (f"{key}/started", f"{key}/stop"):
+                for name in names:
                     tg.start_soon(partial(client.scheduler.event_clear, name=name))
         except Exception:  # a lost scheduler keeps nothing anyway
             logger.debug("clearing the events of %s failed", key, exc_info=True)
@@ -450,9 +464,14 @@ class DaskExecutor:
         data = reply.get("spans")
         if not data:
             return
-        from .._export.otlp_json import decode_request
+        from .._export.otlp_json import decode_line
 
-        session.submit_spans(decode_request(data))
+        try:
+            spans = decode_line(data)
+        except ValueError:
+            logger.warning("the spans a Dask task sent home could not be read; dropped")
+            return
+        session.submit_spans(spans)
 
     @staticmethod
     def _end_span(span: Any, reply: Mapping[str, Any] | None) -> None:

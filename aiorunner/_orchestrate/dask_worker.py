@@ -48,6 +48,10 @@ __all__ = ["STOP_POLL", "SpanCollector", "TaskSpec", "WorkerExport", "run_attemp
 #: Seconds one wait on the stop event lasts before it is renewed (bounds how long the
 #: scheduler keeps a waiter of a task that ended).
 STOP_POLL = 10.0
+#: Seconds a task runs before it starts waiting on its stop event: a script shorter than
+#: that costs the scheduler no wait (and no wake-up) at all, and a stop asked for
+#: meanwhile is seen at the first wait (the event stays set), at most this late.
+STOP_DELAY = 0.2
 #: Spans a worker keeps for runs whose task has not collected them yet; beyond this the
 #: oldest traces are dropped (and counted).
 MAX_HELD_SPANS = 100_000
@@ -75,6 +79,9 @@ class TaskSpec:
     topic: str | None = None
     #: With ``export="worker"``: the name of the executor's export plugin.
     plugin: str | None = None
+    #: Names ``config`` among the worker's sessions (made once per client session, so a
+    #: worker does not repr the whole configuration for every task).
+    config_key: str = "-"
 
 
 @dataclass
@@ -181,12 +188,15 @@ _client_sessions: dict[str, tuple[Session, SpanCollector]] = {}
 _worker_sessions: dict[str, Session] = {}
 
 
-def _config_key(config: TracingConfig | None) -> str:
+def config_key(config: TracingConfig | None) -> str:
+    """A digest of ``config``'s fields: which worker session a task's spans go through."""
     if config is None:
         return "-"
     import dataclasses
+    import hashlib
 
-    return repr([(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)])
+    text = repr([(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _new_session(config: TracingConfig | None, backends: list[Any] | None) -> Session:
@@ -195,8 +205,7 @@ def _new_session(config: TracingConfig | None, backends: list[Any] | None) -> Se
     return Session(config, backends=backends)
 
 
-async def _client_session(config: TracingConfig | None) -> tuple[Session, SpanCollector]:
-    key = _config_key(config)
+async def _client_session(config: TracingConfig | None, key: str) -> tuple[Session, SpanCollector]:
     found = _client_sessions.get(key)
     if found is None:
         collector = SpanCollector()
@@ -246,7 +255,8 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     The Dask task of one attempt (runs on the worker's event loop).
 
     Returns a plain dict: ``status`` (``"ran"``, ``"cancelled"`` or ``"lost"``),
-    ``worker``, ``host``, ``result`` (a RunResult) and ``spans`` (OTLP/JSON, or None).
+    ``worker``, ``host``, ``result`` (a RunResult) and ``spans`` (one OTLP/JSON line as
+    bytes, or None).
     """
     import importlib
 
@@ -271,12 +281,10 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
         if spec.topic is not None:
             worker.log_event(spec.topic, {"key": spec.key, "pid": pid, "worker": address})
 
-    if spec.topic is not None:
-        worker.log_event(spec.topic, {"key": spec.key, "pid": None, "worker": address})
     job = spec.job
     collector: SpanCollector | None = None
     if spec.export == "client":
-        session, collector = await _client_session(spec.config)
+        session, collector = await _client_session(spec.config, spec.config_key)
     elif spec.plugin in _worker_sessions:
         session = _worker_sessions[spec.plugin]
     else:  # the plugin is not there (a worker that joined late): the worker's defaults
@@ -316,12 +324,14 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     stopped = False
     started_at = time.time()
     t0 = time.perf_counter()
-    finished = False
+    finished = waiting = False
     try:
         async with anyio.create_task_group() as tg:
 
             async def watch_stop(scope: anyio.CancelScope) -> None:
-                nonlocal stopped
+                nonlocal stopped, waiting
+                await anyio.sleep(STOP_DELAY)
+                waiting = True
                 while not await stop.wait(timeout=STOP_POLL):
                     pass
                 if not finished:
@@ -331,11 +341,14 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
             with anyio.CancelScope() as run_scope:
                 tg.start_soon(watch_stop, run_scope)
                 result = await runner.run()
-            # The script ended: the watcher is woken by setting the event ourselves, not
-            # cancelled (cancelling a wait aborts its connection, which the scheduler
-            # logs as an error); the client clears the event afterwards.
             finished = True
-            await stop.set()
+            if waiting:
+                # The script ended: a waiting watcher is woken by setting the event
+                # ourselves, not cancelled (cancelling a wait aborts its connection,
+                # which the scheduler logs as an error); the client clears the event.
+                await stop.set()
+            else:
+                tg.cancel_scope.cancel()  # the watcher is still asleep: no wait to end
     finally:
         if shipped_dir is not None:
             with anyio.CancelScope(shield=True):
@@ -357,12 +370,14 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
 
         result = dataclasses.replace(result, script=job.script)
     reply["status"] = "cancelled" if stopped else "ran"
+    reply["stop_used"] = waiting
     reply["result"] = result
-    if collector is not None:
-        from .._export.otlp_json import encode_request
+    if collector is not None and parent.is_valid:
+        from .._export.otlp_json import encode_line
 
-        if parent.is_valid:
-            spans = collector.take(parent.trace_id, parent.span_id)
-            reply["spans"] = encode_request(spans) if spans else None
-            reply["span_count"] = len(spans)
+        spans = collector.take(parent.trace_id, parent.span_id)
+        # One OTLP/JSON line as bytes, not nested dicts: Dask sizes every result it
+        # keeps by walking it (a 7-span dict costs ~3 ms of sizeof, bytes nothing).
+        reply["spans"] = encode_line(spans) if spans else None
+        reply["span_count"] = len(spans)
     return reply
