@@ -23,9 +23,11 @@ parent was read cannot already be in the parent's counters; a child that dies be
 two reads is counted when its parent is read at the next tick. Errors therefore lean to
 under-counting, never to counting one process twice.
 
-A process whose parent exits is reparented (to init or a subreaper): it is never reaped
-by the script, so it moves out of its parent's subtree into ``detached`` and is added on
-top. At the end, the runner's ``wait4`` rusage of the script (exact for the script and
+A process whose parent exits is reparented (to init or a subreaper: on Linux the runner
+itself, see ``escapees.py``): it is never reaped by the script, so it moves out of its
+parent's subtree into ``detached`` and is added on top. Orphans of the run that the tree
+never saw (a double fork between two ticks) are found by the run's token and join
+``detached`` the same way. At the end, the runner's ``wait4`` rusage of the script (exact for the script and
 every descendant it waited for, however short-lived) and ``E(root)`` are both lower bounds
 of the same set, so the total is ``max(rusage, E(root)) + sum(E(detached))``.
 """
