@@ -76,7 +76,7 @@ def _kill(pid: int) -> None:
 
 @pytest.mark.parametrize("holds_pipes", [True, False], ids=["holds-pipes", "quiet"])
 async def test_double_forked_daemon_is_counted_and_ended_with_the_run(
-    make_script, holds_pipes: bool
+    make_script, spans_of, holds_pipes: bool
 ) -> None:
     """A `sleep 60` that double-forked into its own session (out of the script's process
     group, its parent gone) is reparented to the runner, counted by the monitor while
@@ -99,6 +99,9 @@ async def test_double_forked_daemon_is_counted_and_ended_with_the_run(
         assert _gone(escapee), psutil.Process(escapee).status()
         assert max(counts) == 2, counts
         assert result.metrics["processes_max"] == 2
+        (execute,) = [s for s in spans_of(result.trace_id) if s["name"] == "execute_script"]
+        ended = [a for a in execute["attributes"] if a["key"] == "aiorunner.escaped_processes"]
+        assert ended == [{"key": "aiorunner.escaped_processes", "value": {"intValue": "1"}}]
     finally:
         _kill(escapee)
 

@@ -570,6 +570,8 @@ class _Run:
         outcome.stderr_truncated = child.stderr.truncated
         attributes["aiorunner.stdout.bytes"] = child.stdout.total
         attributes["aiorunner.stderr.bytes"] = child.stderr.total
+        if child.escapees_ended:  # processes that left the group, ended with the run
+            attributes["aiorunner.escaped_processes"] = child.escapees_ended
         span.set_attributes(attributes)
         metrics: dict[str, float | int] = {"execution_time_seconds": self.execution_time}
         if monitor is not None:
