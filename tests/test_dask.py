@@ -200,6 +200,27 @@ async def test_resources_choose_the_worker(cluster: Any, address: str, make_scri
     assert result.success and result.worker == gpu
 
 
+async def test_in_script_spans_come_home(address: str, make_script: Any, traces_file: Path):
+    """A span the script makes with the OpenTelemetry API on the worker (the in-script
+    bootstrap and channel work there too) lands in the client's file, child of the
+    worker's execute_script span."""
+    script = make_script(
+        """
+        from opentelemetry import trace
+        with trace.get_tracer("etl").start_as_current_span("transform rows"):
+            pass
+        """
+    )
+    async with DaskExecutor(address) as executor:
+        (result,) = await run_many([Job(str(script))], executor=executor)
+    assert result.success, result.error
+    spans = read_spans(traces_file)
+    by_id = {s["spanId"]: s for s in spans}
+    (inner,) = [s for s in spans if s["name"] == "transform rows"]
+    assert by_id[inner["parentSpanId"]]["name"] == "execute_script"
+    assert inner["traceId"] == result.trace_id
+
+
 def test_job_round_trips_through_cloudpickle():
     """A Job (what a task carries to a worker) survives cloudpickle unchanged, its
     resources, env and dependencies included."""
@@ -295,11 +316,13 @@ def test_import_costs_no_distributed():
 
 
 async def test_a_killed_worker_leaves_no_orphan_and_the_script_ran_once(
-    cluster: Any, address: str, make_script: Any, tmp_path: Path
+    cluster: Any, address: str, make_script: Any, tmp_path: Path, traces_file: Path
 ):
     """SIGKILL of the worker process running a script: the script dies with it (no
     orphan), Dask's re-run of the task elsewhere does not run it again (the counter file
-    says 1), and the result says the worker was lost, naming it."""
+    says 1), the result says the worker was lost, naming it, and the client's dask.task
+    span of the attempt is in the trace file with ERROR status (the worker's own spans
+    died with it)."""
     counter = tmp_path / "runs"
     pidfile = tmp_path / "script.pid"
     script = make_script(
@@ -328,6 +351,11 @@ async def test_a_killed_worker_leaves_no_orphan_and_the_script_ran_once(
     while pid_alive(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not pid_alive(pid)
+    (task_span,) = [s for s in read_spans(traces_file) if s["name"] == "dask.task"]
+    assert task_span["status"]["code"] == 2
+    attributes = {a["key"]: attr_value(a["value"]) for a in task_span["attributes"]}
+    assert attributes["error.type"] == "worker_lost"
+    assert task_span["traceId"] == result.trace_id
     from distributed import Client
 
     async with Client(address, asynchronous=True) as client:
@@ -417,7 +445,9 @@ def test_cli_runs_scripts_on_the_cluster(address: str, make_script: Any, traces_
     assert proc.returncode == 0, proc.stderr
     assert f"{a} | from a" in proc.stdout and f"{b} | from b" in proc.stdout
     assert f"▶ {a} on tcp://" in proc.stderr
-    assert "worker" in proc.stderr and "2 succeeded of 2" in proc.stderr
+    header = next(line for line in proc.stderr.splitlines() if "trace id" in line)
+    assert "worker" in header
+    assert "2 succeeded of 2" in proc.stderr
     runners = [s for s in read_spans(traces_file) if s["name"] == "ScriptRunner"]
     assert len(runners) == 2
 

@@ -395,6 +395,13 @@ class DaskExecutor:
             result = self._result(
                 attempt, reply, self._under_way[key], started_at, time.perf_counter() - t0
             )
+            if reply.get("status") not in ("ran", "cancelled") and context.is_valid:
+                # No run came back: the result points at the client's span of the task.
+                result = dataclasses.replace(
+                    result,
+                    trace_id=format(context.trace_id, "032x"),
+                    span_id=format(context.span_id, "016x"),
+                )
             self._bring_home(session, reply)
             if not result.success:
                 span.set_attribute("error.type", _error_type(result, reply))
