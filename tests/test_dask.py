@@ -513,3 +513,22 @@ def test_cli_dask_unreachable_is_an_error_naming_the_address(make_script: Any):
     assert proc.returncode == 1
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_jobs_file_executor_table_is_checked(tmp_path: Path):
+    """The jobs file's [executor] table: its address and ship_script are read, an
+    unknown key or a wrong value is an error naming the file and the fix."""
+    from aiorunner import ConfigError, load_jobs_file
+
+    path = tmp_path / "jobs.toml"
+    body = '[[jobs]]\nscript = "a.py"\nresources = { GPU = 2 }\n'
+    path.write_text('[executor]\ndask = "tcp://h:8786"\nship_script = true\n' + body)
+    spec = load_jobs_file(path)
+    assert spec.executor == {"dask": "tcp://h:8786", "ship_script": True}
+    assert spec.jobs[0].resources == {"GPU": 2.0}
+    path.write_text('[executor]\ndask = "tcp://h:8786"\nworkers = 3\n' + body)
+    with pytest.raises(ConfigError, match="unknown key 'workers'; accepted keys: dask"):
+        load_jobs_file(path)
+    path.write_text("[executor]\ndask = 8786\n" + body)
+    with pytest.raises(ConfigError, match="dask must be the scheduler's address"):
+        load_jobs_file(path)
