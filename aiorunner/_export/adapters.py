@@ -11,8 +11,8 @@ fails every export with the load error, so reports say what is wrong). The worke
 from __future__ import annotations
 
 import inspect
-import math
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
