@@ -151,7 +151,9 @@ def test_cli_against_a_hung_collector_exits_within_the_otlp_timeout(
     assert done.returncode == 5, done.stderr
     assert elapsed < BOUND
     (warning,) = warning_lines(done.stderr)
-    assert "spooled to" in warning and "timed out after 2s" in warning
+    assert "spooled to" in warning
+    # The pipeline's deadline or the transport's own 2 s timeout, whichever fires first.
+    assert "timed out after 2s" in warning or "no answer within 2 s" in warning, warning
     assert "OTEL_EXPORTER_OTLP_TIMEOUT" in warning
     assert spooled_spans(spool_dir) == 7
 
