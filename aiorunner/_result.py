@@ -57,6 +57,16 @@ class ExportReport:
     pending: int = 0
     sampled_out: bool = False
     disabled: bool = False
+    #: The run's log records (its output lines), per backend that takes logs.
+    logs: tuple[BackendReport, ...] = ()
+    #: Log records lost before reaching any backend (the session closed), and not yet
+    #: settled when the wait ended.
+    logs_dropped: int = 0
+    logs_pending: int = 0
+    #: Records the run made from its output and handed to the logs pipeline, and those
+    #: past ``AIORUNNER_LOG_MAX_RECORDS`` (counted, not sent; not a failure).
+    log_records: int = 0
+    log_records_over_cap: int = 0
 
     @property
     def ok(self) -> bool:
@@ -66,7 +76,9 @@ class ExportReport:
         return (
             self.dropped == 0
             and self.pending == 0
-            and all(b.failed == 0 and b.dropped == 0 for b in self.backends)
+            and self.logs_dropped == 0
+            and self.logs_pending == 0
+            and all(b.failed == 0 and b.dropped == 0 for b in (*self.backends, *self.logs))
         )
 
     @property
@@ -92,6 +104,22 @@ class ExportReport:
             parts.append(f"{self.dropped} dropped before export")
         if self.pending:
             parts.append(f"{self.pending} still pending")
+        for b in self.logs:
+            text = f"{b.name} logs: {b.exported} records exported"
+            if b.failed or b.dropped:
+                text += f", {b.failed} failed, {b.dropped} dropped"
+                if b.last_error:
+                    text += f" ({b.last_error})"
+            parts.append(text)
+        if self.logs_dropped:
+            parts.append(f"{self.logs_dropped} log records dropped before export")
+        if self.logs_pending:
+            parts.append(f"{self.logs_pending} log records still pending")
+        if self.log_records_over_cap:
+            parts.append(
+                f"{self.log_records_over_cap} log records over AIORUNNER_LOG_MAX_RECORDS "
+                "(counted, not sent)"
+            )
         return "; ".join(parts) or "nothing exported"
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +130,13 @@ class ExportReport:
             "pending": self.pending,
             "sampled_out": self.sampled_out,
             "disabled": self.disabled,
+            "logs": {
+                "backends": [b.to_dict() for b in self.logs],
+                "records": self.log_records,
+                "over_cap": self.log_records_over_cap,
+                "dropped": self.logs_dropped,
+                "pending": self.logs_pending,
+            },
         }
 
 

@@ -35,7 +35,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
 from .statistics import BackendStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
 
@@ -72,21 +72,28 @@ class ErrorLog:
         self._limit = limit
 
     def warn(
-        self, backend: str, message: str, *, spans: int, exc: BaseException | None = None
+        self,
+        backend: str,
+        message: str,
+        *,
+        spans: int,
+        exc: BaseException | None = None,
+        unit: str = "span",
     ) -> None:
         # The same error with other counts ("gave up after 9 attempts" / "10 attempts")
         # is the same error: digits do not make it distinct.
-        key = (backend, _DIGITS.sub("#", message))
+        key = (backend, unit + _DIGITS.sub("#", message))
         if key in self._seen:
             return
         if len(self._seen) >= self._limit:
             self._seen.clear()
         self._seen.add(key)
         logger.warning(
-            "backend %r could not export %d span%s: %s (logged once per distinct error; "
+            "backend %r could not export %d %s%s: %s (logged once per distinct error; "
             "RunResult.export and Session.statistics() count every failure)",
             backend,
             spans,
+            unit,
             "" if spans == 1 else "s",
             message,
             exc_info=exc,
@@ -121,10 +128,16 @@ class BackendWorker:
         max_queue: int,
         timeout: float,
         policy: RetryPolicy = DEFAULT_POLICY,
+        signal: str = "traces",
     ) -> None:
         self.index = index
         self.adapter = adapter
         self.name = adapter.name
+        # The export verb, chosen once: spans, or log records (the logs pipeline).
+        self._send: Callable[..., Awaitable[ExportResult]] = (
+            adapter.export if signal == "traces" else adapter.export_logs
+        )
+        self._unit = "span" if signal == "traces" else "log record"
         self._errors = errors
         self._batch_size = batch_size
         self._max_queue = max_queue
@@ -272,12 +285,12 @@ class BackendWorker:
         return _Batch(spans, records)
 
     async def _export(self, batch: _Batch) -> None:
-        adapter = self.adapter
+        send = self._send
         spans = batch.spans
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
-            return await adapter.export(spans, timeout=time_left)
+            return await send(spans, timeout=time_left)
 
         outcome = await export_with_retry(
             attempt,
@@ -299,7 +312,7 @@ class BackendWorker:
             self.last_error = error
             for record in batch.records:
                 record.settle(self.index, FAILED, error)
-            self._errors.warn(self.name, error, spans=size)
+            self._errors.warn(self.name, error, spans=size, unit=self._unit)
         self._settled(size)
 
     async def _span_start(self, span: ReadableSpan) -> None:
@@ -323,7 +336,7 @@ class BackendWorker:
         self.last_error = error
         for record in batch.records:
             record.settle(self.index, DROPPED, error)
-        self._errors.warn(self.name, error, spans=size)
+        self._errors.warn(self.name, error, spans=size, unit=self._unit)
         self._settled(size)
 
     def _abandon(self) -> None:
