@@ -179,9 +179,12 @@ class BackendWorker:
         size = len(spans)
         self.received += size
         if self._busy and self._queued_spans + size > self._max_queue:
+            variable = (
+                "OTEL_BSP_MAX_QUEUE_SIZE" if self._unit == "span" else "OTEL_BLRP_MAX_QUEUE_SIZE"
+            )
             error = (
-                f"queue full ({self._max_queue} spans waiting, OTEL_BSP_MAX_QUEUE_SIZE): "
-                "the backend is slower than the spans arrive"
+                f"queue full ({self._max_queue} {self._unit}s waiting, {variable}): "
+                f"the backend is slower than the {self._unit}s arrive"
             )
             self._settle_dropped(_Batch(spans, [record]), error)
             return
