@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -344,4 +346,29 @@ async def test_job_identity_on_records(make_script, traces_file):
     assert attributes["aiorunner.attempt"].int_value == 1
 
 
-_ = sys  # scripts run with the test interpreter
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiorunner", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
+
+
+def test_cli_no_logs_and_logs_exporter_flag(make_script, traces_file):
+    """`aiorunner run --no-logs` writes no logs.jsonl; `--logs_exporter console` (the
+    opentelemetry-instrument style flag of OTEL_LOGS_EXPORTER) prints the records."""
+    script = str(make_script("print('cli line')"))
+    logs_file = traces_file.parent / "logs.jsonl"
+    proc = _cli("run", "--no-logs", script)
+    assert proc.returncode == 0, proc.stderr
+    assert traces_file.exists() and not logs_file.exists()
+    proc = _cli("run", "--logs_exporter", "console", script)
+    assert proc.returncode == 0, proc.stderr
+    assert "[aiorunner] log" in proc.stderr and "cli line" in proc.stderr
+    assert not logs_file.exists()
+    proc = _cli("run", script)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = logs_file.read_bytes().splitlines()
+    assert parse_otlp_logs_json(line).resource_logs[0].scope_logs[0].log_records[0].body
