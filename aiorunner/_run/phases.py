@@ -457,14 +457,15 @@ class _Run:
                 if not child.exited:
                     outcome.timed_out = not limit_reason
                     await child.terminate_group(runner.kill_grace)
-                elif not await child.wait_output(PIPE_GRACE) and not child.output_moving():
+                elif not await child.wait_output(PIPE_GRACE):
                     # A descendant holds the pipes: the run owns its group, end it.
                     await child.terminate_group(runner.kill_grace)
                 if logs is not None:
                     # Back-pressure may still hold output the script wrote before it
-                    # ended: read on while the pipes are being worked through.
+                    # ended (in the pipes): read on while it is being worked through.
+                    child.output_moving()
                     with anyio.move_on_after(self._logs_timeout()):
-                        while not await child.wait_output(1.0) and child.output_moving():
+                        while not await child.wait_output(0.1) and child.output_moving():
                             pass
                 await child.wait_output(1.0)
                 if monitor is not None and not monitor.done:
