@@ -85,6 +85,13 @@ AIORUNNER_INSTRUMENT = "AIORUNNER_INSTRUMENT"
 AIORUNNER_SPOOL_DIR = "AIORUNNER_SPOOL_DIR"
 AIORUNNER_SPOOL_MAX_BYTES = "AIORUNNER_SPOOL_MAX_BYTES"
 AIORUNNER_CONNECT_BUDGET = "AIORUNNER_CONNECT_BUDGET"
+OTEL_LOGS_EXPORTER = "OTEL_LOGS_EXPORTER"
+OTEL_BLRP_SCHEDULE_DELAY = "OTEL_BLRP_SCHEDULE_DELAY"
+OTEL_BLRP_EXPORT_TIMEOUT = "OTEL_BLRP_EXPORT_TIMEOUT"
+OTEL_BLRP_MAX_QUEUE_SIZE = "OTEL_BLRP_MAX_QUEUE_SIZE"
+OTEL_BLRP_MAX_EXPORT_BATCH_SIZE = "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"
+AIORUNNER_LOG_MAX_RECORDS = "AIORUNNER_LOG_MAX_RECORDS"
+AIORUNNER_LOGS_FILE = "AIORUNNER_LOGS_FILE"
 
 DEFAULT_TRACES_FILE = os.path.join(".aiorunner", "traces.jsonl")
 #: Where spans a backend could not take wait for it (next to the default traces file).
@@ -535,6 +542,16 @@ _SPECS: dict[str, _Spec] = {
     "connect_budget": _Spec(AIORUNNER_CONNECT_BUDGET, _seconds, 1.0),
     "span_limits": _Spec(None, None, None),
     "backend_options": _Spec(None, None, {}),
+    "logs": _Spec(None, None, True),
+    "logs_exporter": _Spec(None, None, ()),
+    "logs_batch_size": _Spec(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, _int(1), 512),
+    "logs_max_queue_size": _Spec(OTEL_BLRP_MAX_QUEUE_SIZE, _int(1), 2048),
+    "logs_schedule_delay": _Spec(OTEL_BLRP_SCHEDULE_DELAY, _millis, 1.0, "the default 1000 ms"),
+    "logs_export_timeout": _Spec(
+        OTEL_BLRP_EXPORT_TIMEOUT, _timeout_millis, 30.0, "the default 30000 ms"
+    ),
+    "log_max_records": _Spec(AIORUNNER_LOG_MAX_RECORDS, _int(0), 100_000),
+    "logs_file": _Spec(AIORUNNER_LOGS_FILE, _text, ""),
 }
 
 
@@ -583,6 +600,16 @@ class TracingConfig:
         connect_budget: seconds spent retrying a backend that refuses connections or
             whose name does not resolve, before its spans are spooled (about 1 s).
         backend_options: free-form options a backend may read (``config.option(...)``).
+        logs: ``False`` sends no log records of the scripts' output (``--no-logs``;
+            ``OTEL_LOGS_EXPORTER=none`` does the same).
+        logs_exporter: the backends log records go to (``OTEL_LOGS_EXPORTER``); empty:
+            the traces' backends that take logs.
+        logs_batch_size / logs_max_queue_size / logs_schedule_delay /
+            logs_export_timeout: the logs pipeline's ``OTEL_BLRP_*`` settings.
+        log_max_records: records one run may send (``AIORUNNER_LOG_MAX_RECORDS``); the
+            rest are counted, not sent.
+        logs_file: the ``jsonl`` backend's logs file (``AIORUNNER_LOGS_FILE``); empty:
+            ``logs.jsonl`` beside the traces file.
     """
 
     enabled: bool | None = None
@@ -611,6 +638,14 @@ class TracingConfig:
     connect_budget: float | None = None
     span_limits: Mapping[str, int | None] | None = None
     backend_options: Mapping[str, Any] | None = None
+    logs: bool | None = None
+    logs_exporter: str | Sequence[str] | None = None
+    logs_batch_size: int | None = None
+    logs_max_queue_size: int | None = None
+    logs_schedule_delay: float | None = None
+    logs_export_timeout: float | None = None
+    log_max_records: int | None = None
+    logs_file: str | os.PathLike[str] | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: The environment values :meth:`resolve` ignored (each also logged once).
     ignored: tuple[EnvProblem, ...] = field(default=(), compare=False, repr=False)
@@ -689,6 +724,8 @@ class TracingConfig:
             _env_disabled(reader, values, sources)
         if explicit["exporter_type"] is None:
             values["exporter_type"], sources["exporter_type"] = _env_exporters(reader)
+        if explicit["logs_exporter"] is None:
+            _env_logs_exporter(reader, values, sources, logs_given=explicit["logs"] is not None)
         if explicit["sampler"] is None:
             _env_sampler(reader, values, sources, rate_given=explicit["sample_rate"] is not None)
         if explicit["sample_rate"] is None:
@@ -757,6 +794,7 @@ class TracingConfig:
         )
         values["resource_attributes"] = dict(values["resource_attributes"])
         values["backend_options"] = dict(values["backend_options"])
+        _check_logs(values)
         values["enabled"] = bool(values["enabled"])
         values["export_timeout_ms"] = round(values["export_timeout"] * 1000)
         sources["export_timeout_ms"] = sources["export_timeout"]
@@ -770,6 +808,68 @@ class TracingConfig:
         for problem in reader.problems:
             report_env_problem(problem)
         return TracingConfig(**values, sources=sources, ignored=tuple(reader.problems))
+
+
+def _env_logs_exporter(
+    reader: _EnvReader, values: dict[str, Any], sources: dict[str, str], *, logs_given: bool
+) -> None:
+    """OTEL_LOGS_EXPORTER: backend names for log records, ``none`` for none; unset: the
+    traces' backends (those that take logs)."""
+    raw = reader.raw(OTEL_LOGS_EXPORTER)
+    if raw is None:
+        return
+    names = _list(raw)
+    if "none" in names and len(names) > 1:
+        rest = tuple(dict.fromkeys(n for n in names if n != "none"))
+        reader.ignore(
+            OTEL_LOGS_EXPORTER,
+            raw,
+            "mixes 'none' with other backends",
+            f"{','.join(rest)} (without 'none')",
+            "name the backends alone, or 'none' alone to send no logs",
+        )
+        names = rest
+    if names == ("none",):
+        if not logs_given:
+            values["logs"], sources["logs"] = False, f"env {OTEL_LOGS_EXPORTER}"
+        return
+    values["logs_exporter"], sources["logs_exporter"] = names, f"env {OTEL_LOGS_EXPORTER}"
+
+
+def _check_logs(values: dict[str, Any]) -> None:
+    """The logs fields, checked and normalised (explicit values raise ConfigError)."""
+    if not isinstance(values["logs"], bool):
+        raise ConfigError(f"logs={values['logs']!r} must be True or False")
+    names = values["logs_exporter"]
+    if isinstance(names, str):
+        names = _parse_list("logs_exporter", names)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(
+            f"logs_exporter={names!r} must be a backend name or a list of names, "
+            "e.g. 'otlp' or ['otlp', 'console']"
+        )
+    names = tuple(names)
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(
+                f"logs_exporter {','.join(names)!r} mixes 'none' with other backends; use "
+                "'none' alone to send no logs"
+            )
+        values["logs"], names = False, ()
+    values["logs_exporter"] = names
+    for name in ("logs_batch_size", "logs_max_queue_size"):
+        values[name] = int(_check_number(name, values[name], minimum=1, integer=True))
+    values["logs_batch_size"] = min(values["logs_batch_size"], values["logs_max_queue_size"])
+    values["log_max_records"] = int(
+        _check_number("log_max_records", values["log_max_records"], minimum=0, integer=True)
+    )
+    for name in ("logs_schedule_delay", "logs_export_timeout"):
+        values[name] = float(_check_number(name, values[name], minimum=0))
+    if values["logs_export_timeout"] in (0, NO_LIMIT_MS / 1000.0):
+        values["logs_export_timeout"] = NO_LIMIT_MS / 1000.0
+    if not isinstance(values["logs_file"], (str, os.PathLike)):
+        raise ConfigError(f"logs_file={values['logs_file']!r} must be a path")
+    values["logs_file"] = os.fspath(values["logs_file"])
 
 
 def _env_disabled(reader: _EnvReader, values: dict[str, Any], sources: dict[str, str]) -> None:

@@ -107,6 +107,16 @@ class ExportReport:
     sampled_out: bool = False
     disabled: bool = False
     inscript: InscriptReport | None = None
+    #: The run's log records (its output lines), per backend that takes logs.
+    logs: tuple[BackendReport, ...] = ()
+    #: Log records lost before reaching any backend (the session closed), and not yet
+    #: settled when the wait ended.
+    logs_dropped: int = 0
+    logs_pending: int = 0
+    #: Records the run made from its output and handed to the logs pipeline, and those
+    #: past ``AIORUNNER_LOG_MAX_RECORDS`` (counted, not sent; not a failure).
+    log_records: int = 0
+    log_records_over_cap: int = 0
 
     @property
     def ok(self) -> bool:
@@ -117,7 +127,12 @@ class ExportReport:
             self.dropped == 0
             and self.pending == 0
             and (self.inscript is None or self.inscript.dropped_messages == 0)
-            and all(b.failed == 0 and b.dropped == 0 and b.spooled == 0 for b in self.backends)
+            and self.logs_dropped == 0
+            and self.logs_pending == 0
+            and all(
+                b.failed == 0 and b.dropped == 0 and b.spooled == 0
+                for b in (*self.backends, *self.logs)
+            )
         )
 
     @property
@@ -127,15 +142,17 @@ class ExportReport:
 
     @property
     def lost(self) -> bool:
-        """True when some span did not reach a backend and is not in its spool either
-        (dropped, failed for good, or still pending), or the runner discarded messages
-        of the script's in-script channel."""
+        """True when some span or log record did not reach a backend and is not in its
+        spool either (dropped, failed for good, or still pending), or the runner
+        discarded messages of the script's in-script channel."""
         if self.disabled or self.sampled_out:
             return False
         return bool(
             self.dropped
             or self.pending
-            or any(b.failed or b.dropped or b.pending for b in self.backends)
+            or self.logs_dropped
+            or self.logs_pending
+            or any(b.failed or b.dropped or b.pending for b in (*self.backends, *self.logs))
             or (self.inscript is not None and self.inscript.dropped_messages)
         )
 
@@ -169,6 +186,24 @@ class ExportReport:
                 f"{self.inscript.dropped_messages} in-script messages "
                 f"({self.inscript.dropped_bytes} bytes) discarded"
             )
+        for b in self.logs:
+            text = f"{b.name} logs: {b.exported} records exported"
+            if b.spooled:
+                text += f", {b.spooled} spooled"
+            if b.failed or b.dropped:
+                text += f", {b.failed} failed, {b.dropped} dropped"
+                if b.last_error:
+                    text += f" ({b.last_error})"
+            parts.append(text)
+        if self.logs_dropped:
+            parts.append(f"{self.logs_dropped} log records dropped before export")
+        if self.logs_pending:
+            parts.append(f"{self.logs_pending} log records still pending")
+        if self.log_records_over_cap:
+            parts.append(
+                f"{self.log_records_over_cap} log records over AIORUNNER_LOG_MAX_RECORDS "
+                "(counted, not sent)"
+            )
         return "; ".join(parts) or "nothing exported"
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +216,13 @@ class ExportReport:
             "sampled_out": self.sampled_out,
             "disabled": self.disabled,
             "inscript": self.inscript.to_dict() if self.inscript is not None else None,
+            "logs": {
+                "backends": [b.to_dict() for b in self.logs],
+                "records": self.log_records,
+                "over_cap": self.log_records_over_cap,
+                "dropped": self.logs_dropped,
+                "pending": self.logs_pending,
+            },
         }
 
 

@@ -34,19 +34,28 @@ Optional attributes a backend may set (read with ``getattr``, none is required):
   name and destination, so two endpoints never mix;
 - ``spool = False``: never spool (a local file or the terminal: spooling to disk what
   the disk refused helps nobody).
+
+Logs (a script's output, one :class:`LogRecordData` per line) are an optional verb::
+
+    async def export_logs(self, records: Sequence[LogRecordData], *, timeout: float)
+        -> ExportResult
+
+A backend that defines it gets every run's log records through a second pipeline with
+the same batching, retries and counts; one without it keeps working and gets no logs.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Union, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 from ._config import EnvProblem, TracingConfig, report_env_problem
 from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -57,6 +66,8 @@ __all__ = [
     "EnvProblem",
     "ExportResult",
     "ExportStatus",
+    "LogBackend",
+    "LogRecordData",
     "TracingConfig",
     "report_env_problem",
 ]
@@ -148,6 +159,53 @@ class Backend(Protocol):
 
     async def shutdown(self, *, timeout: float) -> None:
         """Release connections and files; called once, after the last export."""
+        ...
+
+
+#: The instrumentation scope of the records aiorunner makes from a script's output.
+LOG_SCOPE = "aiorunner.output"
+
+
+@dataclass(slots=True)
+class LogRecordData:
+    """
+    One log record, as backends receive it (the logs data model's fields aiorunner fills).
+
+    Why plain data and not the SDK's ``LogRecord``: a run makes one record per output
+    line, up to 100,000 of them, and the SDK's record (a ``LogData`` wrapper, a
+    ``BoundedAttributes`` per record, the ``LoggerProvider`` machinery) costs several
+    times what these slots do; plain data also pickles (records made on a Dask worker
+    come home as they are) and is what the jsonl file and the spool hold anyway.
+    """
+
+    #: When the line was read (ns since the epoch).
+    time_unix_nano: int
+    #: When aiorunner observed it: the same moment for output lines.
+    observed_time_unix_nano: int
+    #: SeverityNumber of the logs data model (9 = INFO, 13 = WARN, 17 = ERROR, ...).
+    severity_number: int
+    severity_text: str
+    body: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    trace_id: int = 0
+    span_id: int = 0
+    trace_flags: int = 0
+    #: The resource of the run's spans.
+    resource: Resource | None = None
+    #: Name of the instrumentation scope (``aiorunner.output``, or a script's logger).
+    scope: str = LOG_SCOPE
+
+
+@runtime_checkable
+class LogBackend(Protocol):
+    """A :class:`Backend` that also takes log records (the optional ``export_logs``)."""
+
+    name: str
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        """Send one batch of log records; return how it went rather than raising."""
         ...
 
 

@@ -37,6 +37,12 @@ also kept in ``attempts`` with the status it got):
 
 ``await receiver.wait_for_spans(n, timeout)`` polls without blocking the event loop (the
 exporter under test may run on it); ``wait_for_spans_sync`` is for threads and sync tests.
+
+Logs: the OTLP receivers also take ``ExportLogsServiceRequest`` (the gRPC ``LogsService``,
+``POST /v1/logs`` in protobuf or strict OTLP/JSON); decoded records are in ``logs``
+(:class:`ReceivedLog`), their requests in ``log_requests``, and ``await
+wait_for_logs(n)`` waits for them. Log requests are kept apart from the span requests
+and faults do not apply to them unless ``faults_for_logs = True``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -72,6 +79,7 @@ __all__ = [
     "OtlpGrpcReceiver",
     "OtlpHttpReceiver",
     "ReceivedEvent",
+    "ReceivedLog",
     "ReceivedRequest",
     "ReceivedSpan",
     "TlsFiles",
@@ -120,6 +128,23 @@ class ReceivedSpan:
     @property
     def service_name(self) -> Any:
         return self.resource.get("service.name")
+
+
+@dataclass(frozen=True)
+class ReceivedLog:
+    """An OTLP log record as it arrived, with its resource and scope flattened in."""
+
+    body: Any
+    severity_number: int
+    severity_text: str
+    trace_id: str
+    span_id: str
+    flags: int
+    attributes: dict[str, Any]
+    time_unix_nano: int
+    observed_time_unix_nano: int
+    resource: dict[str, Any]
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,9 @@ class _Receiver(Generic[S]):
         self._faults = _Faults()
         self._requests: list[ReceivedRequest] = []
         self._attempts: list[ReceivedRequest] = []
+        self._log_requests: list[ReceivedRequest] = []
+        #: Faults (fail_next, require_header, hang) apply to log requests too.
+        self.faults_for_logs = False
         self._arrivals = 0
         self._stopping = threading.Event()
         self._reservation: socket.socket | None = None
@@ -325,6 +353,32 @@ class _Receiver(Generic[S]):
                 verdict, error=self.default_fail_status, message="receiver stopped"
             )
         return verdict
+
+    def _record_logs(self, request: ReceivedRequest) -> None:
+        with self._lock:
+            self._log_requests.append(request)
+            self._lock.notify_all()
+
+    @property
+    def log_requests(self) -> list[ReceivedRequest]:
+        """Accepted log requests, in arrival order (their ``spans`` are ReceivedLogs)."""
+        with self._lock:
+            return list(self._log_requests)
+
+    @property
+    def logs(self) -> list[ReceivedLog]:
+        """Every log record of every accepted log request, in arrival order."""
+        with self._lock:
+            return [record for request in self._log_requests for record in request.spans]
+
+    async def wait_for_logs(self, n: int, timeout: float = 5.0) -> list[ReceivedLog]:
+        """Wait until at least ``n`` log records arrived, without blocking the event loop."""
+        with anyio.move_on_after(timeout):
+            while len(self.logs) < n:
+                await anyio.sleep(0.01)
+        logs = self.logs
+        assert len(logs) >= n, f"expected {n} log records within {timeout}s, got {len(logs)}"
+        return logs
 
     def _record(self, request: ReceivedRequest, *, accepted: bool) -> None:
         with self._lock:
@@ -487,6 +541,53 @@ def decode_otlp(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Re
     return spans
 
 
+def decode_otlp_logs(request: logs_service_pb2.ExportLogsServiceRequest) -> list[ReceivedLog]:
+    """Flatten an ``ExportLogsServiceRequest`` into :class:`ReceivedLog` objects."""
+    records: list[ReceivedLog] = []
+    for resource_logs in request.resource_logs:
+        resource = _attributes(resource_logs.resource.attributes)
+        for scope_logs in resource_logs.scope_logs:
+            scope = scope_logs.scope.name
+            for record in scope_logs.log_records:
+                records.append(
+                    ReceivedLog(
+                        body=_any_value(record.body),
+                        severity_number=int(record.severity_number),
+                        severity_text=record.severity_text,
+                        trace_id=record.trace_id.hex(),
+                        span_id=record.span_id.hex(),
+                        flags=record.flags,
+                        attributes=_attributes(record.attributes),
+                        time_unix_nano=record.time_unix_nano,
+                        observed_time_unix_nano=record.observed_time_unix_nano,
+                        resource=resource,
+                        scope=scope,
+                    )
+                )
+    return records
+
+
+def parse_otlp_logs_json(body: bytes) -> logs_service_pb2.ExportLogsServiceRequest:
+    """An OTLP/JSON logs body (or a line of ``logs.jsonl``), strictly: lowerCamelCase keys
+    (protobuf's parser refuses unknown ones), hex ids, enums as integers."""
+    data = json.loads(body)
+    for resource_logs in data.get("resourceLogs", ()):
+        for scope_logs in resource_logs.get("scopeLogs", ()):
+            for record in scope_logs.get("logRecords", ()):
+                if "severityNumber" in record and not isinstance(record["severityNumber"], int):
+                    raise ValueError(
+                        f"severityNumber {record['severityNumber']!r} is not an integer"
+                    )
+                for key, size in (("traceId", 16), ("spanId", 8)):
+                    _hex_id_to_base64(record, key, size)
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    try:
+        json_format.ParseDict(data, request)
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc)) from exc
+    return request
+
+
 def _export_response(
     reject_count: int, message: str
 ) -> trace_service_pb2.ExportTraceServiceResponse:
@@ -536,6 +637,35 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return _export_response(verdict.reject_count, verdict.reject_message)
 
 
+class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, receiver: OtlpGrpcReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: logs_service_pb2.ExportLogsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> logs_service_pb2.ExportLogsServiceResponse:
+        receiver = self._receiver
+        metadata = {m.key.lower(): m.value for m in context.invocation_metadata()}
+        if receiver.faults_for_logs:
+            verdict = receiver._hold(receiver._judge(metadata))
+            if verdict.error is not None:
+                context.abort(verdict.error, verdict.message)
+        receiver._record_logs(
+            ReceivedRequest(
+                "LogsService/Export",
+                metadata,
+                "application/grpc",
+                None,
+                request.ByteSize(),
+                "OK",
+                tuple(decode_otlp_logs(request)),
+            )
+        )
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
 class OtlpGrpcReceiver(_Receiver[ReceivedSpan]):
     """An OTLP/gRPC TraceService on 127.0.0.1 (see the module docstring)."""
 
@@ -556,6 +686,7 @@ class OtlpGrpcReceiver(_Receiver[ReceivedSpan]):
             options.append(("grpc.compression_enabled_algorithms_bitset", 1))
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(self), server)
         address = f"{HOST}:{port}"
         if self.tls is None:
             bound = server.add_insecure_port(address)
@@ -706,7 +837,14 @@ class _HttpReceiver(_Receiver[S]):
             )
             return (status, extra or {}, *self._error_body(status, message, content_type))
 
+        logs_path = getattr(self, "logs_path", None)
+        if path == logs_path and not self.faults_for_logs:
+            return self._handle_logs(path, headers, raw, content_type, encoding, reject)
         verdict = self._hold(self._judge(headers))
+        if path == logs_path:
+            if verdict.error is not None:
+                return reject(int(verdict.error), verdict.message)
+            return self._handle_logs(path, headers, raw, content_type, encoding, reject)
         if path != self.path:
             return reject(404, f"no such path {path}; spans go to {self.path}")
         if verdict.error is not None:
@@ -733,6 +871,36 @@ class _HttpReceiver(_Receiver[S]):
         )
         return self._ok_body(verdict, content_type)
 
+    def _handle_logs(
+        self,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        content_type: str | None,
+        encoding: str | None,
+        reject: Any,
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """``POST /v1/logs``: an ``ExportLogsServiceRequest`` (protobuf or OTLP/JSON)."""
+        try:
+            body = gzip.decompress(raw) if encoding == "gzip" else raw
+            if content_type == "application/json":
+                request = parse_otlp_logs_json(body)
+            elif content_type == "application/x-protobuf":
+                request = logs_service_pb2.ExportLogsServiceRequest()
+                request.ParseFromString(body)
+            else:
+                raise ValueError(f"Content-Type {content_type!r} is not protobuf or JSON")
+            records = decode_otlp_logs(request)
+        except (ValueError, TypeError, OSError, EOFError) as exc:
+            return reject(400, f"undecodable logs body: {exc}")  # type: ignore[no-any-return]
+        self._record_logs(
+            ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(records))
+        )
+        response = logs_service_pb2.ExportLogsServiceResponse()
+        if content_type == "application/json":
+            return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
+        return 200, {}, response.SerializeToString(), "application/x-protobuf"
+
     def _decode(self, content_type: str | None, body: bytes) -> list[Any]:
         raise NotImplementedError
 
@@ -752,6 +920,7 @@ class OtlpHttpReceiver(_HttpReceiver[ReceivedSpan]):
     OTLP/JSON ones (``Content-Type: application/json``), answered in the same encoding."""
 
     path = "/v1/traces"
+    logs_path = "/v1/logs"
 
     def _decode(self, content_type: str | None, body: bytes) -> list[ReceivedSpan]:
         if content_type == "application/json":

@@ -6,6 +6,11 @@ a synchronous OpenTelemetry ``SpanExporter`` (run in a worker thread, because it
 ``export`` blocks on the network), or a placeholder for a plugin that failed to load (it
 fails every export with the load error, so reports say what is wrong). The worker in
 ``_worker.py`` only ever sees :class:`BackendAdapter`.
+
+Logs: an async backend's optional ``export_logs`` is awaited as ``export`` is; an
+OpenTelemetry ``LogExporter`` (group ``opentelemetry_logs_exporter``, sync, taking the
+SDK's records) runs in a worker thread, each :class:`~aiorunner.backend.LogRecordData`
+converted to the SDK's ``ReadableLogRecord`` there (:func:`adapt_log_exporter`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["BackendAdapter", "adapt", "broken"]
+    from ..backend import LogRecordData
+
+__all__ = ["BackendAdapter", "adapt", "adapt_log_exporter", "broken"]
 
 logger = logging.getLogger("aiorunner.export")
 
@@ -42,8 +49,18 @@ class BackendAdapter:
         self.target = target
         #: Worker threads given up on after a timeout (a hung sync exporter).
         self.abandoned_threads = 0
+        #: True once an outage of this backend was reported (one warning per outage,
+        #: shared by the traces and logs pipelines' workers).
+        self.outage_warned = False
         hook = getattr(target, "on_span_start", None)
         self._on_span_start = hook if inspect.iscoroutinefunction(hook) else None
+        logs = getattr(target, "export_logs", None)
+        self._export_logs = logs if inspect.iscoroutinefunction(logs) else None
+
+    @property
+    def has_logs(self) -> bool:
+        """True when the backend takes log records (the optional ``export_logs``)."""
+        return self._export_logs is not None
 
     @property
     def wants_span_start(self) -> bool:
@@ -52,6 +69,13 @@ class BackendAdapter:
 
     async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
         return _coerce(self.name, await self.target.export(spans, timeout=timeout))
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        if self._export_logs is None:
+            return ExportResult.permanent(f"backend {self.name!r} does not take log records")
+        return _coerce(self.name, await self._export_logs(records, timeout=timeout))
 
     async def on_span_start(self, span: ReadableSpan) -> None:
         if self._on_span_start is not None:
@@ -127,6 +151,75 @@ class _SyncExporterAdapter(BackendAdapter):
             await self._call(method)
 
 
+def _sdk_log_records(records: Sequence[LogRecordData]) -> list[Any]:
+    """The SDK's ``ReadableLogRecord`` for each record (in the worker thread)."""
+    from opentelemetry._logs import LogRecord, SeverityNumber
+    from opentelemetry.sdk._logs import ReadableLogRecord
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    empty = Resource.get_empty()
+    scopes: dict[str, InstrumentationScope] = {}
+    out = []
+    for record in records:
+        context = set_span_in_context(
+            NonRecordingSpan(
+                SpanContext(record.trace_id, record.span_id, False, TraceFlags(record.trace_flags))
+            )
+        )
+        scope = scopes.get(record.scope)
+        if scope is None:
+            scope = scopes[record.scope] = InstrumentationScope(record.scope)
+        try:
+            severity = SeverityNumber(record.severity_number)
+        except ValueError:
+            severity = SeverityNumber.UNSPECIFIED
+        out.append(
+            ReadableLogRecord(
+                log_record=LogRecord(
+                    timestamp=record.time_unix_nano,
+                    observed_timestamp=record.observed_time_unix_nano,
+                    context=context,
+                    severity_text=record.severity_text,
+                    severity_number=severity,
+                    body=record.body,
+                    attributes=record.attributes,
+                ),
+                resource=record.resource or empty,
+                instrumentation_scope=scope,
+            )
+        )
+    return out
+
+
+class _SyncLogExporterAdapter(_SyncExporterAdapter):
+    """An OpenTelemetry ``LogExporter`` (``opentelemetry_logs_exporter`` entry points):
+    logs only, one call at a time in a worker thread, like a ``SpanExporter``."""
+
+    def __init__(self, name: str, target: Any) -> None:
+        super().__init__(name, target)
+        self._export_logs = self._export_logs_threaded  # type: ignore[assignment]
+
+    def _export_logs_blocking(self, records: Sequence[LogRecordData]) -> ExportResult:
+        outcome = self.target.export(_sdk_log_records(records))
+        if getattr(outcome, "name", None) == "SUCCESS":
+            return ExportResult.success()
+        return ExportResult.permanent(
+            f"{type(self.target).__name__}.export() returned {outcome!r} "
+            "(the exporter logs the cause under the 'opentelemetry' logger)"
+        )
+
+    async def _export_logs_threaded(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        result: ExportResult = await self._call(self._export_logs_blocking, records)
+        return result
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        return ExportResult.permanent(f"{self.name!r} is a log exporter; it takes no spans")
+
+
 class _BrokenBackend(BackendAdapter):
     """Stands in for a plugin that failed to import or construct."""
 
@@ -137,6 +230,11 @@ class _BrokenBackend(BackendAdapter):
         self.error = error
 
     async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        return ExportResult.permanent(self.error)
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
         return ExportResult.permanent(self.error)
 
     async def force_flush(self, *, timeout: float) -> bool:
@@ -182,6 +280,12 @@ def adapt(target: Any, name: str | None = None) -> BackendAdapter:
     if inspect.iscoroutinefunction(export):
         return BackendAdapter(name, target)
     return _SyncExporterAdapter(name, target)
+
+
+def adapt_log_exporter(target: Any, name: str) -> BackendAdapter:
+    """Wrap an OpenTelemetry ``LogExporter`` (sync ``export(records)``) for the logs
+    pipeline."""
+    return _SyncLogExporterAdapter(name, target)
 
 
 def broken(name: str, error: str) -> BackendAdapter:

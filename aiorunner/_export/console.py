@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from .._config import TracingConfig
+    from ..backend import LogRecordData
 
-__all__ = ["ConsoleBackend", "create_backend", "format_span"]
+__all__ = ["ConsoleBackend", "create_backend", "format_log", "format_span"]
 
 _STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -71,8 +72,27 @@ def format_span(span: ReadableSpan) -> str:
     return "\n".join(lines)
 
 
+def format_log(record: LogRecordData) -> str:
+    """``time  severity  trace/span ids  body  attributes``: one line (a multi-line body,
+    a traceback, continues indented)."""
+    import time
+
+    seconds, nanos = divmod(record.time_unix_nano, 1_000_000_000)
+    stamp = time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1_000_000:03d}"
+    body = record.body.replace("\n", "\n    ")
+    line = (
+        f"[aiorunner] log {stamp}  {record.severity_text or '-':<5}  "
+        f"trace={record.trace_id:032x} span={record.span_id:016x}  {body}"
+    )
+    attributes = _attributes(record.attributes)
+    if attributes:
+        line += f"  {attributes}"
+    return line
+
+
 class ConsoleBackend:
-    """Prints every span to ``stream`` (default: the current ``sys.stderr``)."""
+    """Prints every span (and log record) to ``stream`` (default: the current
+    ``sys.stderr``)."""
 
     name = "console"
     #: Never spooled: the terminal is there now or not at all.
@@ -81,6 +101,8 @@ class ConsoleBackend:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._limiter = anyio.CapacityLimiter(1)
+        # The logs pipeline runs on a loop of its own: a limiter of its own.
+        self._logs_limiter = anyio.CapacityLimiter(1)
 
     def _print(self, text: str) -> None:
         stream = self._stream or sys.stderr
@@ -95,6 +117,18 @@ class ConsoleBackend:
             )
         except (OSError, ValueError) as exc:  # closed or broken stream
             return ExportResult.permanent(f"cannot print spans: {exc}")
+        return ExportResult.success()
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        text = "".join(format_log(record) + "\n" for record in records)
+        try:
+            await anyio.to_thread.run_sync(
+                self._print, text, abandon_on_cancel=True, limiter=self._logs_limiter
+            )
+        except (OSError, ValueError) as exc:  # closed or broken stream
+            return ExportResult.permanent(f"cannot print log records: {exc}")
         return ExportResult.success()
 
     async def force_flush(self, *, timeout: float) -> bool:

@@ -36,6 +36,10 @@ be glued to (``jq`` and the Collector would stop reading there). A file that end
 fragment anyway (a crash mid-write, another writer) gets a newline before the next line.
 A full disk (``ENOSPC``, a quota, ``EFBIG``) fails the export at once, without retrying
 for the export timeout: the spans are counted as failed and one warning names the path.
+
+Log records (a script's output) go to ``logs.jsonl`` beside the traces file (or
+``AIORUNNER_LOGS_FILE``), one ``ExportLogsServiceRequest`` a line (the OTLP file format
+holds one signal per file), under the same lock, whole-line and rotation rules.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from .._config import TracingConfig
+    from ..backend import LogRecordData
 
 __all__ = [
     "AIORUNNER_TRACES_FILE_BACKUPS",
@@ -105,6 +110,7 @@ class JsonlBackend:
             write, which is when the directory is created).
         max_bytes: rotate before the file would exceed this size (0: never).
         backups: rotated files kept (``path.1`` newest ... ``path.N`` oldest).
+        logs_path: the log records' file (default: ``logs.jsonl`` beside ``path``).
     """
 
     name = "jsonl"
@@ -130,8 +136,15 @@ class JsonlBackend:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
+        logs_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.logs_path = (
+            os.fspath(logs_path)
+            if logs_path
+            else os.path.join(os.path.dirname(self.path), "logs.jsonl")
+        )
+        self._logs_resolved: str | None = None
         self.max_bytes = max_bytes
         self.backups = backups
         self._resolved: str | None = None
@@ -153,6 +166,18 @@ class JsonlBackend:
             await self._run(self._write, spans)
         except OSError as exc:
             return self._classify(exc)
+        return ExportResult.success()
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        """Append the records as one ``ExportLogsServiceRequest`` line of the logs file."""
+        if not records:
+            return ExportResult.success()
+        try:
+            await self._run(self._write_logs, records)
+        except OSError as exc:
+            return self._classify(exc, logs=True)
         return ExportResult.success()
 
     async def on_span_start(self, span: ReadableSpan) -> None:
@@ -194,6 +219,15 @@ class JsonlBackend:
                 # The run is over whether or not its line could be written.
                 self._leave_live(spans)
 
+    def _write_logs(self, records: Sequence[LogRecordData]) -> None:
+        from .logs import encode_logs_line
+
+        data = encode_logs_line(records)
+        if self._logs_resolved is None:
+            self._logs_resolved = os.path.abspath(self.logs_path)
+        with self._lock:
+            self._append(data, self._logs_resolved)
+
     def _enter_live(self, span: ReadableSpan) -> None:
         context = span.context
         if context is None:
@@ -233,8 +267,8 @@ class JsonlBackend:
         except PermissionError:
             return os.open(path, flags | os.O_WRONLY, 0o644), False
 
-    def _append(self, data: bytes) -> None:
-        path = self._path()
+    def _append(self, data: bytes, path: str | None = None) -> None:
+        path = path or self._path()
         for _ in range(10):
             fd, readable = self._open(path)
             try:
@@ -252,7 +286,7 @@ class JsonlBackend:
                 return
             finally:
                 os.close(fd)
-        raise OSError(errno.EAGAIN, f"the traces file {path} kept being rotated under us")
+        raise OSError(errno.EAGAIN, f"the file {path} kept being rotated under us")
 
     @staticmethod
     def _current_size(fd: int, path: str) -> int | None:
@@ -285,21 +319,26 @@ class JsonlBackend:
                 os.replace(older, f"{path}.{index + 1}")
         os.replace(path, f"{path}.1")
 
-    def _classify(self, exc: OSError) -> ExportResult:
-        path = self._resolved or self.path
+    def _classify(self, exc: OSError, *, logs: bool = False) -> ExportResult:
+        if logs:
+            path = self._logs_resolved or self.logs_path
+            what, var, field, items = "logs", "AIORUNNER_LOGS_FILE", "logs_file", "records"
+        else:
+            path = self._resolved or self.path
+            what, var, field, items = "traces", "AIORUNNER_TRACES_FILE", "traces_file", "spans"
         reason = exc.strerror or str(exc)
         if exc.errno in _PERMANENT_ERRNOS:
             return ExportResult.permanent(
-                f"cannot write the traces file {path}: {reason}; set AIORUNNER_TRACES_FILE "
-                "(or TracingConfig(traces_file=...)) to a writable path"
+                f"cannot write the {what} file {path}: {reason}; set {var} "
+                f"(or TracingConfig({field}=...)) to a writable path"
             )
         if exc.errno in _NO_SPACE_ERRNOS:
             return ExportResult.permanent(
-                f"cannot write the traces file {path}: {reason}; these spans are lost (not "
+                f"cannot write the {what} file {path}: {reason}; these {items} are lost (not "
                 "retried; the file holds no part of them). Free some space there or set "
-                "AIORUNNER_TRACES_FILE to a file on another disk"
+                f"{var} to a file on another disk"
             )
-        return ExportResult.retryable(f"cannot write the traces file {path}: {reason}")
+        return ExportResult.retryable(f"cannot write the {what} file {path}: {reason}")
 
 
 def _write_whole(fd: int, data: bytes, start: int, *, readable: bool) -> None:
@@ -351,6 +390,7 @@ def settings(config: TracingConfig) -> dict[str, Any]:
     """The jsonl backend's path and rotation settings from a resolved config."""
     return {
         "path": config.traces_file or DEFAULT_TRACES_FILE,
+        "logs_path": config.logs_file or None,
         "max_bytes": _int_setting(
             config, "traces_file_max_bytes", AIORUNNER_TRACES_FILE_MAX_BYTES, DEFAULT_MAX_BYTES
         ),
@@ -367,4 +407,9 @@ def create_backend(config: TracingConfig) -> JsonlBackend:
         ConfigError: a rotation setting is not a non-negative integer.
     """
     options = settings(config)
-    return JsonlBackend(options["path"], max_bytes=options["max_bytes"], backups=options["backups"])
+    return JsonlBackend(
+        options["path"],
+        max_bytes=options["max_bytes"],
+        backups=options["backups"],
+        logs_path=options["logs_path"],
+    )

@@ -1,11 +1,8 @@
 """
 Log records as plain data, and their OTLP/JSON encoding (``ExportLogsServiceRequest``).
 
-Why plain data and not the SDK's ``LogRecord``: a run makes one record per output line, up
-to 100,000 of them, and the SDK's record (with its ``LogData`` wrapper, a
-``BoundedAttributes`` per record and the ``LoggerProvider`` machinery) costs several times
-what these slots do; plain data also pickles (records made on a Dask worker come home as
-they are) and is what the jsonl file and the spool hold anyway.
+The record type itself, :class:`~aiorunner.backend.LogRecordData`, lives in the plugin
+interface (backends receive it); it is re-exported here.
 
 Encoding follows the OTLP JSON rules the span encoder (:mod:`.otlp_json`) uses: lowerCamelCase
 keys, trace and span ids as lowercase hex, enums as integers, 64-bit integers as decimal
@@ -16,9 +13,9 @@ format holds one signal per file).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..backend import LOG_SCOPE, LogRecordData
 from .otlp_json import _attributes, _decode_attributes, _decode_id, _value
 
 if TYPE_CHECKING:
@@ -34,32 +31,7 @@ __all__ = [
     "encode_logs_request",
 ]
 
-#: The instrumentation scope of the records aiorunner makes from a script's output.
-LOG_SCOPE = "aiorunner.output"
-
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-@dataclass(slots=True)
-class LogRecordData:
-    """One log record (the logs data model's fields we fill)."""
-
-    #: When the line was read (ns since the epoch).
-    time_unix_nano: int
-    #: When aiorunner observed it: the same moment for output lines.
-    observed_time_unix_nano: int
-    #: SeverityNumber of the logs data model (9 = INFO, 13 = WARN, 17 = ERROR, ...).
-    severity_number: int
-    severity_text: str
-    body: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    trace_id: int = 0
-    span_id: int = 0
-    trace_flags: int = 0
-    #: The resource of the run's spans (set by the session when the record is exported).
-    resource: Resource | None = None
-    #: Name of the instrumentation scope (``aiorunner.output``, or a script's logger).
-    scope: str = LOG_SCOPE
 
 
 def _record(record: LogRecordData) -> dict[str, Any]:

@@ -59,10 +59,15 @@ __all__ = [
     "installed_names",
     "list_backends",
     "load_backend",
+    "load_log_exporter",
+    "log_exporter_installed",
 ]
 
 AIORUNNER_GROUP = "aiorunner.backends"
 OTEL_GROUP = "opentelemetry_traces_exporter"
+#: OpenTelemetry's group of log exporters (``OTEL_LOGS_EXPORTER``): classes whose sync
+#: ``export`` takes the SDK's log records.
+OTEL_LOGS_GROUP = "opentelemetry_logs_exporter"
 
 #: The core's own backends. Registered as entry points too (``aiorunner backends`` lists
 #: them), but resolved from this table: the embedded default then needs no scan of every
@@ -328,6 +333,39 @@ def load_backend(name: str, config: TracingConfig) -> Any:
     except Exception as exc:
         raise BackendError(
             f"backend {describe_entry_point(ep)} failed to construct: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def log_exporter_installed(name: str) -> bool:
+    """True when ``name`` is an installed backend (ours or OpenTelemetry's traces group),
+    or an OpenTelemetry log exporter."""
+    return _installed(name) or any(ep.name == name for ep in _group(OTEL_LOGS_GROUP))
+
+
+def load_log_exporter(name: str) -> Any:
+    """
+    Build OpenTelemetry's log exporter called ``name`` (group
+    ``opentelemetry_logs_exporter``: a class constructed with no arguments).
+
+    Raises:
+        UnknownBackendError: no log exporter of that name is installed.
+        BackendError: it failed to import or to construct.
+    """
+    found = [ep for ep in _group(OTEL_LOGS_GROUP) if ep.name == name]
+    if not found:
+        names = sorted({*installed_names(), *(ep.name for ep in _group(OTEL_LOGS_GROUP))})
+        raise UnknownBackendError(
+            f"unknown logs exporter {name!r}; installed: {', '.join(names)}. Set "
+            "OTEL_LOGS_EXPORTER (or TracingConfig(logs_exporter=...)) to one of them",
+            name=name,
+            known=tuple(names),
+        )
+    ep = found[0]
+    try:
+        return ep.load()()
+    except Exception as exc:
+        raise BackendError(
+            f"log exporter {describe_entry_point(ep)} failed to load: {type(exc).__name__}: {exc}"
         ) from exc
 
 

@@ -27,14 +27,20 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
-from .._config import TracingConfig
-from .._exceptions import BackendError, ConfigError
+from .._config import OTEL_LOGS_EXPORTER, EnvProblem, TracingConfig, report_env_problem
+from .._exceptions import BackendError, ConfigError, UnknownBackendError
 from .._result import ExportReport
 from .._version import __version__
-from .adapters import BackendAdapter, adapt, broken
+from .adapters import BackendAdapter, adapt, adapt_log_exporter, broken
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
-from .registry import backend_names, load_backend
+from .registry import (
+    BUILTIN,
+    backend_names,
+    find_entry_point,
+    load_backend,
+    load_log_exporter,
+)
 from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
@@ -139,7 +145,9 @@ def destination_of(adapter: BackendAdapter) -> str:
     return f"{kind} {endpoint}" if isinstance(endpoint, str) else kind
 
 
-def _spools(config: TracingConfig, adapters: Sequence[BackendAdapter]) -> list[Spool | None]:
+def _spools(
+    config: TracingConfig, adapters: Sequence[BackendAdapter], signal: str = "traces"
+) -> list[Spool | None]:
     """Each backend's spool; none for backends that say ``spool = False`` (a file, the
     terminal, the parent runner), broken plugins, or when ``spool_max_bytes`` is 0."""
     size = int(config.spool_max_bytes or 0)
@@ -149,7 +157,9 @@ def _spools(config: TracingConfig, adapters: Sequence[BackendAdapter]) -> list[S
         if size <= 0 or adapter.kind == "broken" or getattr(adapter.target, "spool", True) is False:
             spools.append(None)
         else:
-            spools.append(Spool(root, adapter.name, destination_of(adapter), max_bytes=size))
+            spools.append(
+                Spool(root, adapter.name, destination_of(adapter), max_bytes=size, signal=signal)
+            )
     return spools
 
 
@@ -167,6 +177,90 @@ def _adapt_given(backends: Sequence[Any]) -> list[BackendAdapter]:
             adapter.name = f"{adapter.name}-{count}"
         adapters.append(adapter)
     return adapters
+
+
+# Backends already said to take no log records (said once per process).
+_NO_LOGS_SAID: set[str] = set()
+
+
+def _say_no_logs(name: str) -> None:
+    if name in _NO_LOGS_SAID:
+        return
+    _NO_LOGS_SAID.add(name)
+    logger.warning(
+        "backend %r takes no log records: the scripts' output is not sent there (its "
+        "spans are); name a backend that does in OTEL_LOGS_EXPORTER, or turn logs off "
+        "with --no-logs / TracingConfig(logs=False)",
+        name,
+    )
+
+
+def _load_log_adapter(name: str, config: TracingConfig) -> BackendAdapter | None:
+    """One OTEL_LOGS_EXPORTER name: an aiorunner backend with ``export_logs``, else
+    OpenTelemetry's log exporter of that name. None (said why) when it cannot take logs."""
+    explicit = config.sources.get("logs_exporter") == "argument"
+    ours = name in BUILTIN
+    if not ours:
+        try:
+            ours = find_entry_point(name).group == "aiorunner.backends"
+        except UnknownBackendError:
+            ours = False
+    try:
+        if ours:
+            adapter = adapt(load_backend(name, config), name)
+            if adapter.has_logs:
+                return adapter
+            _say_no_logs(name)
+            return None
+        return adapt_log_exporter(load_log_exporter(name), name)
+    except UnknownBackendError as exc:
+        if explicit:
+            raise
+        report_env_problem(
+            EnvProblem(
+                OTEL_LOGS_EXPORTER,
+                ",".join(config.logs_exporter or ()),
+                f"names {name!r}, which is no installed backend or log exporter",
+                "the other names",
+                f"remove {name!r} from {OTEL_LOGS_EXPORTER} ({exc})",
+            )
+        )
+        return None
+    except BackendError as exc:
+        logger.warning("%s; log records go to the other backends", exc)
+        return None
+
+
+def _log_adapters(
+    config: TracingConfig, span_adapters: Sequence[BackendAdapter]
+) -> tuple[list[BackendAdapter], list[BackendAdapter]]:
+    """The backends log records go to, and those of them the traces pipeline shuts down
+    (shared objects: a backend named for both signals is built once)."""
+    names = tuple(dict.fromkeys(config.logs_exporter or ()))
+    if not names:
+        chosen = []
+        for adapter in span_adapters:
+            if adapter.has_logs:
+                chosen.append(adapter)
+            elif adapter.kind != "broken":
+                _say_no_logs(adapter.name)
+        return chosen, list(chosen)
+    by_name = {a.name: a for a in span_adapters}
+    adapters: list[BackendAdapter] = []
+    shared: list[BackendAdapter] = []
+    for name in names:
+        existing = by_name.get(name)
+        if existing is not None:
+            if existing.has_logs:
+                adapters.append(existing)
+                shared.append(existing)
+            elif existing.kind != "broken":
+                _say_no_logs(name)
+            continue
+        loaded = _load_log_adapter(name, config)
+        if loaded is not None:
+            adapters.append(loaded)
+    return adapters, shared
 
 
 class Session:
@@ -209,13 +303,18 @@ class Session:
         #: The runs' "did not all arrive" warning, once per outage (see _export_log).
         self._run_export_log = RunExportLog()
         self._pipeline: ExportPipeline | None = None
+        #: The logs pipeline (the scripts' output as log records); None when logs are
+        #: off or no backend takes them.
+        self.logs: ExportPipeline | None = None
         self._adapters: tuple[BackendAdapter, ...] = ()
+        self._log_adapters: tuple[BackendAdapter, ...] = ()
         if not self.enabled:
             return
         policy = _policy(self.config)
         parent = parent_channel() if backends is None else None
         tail = None
-        if parent is not None and self.config.sources.get("exporter_type") != "argument":
+        via_parent = parent is not None and self.config.sources.get("exporter_type") != "argument"
+        if via_parent:
             # A script run by aiorunner: export through the parent runner's pipeline.
             adapters = [adapt(ChannelBackend(parent))]
         else:
@@ -242,6 +341,28 @@ class Session:
             connect_budget=self.config.connect_budget,
         )
         self.tracer_provider.add_span_processor(self._pipeline)
+        # A script run by aiorunner: its own output is its parent run's log records already.
+        if self.config.logs and not via_parent:
+            log_adapters, shared = _log_adapters(self.config, adapters)
+            if log_adapters:
+                self._log_adapters = tuple(log_adapters)
+                self.logs = ExportPipeline(
+                    log_adapters,
+                    batch_size=self.config.logs_batch_size or 512,
+                    max_queue_size=self.config.logs_max_queue_size or 2048,
+                    schedule_delay=self.config.logs_schedule_delay or 0.0,
+                    export_timeout=float(self.config.logs_export_timeout or 0.0),
+                    policy=policy,
+                    signal="logs",
+                    keep_open=shared,
+                    spools=_spools(self.config, log_adapters, "logs"),
+                    connect_budget=self.config.connect_budget,
+                )
+
+    @property
+    def resource(self) -> Any:
+        """The resource of this session's spans (and of its log records)."""
+        return self.tracer_provider.resource
 
     def __repr__(self) -> str:
         names = ",".join(a.name for a in self._adapters) or "-"
@@ -338,13 +459,29 @@ class Session:
         thread (ends the last spans), flush again; one round trip (``ExportPipeline``)."""
         if self._pipeline is None:
             return ExportReport(disabled=True), ExportReport(disabled=True)
-        return await self._pipeline.flush_trace_then(trace_id, timeout, then)
+        logs = self.logs
+        if logs is None:
+            return await self._pipeline.flush_trace_then(trace_id, timeout, then)
+        found: list[ExportReport] = []
+
+        async def flush_logs() -> None:
+            found.append(await logs.flush_trace(trace_id, timeout))
+
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush_logs)
+            first, second = await self._pipeline.flush_trace_then(trace_id, timeout, then)
+        return first, _with_logs(second, found[0])
 
     async def flush(self, *, timeout: float | None = None) -> bool:
         """Wait until every span ended so far is exported or failed for good; False if
         ``timeout`` (default: the export timeout) passed first."""
         if self._pipeline is None:
             return True
+        if self.logs is not None:
+            logs_done = await self.logs.flush(self._timeout(timeout))
+            return await self._pipeline.flush(self._timeout(timeout)) and logs_done
         return await self._pipeline.flush(self._timeout(timeout))
 
     def watch_trace(self, trace_id: int) -> None:
@@ -368,6 +505,12 @@ class Session:
             return PipelineStatistics()
         return self._pipeline.statistics()
 
+    def log_statistics(self) -> PipelineStatistics:
+        """The same counters for log records (the logs pipeline)."""
+        if self.logs is None:
+            return PipelineStatistics()
+        return self.logs.statistics()
+
     # ------------------------------------------------------------------ closing
 
     @property
@@ -377,7 +520,22 @@ class Session:
     def _request_close(self, timeout: float | None) -> concurrent.futures.Future[None] | None:
         if self._pipeline is None:
             return None
-        return self._pipeline.request_close(self._timeout(timeout))
+        pipeline, logs = self._pipeline, self.logs
+        budget = self._timeout(timeout)
+        if logs is None:
+            return pipeline.request_close(budget)
+        # Logs first: the traces pipeline shuts the shared backends down when it is done.
+        finished: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def done(_: object) -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def then(_: object) -> None:
+            pipeline.request_close(budget).add_done_callback(done)
+
+        logs.request_close(budget).add_done_callback(then)
+        return finished
 
     async def aclose(self, *, timeout: float | None = None) -> None:
         """
@@ -385,12 +543,16 @@ class Session:
         timeout), then shut the backends down. Never hangs on a dead collector: what is
         not out by the deadline is counted as failed or dropped. Idempotent.
         """
+        if self.logs is not None:
+            await self.logs.aclose(self._timeout(timeout))
         if self._pipeline is not None:
             await self._pipeline.aclose(self._timeout(timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Blocking :meth:`aclose`, for interpreter exit and synchronous code (it blocks
         the calling thread: from async code, ``await aclose()``)."""
+        if self.logs is not None:
+            self.logs.close(self._timeout(timeout))
         if self._pipeline is not None:
             self._pipeline.close(self._timeout(timeout))
 
@@ -404,6 +566,16 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _with_logs(report: ExportReport, logs: ExportReport) -> ExportReport:
+    """A run's span report with its log records' counts added."""
+    return dataclasses.replace(
+        report,
+        logs=logs.backends,
+        logs_dropped=logs.dropped,
+        logs_pending=logs.pending,
+    )
 
 
 # ---------------------------------------------------------------- default sessions

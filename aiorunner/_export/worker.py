@@ -37,7 +37,7 @@ import logging
 import os
 import re
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -47,7 +47,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
 from .statistics import BackendStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
 
@@ -93,25 +93,68 @@ class ErrorLog:
         self._limit = limit
 
     def warn(
-        self, backend: str, message: str, *, spans: int, exc: BaseException | None = None
+        self,
+        backend: str,
+        message: str,
+        *,
+        spans: int,
+        exc: BaseException | None = None,
+        unit: str = "span",
     ) -> None:
         # The same error with other counts ("gave up after 9 attempts" / "10 attempts")
         # is the same error: digits do not make it distinct.
-        key = (backend, _DIGITS.sub("#", message))
+        key = (backend, unit + _DIGITS.sub("#", message))
         if key in self._seen:
             return
         if len(self._seen) >= self._limit:
             self._seen.clear()
         self._seen.add(key)
         logger.warning(
-            "backend %r could not export %d span%s: %s (logged once per distinct error; "
+            "backend %r could not export %d %s%s: %s (logged once per distinct error; "
             "RunResult.export and Session.statistics() count every failure)",
             backend,
             spans,
+            unit,
             "" if spans == 1 else "s",
             message,
             exc_info=exc,
         )
+
+
+def _encode_spans(spans: Sequence[Any]) -> bytes:
+    from .otlp_json import encode_line
+
+    return encode_line(spans)
+
+
+def _decode_spans(line: bytes) -> list[Any]:
+    from .otlp_json import decode_line
+
+    return decode_line(line)
+
+
+def _encode_logs(records: Sequence[Any]) -> bytes:
+    from .logs import encode_logs_line
+
+    return encode_logs_line(records)
+
+
+def _decode_logs(line: bytes) -> list[Any]:
+    import json
+
+    from .logs import decode_logs_request
+
+    try:
+        return decode_logs_request(json.loads(line))
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not an ExportLogsServiceRequest line: {exc}") from exc
+
+
+#: How a spool line is written and read back, per signal.
+_LINE_FORMATS: dict[str, tuple[Callable[[Sequence[Any]], bytes], Callable[[bytes], list[Any]]]] = {
+    "traces": (_encode_spans, _decode_spans),
+    "logs": (_encode_logs, _decode_logs),
+}
 
 
 class _Batch:
@@ -144,10 +187,18 @@ class BackendWorker:
         policy: RetryPolicy = DEFAULT_POLICY,
         spool: Spool | None = None,
         connect_budget: float | None = None,
+        signal: str = "traces",
     ) -> None:
         self.index = index
         self.adapter = adapter
         self.name = adapter.name
+        # The export verb and the spool's line format, chosen once: spans, or log
+        # records (the logs pipeline).
+        self._verb: Callable[..., Awaitable[ExportResult]] = (
+            adapter.export if signal == "traces" else adapter.export_logs
+        )
+        self._encode, self._decode = _LINE_FORMATS[signal]
+        self._unit = "span" if signal == "traces" else "log record"
         self._errors = errors
         self._batch_size = batch_size
         self._max_queue = max_queue
@@ -166,7 +217,6 @@ class BackendWorker:
         # Outage state (loop clock): while now < _down_until, batches go to the spool.
         self._down_until = 0.0
         self._down_streak = 0
-        self._outage_warned = False
         self._drain_wakeup: asyncio.Event | None = None
         self._drain_running = False
         self._drain_stopped: asyncio.Event | None = None
@@ -213,9 +263,12 @@ class BackendWorker:
         size = len(spans)
         self.received += size
         if self._busy and self._queued_spans + size > self._max_queue:
+            variable = (
+                "OTEL_BSP_MAX_QUEUE_SIZE" if self._unit == "span" else "OTEL_BLRP_MAX_QUEUE_SIZE"
+            )
             error = (
-                f"queue full ({self._max_queue} spans waiting, OTEL_BSP_MAX_QUEUE_SIZE): "
-                "the backend is slower than the spans arrive"
+                f"queue full ({self._max_queue} {self._unit}s waiting, {variable}): "
+                f"the backend is slower than the {self._unit}s arrive"
             )
             self._settle_dropped(_Batch(spans, [record]), error)
             return
@@ -318,14 +371,14 @@ class BackendWorker:
             records.extend(head.records)
         return _Batch(spans, records)
 
-    async def _send(self, spans: Sequence[ReadableSpan]) -> Outcome:
+    async def _send(self, spans: Sequence[Any]) -> Outcome:
         """One batch to the backend, retried inside its deadline (and, when it is
         unreachable, inside the connect budget)."""
-        adapter = self.adapter
+        send = self._verb
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
-            return await adapter.export(spans, timeout=time_left)
+            return await send(spans, timeout=time_left)
 
         outcome = await export_with_retry(
             attempt,
@@ -368,7 +421,7 @@ class BackendWorker:
         self.failed += size
         for record in batch.records:
             record.settle(self.index, FAILED, error)
-        self._errors.warn(self.name, error, spans=size)
+        self._errors.warn(self.name, error, spans=size, unit=self._unit)
         self._settled(size)
 
     # ------------------------------------------------------------------- the spool
@@ -383,8 +436,8 @@ class BackendWorker:
             return
         self._down_streak = 0
         self._down_until = 0.0
-        if self._outage_warned:
-            self._outage_warned = False
+        if self.adapter.outage_warned:
+            self.adapter.outage_warned = False
             logger.info("backend %r takes spans again; its spool is being sent", self.name)
         if self._drain_wakeup is not None:
             self._drain_wakeup.set()
@@ -396,10 +449,10 @@ class BackendWorker:
         assert spool is not None
         spans = batch.spans
         size = len(spans)
-        from .otlp_json import encode_line
+        encode = self._encode
 
         def write() -> tuple[int, int, str | None, bool]:
-            outcome = spool.append(encode_line(spans), size)
+            outcome = spool.append(encode(spans), size)
             return outcome.written, outcome.evicted, outcome.error, outcome.disk_full
 
         with anyio.CancelScope(shield=True):
@@ -419,14 +472,17 @@ class BackendWorker:
         self.spooled += written
         for record in batch.records:
             record.settle(self.index, SPOOLED, error)
-        if not self._outage_warned:
-            self._outage_warned = True
+        if not self.adapter.outage_warned:
+            # Once per outage and backend, whichever signal (spans, log records) met it
+            # first: the two pipelines share the backend's adapter.
+            self.adapter.outage_warned = True
             logger.warning(
-                "backend %r could not take %d span%s (%s): spooled to %s; they are sent "
-                "when it takes spans again (the next run, or `aiorunner traces push "
+                "backend %r could not take %d %s%s (%s): spooled to %s; they are sent "
+                "when it takes them again (the next run, or `aiorunner traces push "
                 "--spool`). Logged once per outage; RunResult.export counts them",
                 self.name,
                 size,
+                self._unit,
                 "" if size == 1 else "s",
                 error,
                 os.fspath(spool.directory),
@@ -488,7 +544,7 @@ class BackendWorker:
         (False: it is marked down) or the session closes."""
         spool = self.spool
         assert spool is not None
-        from .otlp_json import decode_line
+        decode = self._decode
 
         while not self._draining_over:
             claim = await anyio.to_thread.run_sync(spool.claim)
@@ -504,7 +560,7 @@ class BackendWorker:
                         break
                     line, end = item
                     try:
-                        spans = await anyio.to_thread.run_sync(decode_line, line)
+                        spans = await anyio.to_thread.run_sync(decode, line)
                     except ValueError as exc:
                         self._errors.warn(
                             self.name, f"skipped an unreadable spool line: {exc}", spans=0
@@ -555,7 +611,7 @@ class BackendWorker:
         self.last_error = error
         for record in batch.records:
             record.settle(self.index, DROPPED, error)
-        self._errors.warn(self.name, error, spans=size)
+        self._errors.warn(self.name, error, spans=size, unit=self._unit)
         self._settled(size)
 
     def _abandon(self) -> None:

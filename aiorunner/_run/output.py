@@ -233,6 +233,12 @@ class OutputAssembler:
             self._line(self._finish_physical())
         self._emit_pending()
 
+    def flush_held(self) -> None:
+        """The stream went quiet while a multi-line record waits (a traceback a script
+        logged and went on): emit it, unless a line is half written (it may belong)."""
+        if not self._pieces and not self._overflow:
+            self._emit_pending()
+
     # -- physical lines ------------------------------------------------------------
 
     def _take(self, piece: bytes) -> None:

@@ -8,6 +8,7 @@ live readings) and what one run does stay readable on their own.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -35,6 +36,7 @@ from .._redact import Scrubber, redact_args, secret_values
 from .._result import ExportReport, InscriptReport
 from . import deps as _deps
 from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
+from .logfeed import DROPPED_ATTRIBUTE, RECORDS_ATTRIBUTE, RunLogs
 from .metadata import ScriptInfo, ScriptProblem, read_script
 from .phase_span import PhaseSpans
 from .process import ChildProcess, OutputCallback
@@ -147,6 +149,8 @@ class _Run:
         self._scrubber: Scrubber | None = None
         self.slot_wait = 0.0
         self._phases: PhaseSpans | bool | None = None
+        #: The run's output as log records (None: logs off, or nowhere to send them).
+        self.logs: RunLogs | None = None
 
     def span(self, name: str, **kwargs: Any) -> Span:
         """A phase span under the run's root: a :class:`PhaseSpan` (see ``_phase_span``
@@ -415,6 +419,7 @@ class _Run:
             from .._monitor.readers import default_reader
 
             reader = default_reader()
+        logs = self.logs = self._make_logs(span)
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -423,6 +428,7 @@ class _Run:
                 tail_limit=runner.max_output_bytes,
                 on_output=on_output,
                 pass_fds=(channel.child_fd,) if channel is not None else (),
+                logs=logs,
             )
         except OSError as exc:
             if channel is not None:
@@ -474,6 +480,13 @@ class _Run:
                     await child.terminate_group(runner.kill_grace)
                 # What left the group (a daemon's double fork) ends with the run too.
                 await child.end_escapees(runner.kill_grace, _tracked(monitor))
+                if logs is not None:
+                    # Back-pressure may still hold output the script wrote before it
+                    # ended (in the pipes): read on while it is being worked through.
+                    child.output_moving()
+                    with anyio.move_on_after(self._logs_timeout()):
+                        while not await child.wait_output(0.1) and child.output_moving():
+                            pass
                 await child.wait_output(1.0)
                 if monitor is not None and not monitor.done:
                     # Only then: anyio's cancel() formats the task's repr (~50 µs a run).
@@ -485,6 +498,10 @@ class _Run:
             if channel is not None:
                 channel.close()
                 self._record_inscript(span, channel)
+            if logs is not None:
+                with anyio.CancelScope(shield=True):
+                    await logs.finish(min(1.0, self._logs_timeout()))
+                self._record_logs(span, logs)
             self._record_exit(child, span, monitor, t_start)
             self.fail(span, "run was cancelled; its process group was terminated", "cancelled")
             span.end()
@@ -493,6 +510,9 @@ class _Run:
             child.close()
             if channel is not None:
                 channel.close()  # reads what the script wrote before it ended
+        if logs is not None:
+            await logs.finish(self._logs_timeout())
+            self._record_logs(span, logs)
         exit_peak = None
         if channel is not None:
             self._record_inscript(span, channel)
@@ -539,6 +559,39 @@ class _Run:
         }
         if attributes:
             span.set_attributes(attributes)
+
+    def _make_logs(self, span: Span) -> RunLogs | None:
+        """The run's log records, when its session sends logs and the run is sampled."""
+        session = self.session
+        if session is None or session.logs is None:
+            return None
+        context = span.get_span_context()
+        if not context.is_valid or not context.trace_flags.sampled:
+            return None
+        identity = {
+            key: value
+            for key, value in self.runner.tracing_attributes.items()
+            if key in ("aiorunner.job", "aiorunner.attempt")
+        }
+        return RunLogs(
+            session.logs,
+            context,
+            session.resource,
+            attributes=identity,
+            max_records=int(
+                self.config.log_max_records if self.config.log_max_records is not None else 0
+            ),
+        )
+
+    def _logs_timeout(self) -> float:
+        return float(self.config.logs_export_timeout or self.config.export_timeout or 30.0)
+
+    @staticmethod
+    def _record_logs(span: Span, logs: RunLogs) -> None:
+        attributes: dict[str, int] = {RECORDS_ATTRIBUTE: logs.records - logs.lost}
+        if logs.over_cap:
+            attributes[DROPPED_ATTRIBUTE] = logs.over_cap
+        span.set_attributes(attributes)
 
     def _record_exit(
         self,
@@ -715,9 +768,21 @@ class _Run:
                     trace_id, min(timeout, CANCELLED_FLUSH_TIMEOUT), end_upload
                 )
                 end_upload(report)
+                if self.logs is not None:
+                    report = dataclasses.replace(
+                        report,
+                        log_records=self.logs.records - self.logs.lost,
+                        log_records_over_cap=self.logs.over_cap,
+                    )
                 outcome.export = report
             raise
         end_upload(report)  # does nothing when the export thread did it
+        if self.logs is not None:
+            report = dataclasses.replace(
+                report,
+                log_records=self.logs.records - self.logs.lost,
+                log_records_over_cap=self.logs.over_cap,
+            )
         outcome.export = report
         session._run_export_log.record(report, self.runner.script, trace_id)
 

@@ -41,6 +41,8 @@ from .tail import TailBuffer
 if TYPE_CHECKING:
     import resource
 
+    from .logfeed import RunLogs
+
 __all__ = ["ChildProcess", "OutputCallback"]
 
 logger = logging.getLogger("aiorunner.process")
@@ -49,6 +51,8 @@ logger = logging.getLogger("aiorunner.process")
 OutputCallback = Callable[[str, bytes], None]
 
 _READ_SIZE = 1 << 16
+#: While the logs pipeline is full, how often a paused pipe reader asks again (seconds).
+_RESUME_POLL = 0.01
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform == "linux"
 #: Pids of the scripts started here and not closed yet: never escaped processes.
 _scripts: set[int] = set()
@@ -81,8 +85,16 @@ class ChildProcess:
         *,
         tail_limit: int,
         on_output: OutputCallback | None,
+        logs: RunLogs | None = None,
     ) -> None:
         self._popen = popen
+        self._logs = logs
+        #: Times a pipe reader paused because the logs pipeline was full (back-pressure),
+        #: pipes paused now, and chunks read so far (see :meth:`output_moving`).
+        self.log_pauses = 0
+        self._paused = 0
+        self._reads = 0
+        self._reads_seen = 0
         self.pid: int = popen.pid
         self.pgid: int = popen.pid  # start_new_session makes the child its group leader
         self.stdout = TailBuffer(tail_limit)
@@ -132,6 +144,7 @@ class ChildProcess:
         tail_limit: int,
         on_output: OutputCallback | None = None,
         pass_fds: Sequence[int] = (),
+        logs: RunLogs | None = None,
     ) -> ChildProcess:
         """
         Start ``argv`` in a new session (so it leads its own process group).
@@ -151,7 +164,7 @@ class ChildProcess:
         env = {**env, escapees.RUN_TOKEN_ENV: token}
         spawned_at = time.perf_counter()
         popen = _spawn_here(argv, cwd, env, pass_fds)
-        child = cls(popen, tail_limit=tail_limit, on_output=on_output)
+        child = cls(popen, tail_limit=tail_limit, on_output=on_output, logs=logs)
         child.spawned_at = spawned_at
         child.token = token
         _scripts.add(child.pid)
@@ -176,10 +189,13 @@ class ChildProcess:
             if not data:
                 self._loop.remove_reader(fd)
                 pipe.close()  # type: ignore[attr-defined]
+                if self._logs is not None:
+                    self._logs.eof(name)
                 self._pipes_open -= 1
                 if self._pipes_open == 0:
                     self._pipes_closed.set()
                 return
+            self._reads += 1
             buffer.write(data)
             if self._on_output is not None:
                 try:
@@ -187,6 +203,30 @@ class ChildProcess:
                 except Exception:  # a broken pass-through must not lose the capture
                     logger.exception("output callback failed; live output disabled")
                     self._on_output = None
+            logs = self._logs
+            if logs is not None:
+                logs.feed(name, data)
+                if not logs.ready():
+                    # Back-pressure: the logs pipeline is full. Stop reading this pipe
+                    # (the script blocks on its write) until its records are handed over.
+                    self._loop.remove_reader(fd)
+                    self.log_pauses += 1
+                    self._paused += 1
+                    self._loop.call_later(_RESUME_POLL, self._resume, name, pipe)
+                    return
+
+    def _resume(self, name: str, pipe: object) -> None:
+        """A reader paused by back-pressure: read on once the records went out."""
+        if pipe.closed:  # type: ignore[attr-defined]
+            self._paused -= 1
+            return  # the run is over (close() closed it)
+        logs = self._logs
+        if logs is not None and not logs.ready():
+            self._loop.call_later(_RESUME_POLL, self._resume, name, pipe)
+            return
+        self._paused -= 1
+        self._loop.add_reader(pipe.fileno(), self._on_readable, name, pipe)  # type: ignore[attr-defined]
+        self._on_readable(name, pipe)
 
     # -- exit ---------------------------------------------------------------------------
 
@@ -260,6 +300,13 @@ class ChildProcess:
             await self._pipes_closed.wait()
             return True
         return False
+
+    def output_moving(self) -> bool:
+        """True when output was read since the last call, or a reader is paused by
+        back-pressure: the pipes are still being worked through, not just held open."""
+        moved = self._reads != self._reads_seen
+        self._reads_seen = self._reads
+        return moved or self._paused > 0
 
     @property
     def exited(self) -> bool:

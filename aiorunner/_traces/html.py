@@ -63,6 +63,9 @@ h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .details td:first-child { color: #666; } .details ul { margin: .3em 0; padding-left: 1.2em; }
 /* A status message may be a traceback: its line breaks are kept. */
 .details td.lines { white-space: pre-wrap; }
+.logs { list-style: none; font: 12px/1.35 ui-monospace, monospace; }
+.logs pre { display: inline; margin: 0; white-space: pre-wrap; }
+.logs time, .logs .stream { color: #888; } .log-error { color: var(--error); font-weight: 600; }
 .note { color: #777; margin-top: 1em; } .script { color: #777; }
 """
 
@@ -154,10 +157,28 @@ def _details(trace: Trace, span: SpanRecord) -> str:
         + "</li>"
         for event in span.events
     )
+    logs = "".join(
+        f'<li class="log{" log-error" if line.is_error else ""}">'
+        f"<time>{escape(_log_time(line.time_ns))}</time> "
+        f'<span class="stream">{escape(line.stream or "-")}</span> '
+        f'<span class="severity">{escape(line.severity_text or "-")}</span> '
+        f"<pre>{escape(line.body)}</pre></li>"
+        for line in trace.logs_of(span.span_id)
+    )
     return (
         f'<div class="details" id="details-{escape(span.span_id)}" hidden>'
-        f"<table>{table}</table>" + (f"<ul>{events}</ul>" if events else "") + "</div>"
+        f"<table>{table}</table>"
+        + (f"<ul>{events}</ul>" if events else "")
+        + (f'<ul class="logs">{logs}</ul>' if logs else "")
+        + "</div>"
     )
+
+
+def _log_time(ns: int) -> str:
+    try:
+        return format_time(ns)[11:]
+    except (ValueError, OverflowError, OSError):  # a time no clock shows (hostile input)
+        return "?"
 
 
 def render_html(trace: Trace) -> str:

@@ -18,6 +18,11 @@ export timeout, not once per chunk).
 
 ``push --spool`` (:func:`push_spool`) sends what backends could not take earlier, from
 their on-disk spools (``_export/spool.py``), as the next run would in the background.
+
+The log records of the pushed traces (``logs.jsonl`` beside the file, the scripts'
+output) follow the spans, through the session's logs pipeline, to the backends that take
+logs; a jsonl copy gets them in ``logs.jsonl`` beside ``to`` (not when that is the very
+file being read). Malformed records are skipped and counted like malformed spans.
 """
 
 from __future__ import annotations
@@ -68,17 +73,33 @@ class PushReport:
     first_problem: str = ""
     #: The file a file backend (jsonl) wrote to.
     to: str | None = None
+    #: Log records of the pushed traces handed to the logs pipeline, and its counts.
+    logs: int = 0
+    log_statistics: PipelineStatistics | None = None
+    #: Why the log records were not pushed ("" when they were, or there were none).
+    logs_skipped: str = ""
 
     @property
     def ok(self) -> bool:
         """Every span reached every backend."""
         stats = self.statistics
+        logs = self.log_statistics
         return (
             not self.stopped_early
             and stats.dropped == 0
             and all(
                 b.failed == 0 and b.dropped == 0 and b.exported == self.spans
                 for b in stats.backends
+            )
+            and (
+                logs is None
+                or (
+                    logs.dropped == 0
+                    and all(
+                        b.failed == 0 and b.dropped == 0 and b.exported == self.logs
+                        for b in logs.backends
+                    )
+                )
             )
         )
 
@@ -182,6 +203,75 @@ def _chunks(
         yield buffer
 
 
+def _log_chunks(
+    files: Sequence[Path], traces: set[str], size: int, stats: ReadStats
+) -> Generator[list[Any], None, None]:
+    """The log records of ``traces``, ``size`` at a time, in file order (worker thread)."""
+    from .._export.logs import decode_logs_request
+
+    cache: dict[str, Any] = {}
+    buffer: list[Any] = []
+    for request in iter_requests(files, stats=stats):
+        try:
+            records = decode_logs_request(request, resource_cache=cache)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            stats.bad(f"log records: {exc!r}")
+            continue
+        buffer.extend(r for r in records if f"{r.trace_id:032x}" in traces)
+        while len(buffer) >= size:
+            yield buffer[:size]
+            del buffer[:size]
+    if buffer:
+        yield buffer
+
+
+async def _push_logs(
+    session: Session,
+    path: str | os.PathLike[str],
+    traces: set[str],
+    to: str | os.PathLike[str] | None,
+    stats: ReadStats,
+) -> tuple[int, str]:
+    """Replay the log records of ``traces``; (records handed over, why not)."""
+    from .logs import logs_file_for
+
+    logs = session.logs
+    if logs is None or not traces:
+        return 0, ""
+    source = logs_file_for(path)
+    try:
+        files = await anyio.to_thread.run_sync(trace_files, source)
+    except TraceNotFoundError:
+        return 0, ""
+    if to is not None:
+        target = session.config.logs_file or os.path.join(os.path.dirname(to), "logs.jsonl")
+        if await anyio.to_thread.run_sync(_same_file, target, files):
+            return 0, (
+                f"the copy's logs file {target} is the one being read; put --to in another "
+                "directory to copy the log records too"
+            )
+    config = session.config
+    size = max(1, min(config.logs_max_queue_size or 2048, 2 * (config.logs_batch_size or 512)))
+    chunks = _log_chunks(files, traces, size, stats)
+    sent = 0
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                break
+            for record in chunk:
+                logs.emit(record)
+            sent += len(chunk)
+            await session.flush()
+            current = session.log_statistics()
+            if current.dropped or any(b.failed or b.dropped for b in current.backends):
+                break
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(chunks.close)
+    return sent, ""
+
+
 def _wanted(path: Path, since_ns: int | None, prefixes: Iterable[str]) -> set[str] | None:
     """The trace ids to push (None: all), from ``--since`` and ``--trace`` prefixes."""
     prefixes = [p.strip().lower() for p in prefixes]
@@ -277,10 +367,21 @@ async def push_traces(
             f"{exporter} writes no file: add it (--exporter {exporter},jsonl) or drop "
             "--to (a collector's address is --endpoint URL)"
         )
+    if to is not None and config.logs:
+        # The copy's log records go beside the copy (not beside the file being read).
+        config = TracingConfig(
+            enabled=True,
+            exporter_type=exporter,
+            collector_endpoint=endpoint,
+            export_timeout=export_timeout,
+            traces_file=to,
+            logs_file=os.path.join(os.path.dirname(os.fspath(to)), "logs.jsonl"),
+        ).resolve()
     session = await anyio.to_thread.run_sync(Session, config)
     counts = _Counts()
     stats = ReadStats()
     stopped = False
+    logs_sent, logs_skipped = 0, ""
     queue = config.max_queue_size or 2048
     size = chunk_size or max(1, min(queue, 2 * (config.batch_size or 512)))
     chunks = _chunks(files, wanted, size, counts, stats)
@@ -298,6 +399,8 @@ async def push_traces(
             if current.dropped or any(b.failed or b.dropped for b in current.backends):
                 stopped = True
                 break
+        if not stopped:
+            logs_sent, logs_skipped = await _push_logs(session, path, counts.traces, to, stats)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(chunks.close)  # closes the file being read
@@ -312,6 +415,9 @@ async def push_traces(
         bad_spans=stats.bad_spans,
         first_problem=stats.first_problem,
         to=None if to is None else os.fspath(to),
+        logs=logs_sent,
+        log_statistics=session.log_statistics() if session.logs is not None else None,
+        logs_skipped=logs_skipped,
     )
 
 

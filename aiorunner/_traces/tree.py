@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConfigError, TraceNotFoundError
+from .logs import load_logs
 from .reader import (
     HEX_ID,
     STATUS_ERROR,
@@ -30,6 +31,7 @@ from .reader import (
 )
 
 if TYPE_CHECKING:
+    from .logs import LogLine
     from .reader import SpanRecord
 
 __all__ = ["Trace", "TreeRow", "load_trace"]
@@ -56,6 +58,16 @@ class Trace:
     now_ns: int
     #: What reading the file skipped (unreadable lines, malformed spans), for a note.
     stats: ReadStats = field(default_factory=ReadStats, compare=False)
+    #: The trace's log records (the scripts' output, from logs.jsonl), in time order,
+    #: and how many more were left out (``_traces.logs.MAX_LOG_LINES``).
+    logs: tuple[LogLine, ...] = field(default=(), compare=False)
+    logs_omitted: int = 0
+    #: What reading logs.jsonl skipped (unreadable lines, malformed records).
+    logs_stats: ReadStats = field(default_factory=ReadStats, compare=False)
+
+    def logs_of(self, span_id: str) -> list[LogLine]:
+        """The log records made under the span ``span_id``."""
+        return [line for line in self.logs if line.span_id == span_id]
 
     @property
     def start_ns(self) -> int:
@@ -196,9 +208,14 @@ def load_trace(path: str | os.PathLike[str], trace_id: str, *, now_ns: int | Non
             candidates=candidates,
         )
     (trace_id_full, spans) = next(iter(found.items()))
+    logs_stats = ReadStats()
+    logs, omitted = load_logs(path, trace_id_full, stats=logs_stats)
     return Trace(
         trace_id_full,
         tuple(sorted(spans.values(), key=_order)),
         time.time_ns() if now_ns is None else now_ns,
         stats,
+        logs,
+        omitted,
+        logs_stats,
     )

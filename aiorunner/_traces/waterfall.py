@@ -1,7 +1,8 @@
 """
 The terminal waterfall of ``aiorunner traces show``: a trace's spans as a tree, each with a
 bar scaled to the trace's duration (like Jaeger's timeline), its duration and status,
-events marked on the bar, and attributes with ``verbose``.
+events marked on the bar, and attributes with ``verbose`` (and each span's log records:
+the script's output lines, from ``logs.jsonl``); ``logs_only`` lists the log records alone.
 
 Rendering is a pure function of the trace and the width (the moment the file was read
 stands in for the end of a running span), so the same trace renders to the same text on
@@ -29,10 +30,18 @@ from .reader import MIN_WIDTH, ROOT_SPAN_NAME, format_duration, format_time, res
 from .tree import load_trace
 
 if TYPE_CHECKING:
+    from .logs import LogLine
     from .reader import SpanRecord
     from .tree import Trace, TreeRow
 
-__all__ = ["MIN_WIDTH", "build_lines", "print_trace", "render_trace", "render_waterfall"]
+__all__ = [
+    "MIN_WIDTH",
+    "build_lines",
+    "build_log_lines",
+    "print_trace",
+    "render_trace",
+    "render_waterfall",
+]
 
 BAR = "█"
 RUNNING_BAR = "▒"
@@ -182,6 +191,44 @@ def _wrap_lines(text: str, cells: int) -> list[str]:
     return out
 
 
+def _log_text(line: LogLine) -> list[str]:
+    """``12:00:01.250 stderr ERROR   body``; a body's further lines (a traceback) follow,
+    indented."""
+    try:
+        stamp = format_time(line.time_ns)[11:]
+    except (ValueError, OverflowError, OSError):  # a time no clock shows (hostile input)
+        stamp = "?".ljust(12)
+    level = (line.severity_text or "-")[:8]
+    first, *rest = printable(line.body, newlines=True).split("\n")
+    return [f"{stamp} {line.stream or '-':<6} {level:<7} {first}", *("    " + r for r in rest)]
+
+
+def _log_lines(lines: list[LogLine], width: int, lead: str) -> list[Text]:
+    room = max(10, width - cell_len(lead))
+    out: list[Text] = []
+    for line in lines:
+        style = "red" if line.is_error else ("yellow" if line.severity_number >= 13 else "")
+        out.extend(
+            Text(lead) + Text(part, style=style)
+            for text in _log_text(line)
+            for part in _wrap(text, room)
+        )
+    return out
+
+
+def build_log_lines(trace: Trace, *, width: int = 100) -> list[Text]:
+    """The trace's log records alone (``traces show --logs``), in time order."""
+    head = Text(f"Trace {printable(trace.trace_id)}", style="bold")
+    head.append(f"  {len(trace.logs)} log record" + ("s" if len(trace.logs) != 1 else ""))
+    lines = [head]
+    lines.extend(_log_lines(list(trace.logs), width, ""))
+    if trace.logs_omitted:
+        lines.append(Text(f"({trace.logs_omitted} more not shown)", style="dim"))
+    if not trace.logs:
+        lines.append(Text("(no log records: logs.jsonl holds none of this trace)", style="dim"))
+    return lines
+
+
 def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> list[Text]:
     """
     The waterfall as styled lines, each exactly ``width`` cells or shorter.
@@ -229,6 +276,7 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
         if verbose:
             lead = _detail_guide(row, span.span_id in has_children)
             lines.extend(_details(trace, span, width, lead, service))
+            lines.extend(_log_lines(trace.logs_of(span.span_id), width, lead + "│ "))
     orphans = [s for s in roots if s.parent_span_id]
     if orphans:
         lines.append(Text())
@@ -272,8 +320,16 @@ def print_trace(
     width: int | None = None,
     verbose: bool = False,
     console: Console | None = None,
+    logs_only: bool = False,
 ) -> None:
-    """Print the waterfall to ``console`` (default stdout), in colour on a terminal."""
+    """Print the waterfall (or, ``logs_only``, the log records) to ``console`` (default
+    stdout), in colour on a terminal."""
     console = console or Console(highlight=False, soft_wrap=True)
-    for line in build_lines(trace, width=width or console.width, verbose=verbose):
+    width = width or console.width
+    built = (
+        build_log_lines(trace, width=width)
+        if logs_only
+        else build_lines(trace, width=width, verbose=verbose)
+    )
+    for line in built:
         console.print(line, overflow="ignore", crop=False)

@@ -282,6 +282,11 @@ def _many_scripts(
     is_flag=True,
     help="Do not trace inside Python scripts (their OpenTelemetry spans are not collected).",
 )
+@click.option(
+    "--no-logs",
+    is_flag=True,
+    help="Do not send the script's output as log records (same as OTEL_LOGS_EXPORTER=none).",
+)
 @otel_options
 @click.pass_context
 def run_command(
@@ -309,6 +314,7 @@ def run_command(
     quiet: bool,
     instrument: tuple[str, ...],
     no_in_script_tracing: bool,
+    no_logs: bool,
     **otel_flags: str | None,
 ) -> None:
     """Run SCRIPT with ARGS as a traced subprocess, or many scripts at once.
@@ -348,6 +354,8 @@ def run_command(
         overrides["instrument"] = [n.strip() for v in instrument for n in v.split(",") if n.strip()]
     if no_in_script_tracing:
         overrides["in_script_tracing"] = False
+    if no_logs:
+        overrides["logs"] = False
     try:
         config = _config_from_env(overrides, flags)
         if instrument and interpreter is None:

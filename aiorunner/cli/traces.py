@@ -245,7 +245,18 @@ def list_command(
 @traces_command.command("show")
 @click.argument("trace_id")
 @_file_option
-@click.option("--verbose", "-v", is_flag=True, help="Attributes and events of every span.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Attributes, events and log records (the script's output) of every span.",
+)
+@click.option(
+    "--logs",
+    "logs_only",
+    is_flag=True,
+    help="Only the trace's log records: time, stream, severity, line.",
+)
 @click.option(
     "--html",
     "html_out",
@@ -260,7 +271,12 @@ def list_command(
     help="Width in columns (default: the terminal's).",
 )
 def show_command(
-    trace_id: str, file: str | None, verbose: bool, html_out: str | None, width: int | None
+    trace_id: str,
+    file: str | None,
+    verbose: bool,
+    logs_only: bool,
+    html_out: str | None,
+    width: int | None,
 ) -> None:
     """Draw one trace as a waterfall. TRACE_ID may be any unique prefix."""
     from .._traces.tree import load_trace
@@ -271,6 +287,17 @@ def show_command(
     except AiorunnerError as exc:
         raise _fail(exc) from None
     _note_skipped(trace.stats, resolve_traces_file(file))
+    if trace.logs_stats.skipped or trace.logs_stats.bad_spans:
+        from .._traces.logs import logs_file_for
+
+        stats = trace.logs_stats
+        click.echo(
+            f"note: skipped {stats.skipped} unreadable line(s) and {stats.bad_spans} malformed "
+            f"log record(s) of {logs_file_for(resolve_traces_file(file))}"
+            + (f" (first: {_printable(stats.first_problem)})" if stats.first_problem else "")
+            + "; the other records are shown",
+            err=True,
+        )
     if html_out is not None:
         from .._traces.html import write_html
 
@@ -285,7 +312,7 @@ def show_command(
         return
     if width is None:
         width = max(MIN_WIDTH, shutil.get_terminal_size((100, 24)).columns)
-    print_trace(trace, width=width, verbose=verbose)
+    print_trace(trace, width=width, verbose=verbose, logs_only=logs_only)
 
 
 @traces_command.command("push")
@@ -430,6 +457,18 @@ def push_command(
         click.echo(line)
     if report.statistics.dropped:
         click.echo(f"  {report.statistics.dropped} dropped before export")
+    if report.logs and report.log_statistics is not None:
+        click.echo(f"and {report.logs} log records")
+        for backend in report.log_statistics.backends:
+            line = f"  {backend.name}: {backend.exported} log records exported"
+            if backend.failed or backend.dropped:
+                line += f", {backend.failed} failed, {backend.dropped} dropped"
+                if backend.last_error:
+                    line += f" ({_printable(backend.last_error)})"
+                failing.append(backend.name)
+            click.echo(line)
+    if report.logs_skipped:
+        click.echo(f"note: log records not pushed: {_printable(report.logs_skipped)}", err=True)
     if report.stopped_early:
         click.echo("Stopped: a backend failed for good; the rest of the file was not sent.")
     if not report.ok:

@@ -11,7 +11,7 @@ keeps one slow collector from taking every worker thread of the process.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from typing_extensions import Self
 
+    from aiorunner.backend import LogRecordData
+
 __all__ = ["OtlpBackend", "OtlpStatistics"]
 
 #: Worker threads one backend may use at once.
@@ -38,7 +40,7 @@ _GRACE = 0.5
 class _Transport(Protocol):
     where: str
 
-    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult: ...
+    def send(self, spans: Sequence[Any], timeout: float) -> ExportResult: ...
 
     def close(self) -> None: ...
 
@@ -56,28 +58,34 @@ class OtlpStatistics:
     failed: int
     #: Worker threads left running because the caller was cancelled or timed out.
     abandoned_threads: int
+    #: Log records sent successfully (``export_logs``).
+    log_records_exported: int = 0
 
 
-def _make_transport(settings: OtlpSettings) -> _Transport:
+def _make_transport(settings: OtlpSettings, signal: str = "traces") -> _Transport:
     # Imported here: ``import aiorunner_otlp`` must not pay for grpc when HTTP is used.
     if settings.protocol == GRPC:
         from ._grpc import GrpcTransport
 
-        return GrpcTransport(settings)
+        return GrpcTransport(settings, signal=signal)
     from ._http import HttpTransport
 
-    return HttpTransport(settings)
+    return HttpTransport(settings, signal=signal)
 
 
 class OtlpBackend:
     """
-    Sends spans over OTLP (gRPC or HTTP/protobuf) and says how each export went.
+    Sends spans (and, with ``logs_settings``, log records) over OTLP (gRPC or HTTP) and
+    says how each export went.
 
     Build one with :func:`aiorunner_otlp.create_otlp_backend` (or an entry point); the
-    constructor takes already resolved :class:`OtlpSettings`.
+    constructor takes already resolved :class:`OtlpSettings` (the logs' are resolved with
+    ``signal="logs"``: ``OTEL_EXPORTER_OTLP_LOGS_*`` and ``/v1/logs``).
     """
 
-    def __init__(self, name: str, settings: OtlpSettings) -> None:
+    def __init__(
+        self, name: str, settings: OtlpSettings, logs_settings: OtlpSettings | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
         #: OTEL_EXPORTER_OTLP_TIMEOUT bounds the whole export of a batch, retries
@@ -86,10 +94,20 @@ class OtlpBackend:
         self.export_timeout = settings.timeout
         #: Where it sends, without credentials: names this backend's spool.
         self.destination = f"{settings.protocol} {redact_url(settings.endpoint)}"
+        self.logs_settings = logs_settings
         self._transport = _make_transport(settings)
+        self._logs_transport = (
+            _make_transport(logs_settings, "logs") if logs_settings is not None else None
+        )
+        if self._logs_transport is None:
+            # No log records for this backend: the pipeline then sends it none.
+            self.export_logs = None  # type: ignore[assignment,method-assign]
         self._limiter: anyio.CapacityLimiter | None = None
+        # The logs pipeline runs on an event loop of its own: a limiter of its own.
+        self._logs_limiter: anyio.CapacityLimiter | None = None
         self._closed = False
         self._exports = self._succeeded = self._spans = self._failed = self._abandoned = 0
+        self._records = 0
 
     def __repr__(self) -> str:
         return (
@@ -104,6 +122,7 @@ class OtlpBackend:
             spans_exported=self._spans,
             failed=self._failed,
             abandoned_threads=self._abandoned,
+            log_records_exported=self._records,
         )
 
     async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
@@ -111,15 +130,43 @@ class OtlpBackend:
         Send one batch, waiting at most ``timeout`` seconds (and at most the configured
         OTLP timeout); return how it went instead of raising.
         """
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS_PER_BACKEND)
+        result = await self._export(self._transport, self.settings, self._limiter, spans, timeout)
+        if result.ok and spans:
+            self._spans += len(spans)
+        return result
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        """Send one batch of log records (``ExportLogsServiceRequest``), as :meth:`export`
+        does spans."""
+        transport, settings = self._logs_transport, self.logs_settings
+        if transport is None or settings is None:
+            return ExportResult.permanent(f"{self.name}: no logs endpoint configured")
+        if self._logs_limiter is None:
+            self._logs_limiter = anyio.CapacityLimiter(THREADS_PER_BACKEND)
+        result = await self._export(transport, settings, self._logs_limiter, records, timeout)
+        if result.ok and records:
+            self._records += len(records)
+        return result
+
+    async def _export(
+        self,
+        transport: _Transport,
+        settings: OtlpSettings,
+        limiter: anyio.CapacityLimiter,
+        spans: Sequence[Any],
+        timeout: float,
+    ) -> ExportResult:
         if self._closed:
             return ExportResult.permanent(f"{self.name}: the backend is shut down")
         if not spans:
             return ExportResult.success()
-        limit = min(timeout, self.settings.timeout)
+        limit = min(timeout, settings.timeout)
         if not limit > 0:
             return ExportResult.retryable(f"{self.name}: no time left to export")
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(THREADS_PER_BACKEND)
         self._exports += 1
         # Our own HTTP/gRPC calls must not be traced by instrumented libraries (the worker
         # thread runs in a copy of this context).
@@ -132,11 +179,12 @@ class OtlpBackend:
             with anyio.move_on_after(limit + _GRACE):
                 result = await anyio.to_thread.run_sync(
                     self._send,
+                    transport,
                     spans,
                     limit,
                     started,
                     abandon_on_cancel=True,
-                    limiter=self._limiter,
+                    limiter=limiter,
                 )
         finally:
             otel_context.detach(token)
@@ -145,20 +193,19 @@ class OtlpBackend:
                 if started:  # the thread runs on, bounded by the transport's timeout
                     self._abandoned += 1
         if result is None:
-            return ExportResult.retryable(f"{self._transport.where}: no answer within {limit:g} s")
+            return ExportResult.retryable(f"{transport.where}: no answer within {limit:g} s")
         if result.ok:
             self._succeeded += 1
-            self._spans += len(spans)
         else:
             self._failed += 1
         return result
 
     def _send(
-        self, spans: Sequence[ReadableSpan], timeout: float, started: list[bool]
+        self, transport: _Transport, spans: Sequence[Any], timeout: float, started: list[bool]
     ) -> ExportResult:
         started.append(True)  # list.append is atomic: the caller may read it from its thread
         try:
-            return self._transport.send(spans, timeout)
+            return transport.send(spans, timeout)
         except Exception as exc:  # noqa: BLE001 - the export path reports, never raises
             return ExportResult.permanent(
                 self.settings.redact(f"{self.name}: {type(exc).__name__}: {exc}")
@@ -185,3 +232,5 @@ class OtlpBackend:
         self._closed = True
         with anyio.move_on_after(timeout, shield=True):
             await anyio.to_thread.run_sync(self._transport.close, abandon_on_cancel=True)
+            if self._logs_transport is not None:
+                await anyio.to_thread.run_sync(self._logs_transport.close, abandon_on_cancel=True)

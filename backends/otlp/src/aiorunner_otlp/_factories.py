@@ -70,10 +70,13 @@ def create_otlp_backend(
     default_protocol: str = GRPC,
     protocols: Collection[str] = PROTOCOLS,
     environ: Mapping[str, str] | None = None,
+    logs: bool = True,
 ) -> OtlpBackend:
     """
     Build an OTLP backend called ``name``: the building block of presets such as the
-    vendor backends of ``aiorunner-vendors``.
+    vendor backends of ``aiorunner-vendors``. With ``logs`` (the default) it also sends
+    log records (the scripts' output), resolved with ``signal="logs"``
+    (``OTEL_EXPORTER_OTLP_LOGS_*``, ``/v1/logs``).
 
     Arguments are those of :func:`aiorunner_otlp.resolve_settings`; a preset passes its
     endpoint (``(variable, url)``), its auth ``headers`` and the ``protocols`` its service
@@ -82,17 +85,20 @@ def create_otlp_backend(
     Raises:
         ConfigError: a setting is malformed (the message names it and what is accepted).
     """
-    settings = resolve_settings(
-        config,
-        protocol=protocol,
-        endpoint=endpoint,
-        default_endpoint=default_endpoint,
-        headers=headers,
-        default_protocol=default_protocol,
-        protocols=protocols,
-        environ=environ,
-    )
-    return OtlpBackend(name, settings)
+    options = {
+        "protocol": protocol,
+        "endpoint": endpoint,
+        "default_endpoint": default_endpoint,
+        "headers": headers,
+        "default_protocol": default_protocol,
+        "protocols": protocols,
+        "environ": environ,
+    }
+    settings = resolve_settings(config, **options)  # type: ignore[arg-type]
+    logs_settings = None
+    if logs and config.logs is not False:
+        logs_settings = resolve_settings(config, signal="logs", **options)  # type: ignore[arg-type]
+    return OtlpBackend(name, settings, logs_settings)
 
 
 def create_backend(config: TracingConfig) -> OtlpBackend:

@@ -25,8 +25,6 @@ from ._version import USER_AGENT
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from opentelemetry.sdk.trace import ReadableSpan
-
     from ._settings import OtlpSettings
 
 __all__ = ["GrpcTransport"]
@@ -83,11 +81,13 @@ def _read(path: str) -> bytes:
 class GrpcTransport:
     """Sends batches with a blocking ``TraceServiceStub.Export``; thread safe."""
 
-    def __init__(self, settings: OtlpSettings) -> None:
+    def __init__(self, settings: OtlpSettings, *, signal: str = "traces") -> None:
         self._settings = settings
+        # "logs": LogsService.Export of ExportLogsServiceRequest (aiorunner LogRecordData).
+        self._logs = signal == "logs"
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
-        self._stub: TraceServiceStub | None = None
+        self._stub: Any = None
         self._closed = False
         self._metadata = tuple(settings.headers.items())
         self._compression = (
@@ -122,7 +122,7 @@ class GrpcTransport:
             certificate_chain=loaded["client_certificate"],
         )
 
-    def _connect(self) -> TraceServiceStub:
+    def _connect(self) -> Any:
         with self._lock:
             if self._closed:
                 raise _SetupError("the backend is shut down")
@@ -135,18 +135,31 @@ class GrpcTransport:
                         target, self._credentials(), options=_CHANNEL_OPTIONS
                     )
                 self._channel = channel
-                self._stub = TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+                if self._logs:
+                    from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import (
+                        LogsServiceStub,
+                    )
+
+                    self._stub = LogsServiceStub(channel)  # type: ignore[no-untyped-call]
+                else:
+                    self._stub = TraceServiceStub(channel)  # type: ignore[no-untyped-call]
             return self._stub
 
-    def _reconnect(self, stub: TraceServiceStub) -> None:
+    def _reconnect(self, stub: Any) -> None:
         with self._lock:
             if self._stub is stub and self._channel is not None:
                 self._channel.close()
                 self._channel = self._stub = None
 
-    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
-        """Export one batch within ``timeout`` seconds; never raises for export failures."""
-        request = encode_request(spans)
+    def send(self, spans: Sequence[Any], timeout: float) -> ExportResult:
+        """Export one batch within ``timeout`` seconds; never raises for export failures.
+        ``spans`` are ``ReadableSpan``s, or ``LogRecordData`` for a logs transport."""
+        if self._logs:
+            from ._logs import encode_logs
+
+            request: Any = encode_logs(spans)
+        else:
+            request = encode_request(spans)
         try:
             stub = self._connect()
         except _SetupError as exc:
@@ -161,18 +174,18 @@ class GrpcTransport:
         except grpc.RpcError as error:
             return self._failure(error, stub, timeout)
         partial = response.partial_success
-        if partial.rejected_spans:
+        rejected = partial.rejected_log_records if self._logs else partial.rejected_spans
+        if rejected:
+            what = "log records" if self._logs else "spans"
             return ExportResult.permanent(
                 self._settings.redact(
-                    f"{self.where} accepted the request but rejected {partial.rejected_spans} "
-                    f"of {len(spans)} spans: {partial.error_message or 'no reason given'}"
+                    f"{self.where} accepted the request but rejected {rejected} "
+                    f"of {len(spans)} {what}: {partial.error_message or 'no reason given'}"
                 )
             )
         return ExportResult.success()
 
-    def _failure(
-        self, error: grpc.RpcError, stub: TraceServiceStub, timeout: float
-    ) -> ExportResult:
+    def _failure(self, error: grpc.RpcError, stub: Any, timeout: float) -> ExportResult:
         code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
         details: str = error.details() or ""  # type: ignore[attr-defined]
         if code is grpc.StatusCode.UNAVAILABLE:

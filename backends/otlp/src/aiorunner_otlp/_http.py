@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 from google.protobuf.message import DecodeError
@@ -132,10 +132,11 @@ def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 def _rejected_json(data: bytes) -> tuple[int, str]:
-    """(rejected spans, message) of an OTLP/JSON ExportTraceServiceResponse."""
+    """(rejected spans or log records, message) of an OTLP/JSON export response."""
     try:
         partial = json.loads(data).get("partialSuccess") or {}
-        return int(partial.get("rejectedSpans") or 0), str(partial.get("errorMessage") or "")
+        rejected = partial.get("rejectedSpans") or partial.get("rejectedLogRecords") or 0
+        return int(rejected), str(partial.get("errorMessage") or "")
     except (ValueError, AttributeError, TypeError):
         return 0, ""  # a 2xx with an odd body is still a success
 
@@ -143,8 +144,11 @@ def _rejected_json(data: bytes) -> tuple[int, str]:
 class HttpTransport:
     """Sends batches with urllib3 (connection pooling, TLS); thread safe."""
 
-    def __init__(self, settings: OtlpSettings) -> None:
+    def __init__(self, settings: OtlpSettings, *, signal: str = "traces") -> None:
         self._settings = settings
+        # "logs": POST ExportLogsServiceRequest bodies (aiorunner LogRecordData) to
+        # settings.endpoint (/v1/logs).
+        self._logs = signal == "logs"
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
         self._closed = False
@@ -185,9 +189,15 @@ class HttpTransport:
                 )
             return self._pool
 
-    def send(self, spans: Sequence[ReadableSpan], timeout: float) -> ExportResult:
-        """POST one batch within ``timeout`` seconds; never raises for export failures."""
-        body = encode_json(spans) if self._json else encode_request(spans).SerializeToString()
+    def send(self, spans: Sequence[Any], timeout: float) -> ExportResult:
+        """POST one batch within ``timeout`` seconds; never raises for export failures.
+        ``spans`` are ``ReadableSpan``s, or ``LogRecordData`` for a logs transport."""
+        if self._logs:
+            from ._logs import encode_logs, encode_logs_json
+
+            body = encode_logs_json(spans) if self._json else encode_logs(spans).SerializeToString()
+        else:
+            body = encode_json(spans) if self._json else encode_request(spans).SerializeToString()
         if self._settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         pool = self._connect()
@@ -245,17 +255,25 @@ class HttpTransport:
                         )
                     )
             elif data and "protobuf" in content_type:
-                answer = ExportTraceServiceResponse()
+                answer: Any = ExportTraceServiceResponse()
+                if self._logs:
+                    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+                        ExportLogsServiceResponse,
+                    )
+
+                    answer = ExportLogsServiceResponse()
                 try:
                     answer.ParseFromString(data)
                 except DecodeError:  # a 2xx with an odd body is still a success
                     return ExportResult.success()
                 partial = answer.partial_success
-                if partial.rejected_spans:
+                rejected = partial.rejected_log_records if self._logs else partial.rejected_spans
+                if rejected:
+                    what = "log records" if self._logs else "spans"
                     return ExportResult.permanent(
                         redact(
                             f"{self.where} accepted the request but rejected "
-                            f"{partial.rejected_spans} of {count} spans: "
+                            f"{rejected} of {count} {what}: "
                             f"{partial.error_message or 'no reason given'}"
                         )
                     )

@@ -81,6 +81,23 @@ DEFAULT_TIMEOUT = 10.0
 #: the largest 32-bit number of milliseconds, as the core's TracingConfig keeps it.
 NO_LIMIT = (2**31 - 1) / 1000.0
 TRACES_PATH = "/v1/traces"
+LOGS_PATH = "/v1/logs"
+#: The OTLP/HTTP path of each signal.
+SIGNAL_PATHS = {"traces": TRACES_PATH, "logs": LOGS_PATH}
+DEFAULT_HTTP_BASE = "http://localhost:4318"
+
+
+def _signal_vars(signal: str) -> dict[str, str]:
+    """The signal-specific variable of each setting (``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT``...)."""
+    if signal not in SIGNAL_PATHS:
+        raise ValueError(f"signal={signal!r}; use 'traces' or 'logs'")
+    prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+    keys = (
+        *("PROTOCOL", "ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION", "INSECURE"),
+        *("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"),
+    )
+    return {key: prefix + key for key in keys}
+
 
 # A header name is an HTTP token; gRPC metadata keys are its lowercase subset.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -145,12 +162,12 @@ def _from_env(
     return None
 
 
-def _env_insecure(env: Mapping[str, str]) -> bool:
+def _env_insecure(
+    env: Mapping[str, str], signal_var: str = OTEL_EXPORTER_OTLP_TRACES_INSECURE
+) -> bool:
     """OTEL_EXPORTER_OTLP_[TRACES_]INSECURE, a Boolean: true only for ``true``; another
     value than ``false`` is reported and read as false (the specification's rule)."""
-    found = _signal_then_generic(
-        env, OTEL_EXPORTER_OTLP_TRACES_INSECURE, OTEL_EXPORTER_OTLP_INSECURE
-    )
+    found = _signal_then_generic(env, signal_var, OTEL_EXPORTER_OTLP_INSECURE)
     if found is None:
         return False
     var, raw = found
@@ -336,8 +353,16 @@ def _check_url(source: str, url: str, *, allow_bare: bool) -> str:
     return candidate
 
 
-def _http_url(source: str, url: str, *, append_path: bool, always_append: bool = False) -> str:
-    """Validate an OTLP/HTTP URL; for a base URL add /v1/traces (unless it is there)."""
+def _http_url(
+    source: str,
+    url: str,
+    *,
+    append_path: bool,
+    always_append: bool = False,
+    signal_path: str = TRACES_PATH,
+) -> str:
+    """Validate an OTLP/HTTP URL; for a base URL add /v1/traces (unless it is there; for
+    logs /v1/logs, replacing a /v1/traces a preset or collector_endpoint gave)."""
     checked = _check_url(source, url, allow_bare=False)
     parts = urlsplit(checked)
     if parts.scheme == "grpc":
@@ -347,8 +372,15 @@ def _http_url(source: str, url: str, *, append_path: bool, always_append: bool =
             "use http:// or https://"
         )
     path = parts.path
-    if append_path and (always_append or not path.rstrip("/").endswith(TRACES_PATH)):
-        path = path.rstrip("/") + TRACES_PATH
+    if (
+        append_path
+        and signal_path != TRACES_PATH
+        and not always_append
+        and path.rstrip("/").endswith(TRACES_PATH)
+    ):
+        path = path.rstrip("/")[: -len(TRACES_PATH)]
+    if append_path and (always_append or not path.rstrip("/").endswith(signal_path)):
+        path = path.rstrip("/") + signal_path
     return urlunsplit((parts.scheme, parts.netloc, path or "/", parts.query, ""))
 
 
@@ -362,6 +394,7 @@ def resolve_settings(
     default_protocol: str = GRPC,
     protocols: Collection[str] = PROTOCOLS,
     environ: Mapping[str, str] | None = None,
+    signal: str = "traces",
 ) -> OtlpSettings:
     """
     Resolve the settings of one OTLP backend.
@@ -380,6 +413,9 @@ def resolve_settings(
         protocols: the protocols this backend accepts; a variable naming another one is
             ignored (presets for HTTP-only vendors), an explicit option is an error.
         environ: defaults to ``os.environ``.
+        signal: ``"traces"`` or ``"logs"``: which ``OTEL_EXPORTER_OTLP_<SIGNAL>_*``
+            variables win over the generic ones, and which path (``/v1/traces``,
+            ``/v1/logs``) an OTLP/HTTP base URL gets.
 
     Raises:
         ConfigError: a value is malformed or not supported; the message names the variable
@@ -387,6 +423,8 @@ def resolve_settings(
     """
     env = os.environ if environ is None else environ
     sources: dict[str, str] = {}
+    sig = _signal_vars(signal)
+    path = SIGNAL_PATHS[signal]
 
     # protocol
     chosen: str
@@ -405,7 +443,7 @@ def resolve_settings(
         chosen, sources["protocol"] = default_protocol, "default"
         found = _from_env(
             env,
-            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            sig["PROTOCOL"],
             OTEL_EXPORTER_OTLP_PROTOCOL,
             lambda var, raw: _parse_protocol(var, raw, PROTOCOLS),
             default=default_protocol,
@@ -424,24 +462,26 @@ def resolve_settings(
     url: str | None = None
     if config.collector_endpoint:
         source = "collector_endpoint"
-        url = _endpoint(source, config.collector_endpoint, is_http, append=True)
+        url = _endpoint(source, config.collector_endpoint, is_http, append=True, path=path)
     elif endpoint is not None:
         source, raw_url = endpoint
-        url = _endpoint(source, raw_url, is_http, append=True)
+        url = _endpoint(source, raw_url, is_http, append=True, path=path)
     else:
         default_text = "the default endpoint"
         generic_raw = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
         for var, append in (
-            (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, False),
+            (sig["ENDPOINT"], False),
             (OTEL_EXPORTER_OTLP_ENDPOINT, True),
         ):
             raw = env.get(var, "").strip()
             if not raw:
                 continue
             try:
-                url = _endpoint(var, raw, is_http, append=append, always=append, bare=True)
+                url = _endpoint(
+                    var, raw, is_http, append=append, always=append, bare=True, path=path
+                )
             except ConfigError as exc:
-                later = var == OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and generic_raw
+                later = var == sig["ENDPOINT"] and generic_raw
                 _ignore(
                     var,
                     raw,
@@ -455,17 +495,17 @@ def resolve_settings(
             break
         if url is None and default_endpoint is not None:
             source = "default"
-            url = _endpoint("default endpoint", default_endpoint, is_http, append=True)
+            url = _endpoint("default endpoint", default_endpoint, is_http, append=True, path=path)
         elif url is None:
             source = "default"
-            url = DEFAULT_HTTP_ENDPOINT if is_http else DEFAULT_GRPC_ENDPOINT
+            url = DEFAULT_HTTP_BASE + path if is_http else DEFAULT_GRPC_ENDPOINT
     sources["endpoint"] = source
 
     # headers: the signal variable replaces the generic one, options and presets add to it
     merged: dict[str, str] = {}
     found_headers = _from_env(
         env,
-        OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+        sig["HEADERS"],
         OTEL_EXPORTER_OTLP_HEADERS,
         parse_headers,
         default=None,
@@ -508,7 +548,7 @@ def resolve_settings(
     else:
         found_timeout = _from_env(
             env,
-            OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+            sig["TIMEOUT"],
             OTEL_EXPORTER_OTLP_TIMEOUT,
             _parse_timeout_ms,
             default=f"{DEFAULT_TIMEOUT * 1000:g} ms",
@@ -529,7 +569,7 @@ def resolve_settings(
     else:
         found_compression = _from_env(
             env,
-            OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+            sig["COMPRESSION"],
             OTEL_EXPORTER_OTLP_COMPRESSION,
             lambda var, raw: _parse_choice(var, raw, COMPRESSIONS),
             default="none",
@@ -545,7 +585,7 @@ def resolve_settings(
     if option_insecure is not None:
         insecure_flag = _parse_bool("backend option otlp_insecure", option_insecure)
     else:
-        insecure_flag = _env_insecure(env)
+        insecure_flag = _env_insecure(env, sig["INSECURE"])
     if scheme in ("http", "grpc"):
         insecure = True
     elif scheme == "https":
@@ -554,15 +594,15 @@ def resolve_settings(
         insecure = insecure_flag
 
     certificate = _file_setting(
-        env, config, "certificate", OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+        env, config, "certificate", sig["CERTIFICATE"],
         OTEL_EXPORTER_OTLP_CERTIFICATE, sources,
     )  # fmt: skip
     client_key = _file_setting(
-        env, config, "client_key", OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+        env, config, "client_key", sig["CLIENT_KEY"],
         OTEL_EXPORTER_OTLP_CLIENT_KEY, sources,
     )  # fmt: skip
     client_certificate = _file_setting(
-        env, config, "client_certificate", OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+        env, config, "client_certificate", sig["CLIENT_CERTIFICATE"],
         OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, sources,
     )  # fmt: skip
     if (client_key is None) != (client_certificate is None):
@@ -597,7 +637,7 @@ def resolve_settings(
         client_certificate=client_certificate,
         sources=sources,
     )
-    _check_port_matches_protocol(settings)
+    _check_port_matches_protocol(settings, signal)
     return settings
 
 
@@ -606,11 +646,18 @@ def _parse_protocol(source: str, raw: str, protocols: Collection[str]) -> str:
 
 
 def _endpoint(
-    source: str, raw: str, is_http: bool, *, append: bool, always: bool = False, bare: bool = False
+    source: str,
+    raw: str,
+    is_http: bool,
+    *,
+    append: bool,
+    always: bool = False,
+    bare: bool = False,
+    path: str = TRACES_PATH,
 ) -> str:
     """Validate an endpoint; ``bare``: a gRPC host:port keeps no scheme (INSECURE decides)."""
     if is_http:
-        return _http_url(source, raw, append_path=append, always_append=always)
+        return _http_url(source, raw, append_path=append, always_append=always, signal_path=path)
     return _check_url(source, raw, allow_bare=bare)
 
 
@@ -633,7 +680,7 @@ def _file_setting(
     return found[1]
 
 
-def _check_port_matches_protocol(settings: OtlpSettings) -> None:
+def _check_port_matches_protocol(settings: OtlpSettings, signal: str = "traces") -> None:
     """Catch the most common OTLP mistake: gRPC sent to 4318 or HTTP sent to 4317. An
     explicit endpoint raises; one from an OTEL_* variable is reported and used as given
     (the export will fail, counted, and ``aiorunner doctor`` probes the port)."""
@@ -656,7 +703,9 @@ def _check_port_matches_protocol(settings: OtlpSettings) -> None:
     source = settings.sources.get("endpoint", "")
     if source.startswith("env "):
         var = source[len("env ") :]
-        _ignore(var, settings.endpoint, problem[0], "it as given", problem[1])
+        if signal == "traces" or f"_{signal.upper()}_" in var:
+            # A generic variable is reported once, by the traces' settings.
+            _ignore(var, settings.endpoint, problem[0], "it as given", problem[1])
         return
     raise ConfigError(
         f"{settings.describe('endpoint')} is {redact_url(settings.endpoint)!r}: "

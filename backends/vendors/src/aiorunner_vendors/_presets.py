@@ -24,6 +24,11 @@ Endpoint precedence: ``collector_endpoint``, then the vendor's own endpoint vari
 The protocol follows ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` where the vendor takes both
 (default http/protobuf, which most of them recommend); HTTP-only services ignore a ``grpc``
 there. Key values never appear in a message or a log line.
+
+Log records (the scripts' output) go to the same service over OTLP (``/v1/logs``, or the
+gRPC LogsService), except for ``lightstep``; ``OTEL_EXPORTER_OTLP_LOGS_*`` variables apply
+to them as the specification says. The Datadog Agent takes OTLP logs only once its
+``otlp_config.logs.enabled`` is set.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class Preset:
     read: Callable[[Mapping[str, str]], Target]
     #: Where a user finds the key, for the missing-variable message.
     help: str = ""
+    #: The service ingests OTLP logs too (the scripts' output is sent to ``/v1/logs``).
+    logs: bool = True
 
 
 def _get(env: Mapping[str, str], var: str) -> str | None:
@@ -264,7 +271,14 @@ PRESETS: dict[str, Preset] = {
         Preset("newrelic", "New Relic", BOTH, _newrelic),
         Preset("honeycomb", "Honeycomb", BOTH, _honeycomb),
         Preset("grafana", "Grafana Cloud", HTTP_ONLY, _grafana),
-        Preset("lightstep", "ServiceNow Cloud Observability (Lightstep)", (GRPC,), _lightstep),
+        # Its OTLP logs intake is not documented for this endpoint: spans only.
+        Preset(
+            "lightstep",
+            "ServiceNow Cloud Observability (Lightstep)",
+            (GRPC,),
+            _lightstep,
+            logs=False,
+        ),
         Preset("dynatrace", "Dynatrace", HTTP_ONLY, _dynatrace),
         Preset("signoz", "SigNoz Cloud", BOTH, _signoz),
         Preset("axiom", "Axiom", HTTP_ONLY, _axiom),
@@ -303,4 +317,5 @@ def create_vendor_backend(
         default_protocol=preset.protocols[0],
         protocols=preset.protocols,
         environ=env,
+        logs=preset.logs,
     )
