@@ -265,11 +265,13 @@ class ProcessTreeMonitor:
             return
         self._applied_at = read_at
         figures = self._tree.apply(results)
-        if figures.readings == 0 or figures.processes == 0:
+        if figures.readings == 0 or figures.processes == 0 or figures.rss == 0:
             # Nothing read, or only zombies (the script's, read by stop() before the
             # reap): their final counters are in the tree's totals (summary()), but a
             # reading of a tree that has exited is not a sample: rss 0 and no process
-            # would reach on_sample, live(), the events and the average (#16).
+            # would reach on_sample, live(), the events and the average (#16). Nor is a
+            # reading taken while the script was between fork and exec (the first
+            # reading at spawn, under load): a live process with no resident memory.
             if not self._tree.alive:
                 self._finish()  # everything exited and was reaped: nothing left to watch
             return

@@ -27,6 +27,8 @@ from ..backend import LogRecordData
 from .output import OutputAssembler, OutputLine
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from opentelemetry.trace import SpanContext
 
     from .._export.pipeline import ExportPipeline
@@ -54,6 +56,9 @@ class RunLogs:
         attributes: the run's identity (``aiorunner.job``, ``aiorunner.attempt``), added
             to every record.
         max_records: records this run may send; the rest are counted in ``over_cap``.
+        scrub: replaces the run's secrets (its secret arguments and environment values,
+            credentials in URLs, bearer tokens) in bodies and string attributes: what we
+            export is scrubbed like what we print.
     """
 
     def __init__(
@@ -64,8 +69,10 @@ class RunLogs:
         *,
         attributes: dict[str, Any] | None = None,
         max_records: int,
+        scrub: Callable[[str], str] | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._scrub = scrub
         self._trace_id = context.trace_id
         self._span_id = context.span_id
         self._flags = int(context.trace_flags)
@@ -152,8 +159,13 @@ class RunLogs:
             return
         self.records += 1
         attributes = self._base[stream]
+        scrub = self._scrub
+        body = line.body if scrub is None else scrub(line.body)
         if line.attributes or line.truncated_bytes:
-            attributes = {**attributes, **(line.attributes or {})}
+            extra = line.attributes or {}
+            if scrub is not None:
+                extra = {k: scrub(v) if type(v) is str else v for k, v in extra.items()}
+            attributes = {**attributes, **extra}
             if line.truncated_bytes:
                 attributes[TRUNCATED_ATTRIBUTE] = line.truncated_bytes
         else:
@@ -164,7 +176,7 @@ class RunLogs:
             now,
             line.severity_number,
             line.severity_text,
-            line.body,
+            body,
             attributes,
             self._trace_id,
             self._span_id,

@@ -581,6 +581,7 @@ class _Run:
             max_records=int(
                 self.config.log_max_records if self.config.log_max_records is not None else 0
             ),
+            scrub=self.scrub,
         )
 
     def _logs_timeout(self) -> float:
