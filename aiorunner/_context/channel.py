@@ -33,6 +33,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -58,8 +59,11 @@ __all__ = [
     "MAX_PENDING_BYTES",
     "MAX_PENDING_WRITERS",
     "PYTHONPATH_VAR",
+    "LogSink",
+    "ScriptLogRecord",
     "SpanChannel",
     "SpanDecoder",
+    "decode_log",
     "decode_span",
     "open_channel",
 ]
@@ -96,6 +100,8 @@ _MAX_SKIPPING = 4096
 _MAX_EXIT_PEAKS = 64
 #: Warnings logged per channel before they are only counted (one summary at close).
 MAX_WARNINGS = 5
+#: While the run's logs wait for room, how often a paused reader asks again (seconds).
+_RESUME_POLL = 0.01
 
 _KINDS = {kind.value: kind for kind in SpanKind}
 _STATUS = {code.value: code for code in StatusCode}
@@ -350,6 +356,94 @@ def decode_span(
     return SpanDecoder(resource, limits).decode(data)
 
 
+#: Characters of a script's logging record kept (message, exception text); the child
+#: cuts them there already (``_aiorunner_logging.MAX_BODY``).
+MAX_LOG_TEXT = 64 * 1024
+#: Characters of output a record may announce (``_aiorunner_logging.MAX_WRITTEN``).
+MAX_LOG_WRITTEN = 256 * 1024
+_LOG_STREAMS = {"e": "stderr", "o": "stdout"}
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptLogRecord:
+    """One record of the script's Python ``logging``, as the bootstrap sent it (checked,
+    bounded), before it becomes a :class:`~aiorunner.backend.LogRecordData`."""
+
+    #: ``LogRecord.created`` in ns since the epoch.
+    time_unix_nano: int
+    #: ``logging``'s level number (``WARNING`` = 30) and name.
+    level: int
+    level_name: str
+    #: The logger's name (the record's instrumentation scope, as OTel's handler has it).
+    logger: str
+    #: ``record.getMessage()``.
+    body: str
+    #: The script's own current span (0: it had none; the run's ``execute_script`` is used).
+    trace_id: int
+    span_id: int
+    trace_flags: int
+    #: ``code.*`` and ``exception.*`` attributes.
+    attributes: dict[str, Any]
+    #: What the script's handlers wrote for it: (``"stdout"``/``"stderr"``, text).
+    written: tuple[tuple[str, str], ...]
+
+
+def _text(value: Any, limit: int = MAX_LOG_TEXT) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value[:limit]
+
+
+def decode_log(data: Any) -> ScriptLogRecord:
+    """
+    One ``logging`` record of the wire format. Keys: ``tm`` time (ns), ``lv``/``ln``
+    level number and name, ``n`` logger name, ``b`` message, ``fp``/``fl``/``fn`` file,
+    line and function, ``xt``/``xm``/``xs`` exception type, message and stack trace,
+    ``t``/``i``/``f`` the script's current span, ``w`` ``[[stream, text], ...]`` what the
+    script's handlers wrote for it (``e`` stderr, ``o`` stdout).
+
+    Raises:
+        KeyError, ValueError, TypeError: malformed data.
+    """
+    if not isinstance(data, dict):
+        raise TypeError("a log record is not an object")
+    attributes: dict[str, Any] = {}
+    if "fp" in data:
+        attributes["code.file.path"] = _text(data["fp"])
+        attributes["code.line.number"] = _uint(data.get("fl", 0), 1 << 31)
+        attributes["code.function.name"] = _text(data.get("fn", ""))
+    if "xt" in data:
+        attributes["exception.type"] = _text(data["xt"])
+        attributes["exception.message"] = _text(data.get("xm", ""))
+        attributes["exception.stacktrace"] = _text(data.get("xs", ""))
+    trace_id = span_id = flags = 0
+    if "t" in data:
+        trace_id, span_id = _hex_id(data["t"], 32), _hex_id(data["i"], 16)
+        flags = _uint(data.get("f", 1), 256)
+    written = []
+    room = MAX_LOG_WRITTEN
+    for stream, text in _list(data.get("w")):
+        text = _text(text, room)
+        room -= len(text)
+        written.append((_LOG_STREAMS[stream], text))
+    return ScriptLogRecord(
+        time_unix_nano=_uint(data["tm"]),
+        level=_uint(data["lv"], 1 << 31),
+        level_name=_text(data["ln"], 64),
+        logger=_text(data["n"], 1024),
+        body=_text(data["b"]),
+        trace_id=trace_id,
+        span_id=span_id,
+        trace_flags=flags,
+        attributes=attributes,
+        written=tuple(written),
+    )
+
+
+#: on_log(record): hand one record of the script's ``logging`` to the run's logs.
+LogSink = Callable[[ScriptLogRecord], None]
+
+
 #: submit(spans, dropped): hand finished spans, and counts of spans the child had to
 #: drop per trace id, to the export pipeline.
 Submit = Callable[[Sequence[ReadableSpan], Mapping[int, int]], None]
@@ -387,6 +481,18 @@ class SpanChannel:
         #: Peak RSS in bytes (``VmHWM``) a process reported as it exited, by pid (asked
         #: for with ``report_peak``; see the bootstrap's ``_report_peak_at_exit``).
         self.exit_peaks: dict[int, int] = {}
+        #: Where the script's ``logging`` records go (the run's logs; set when the
+        #: child was asked for them, see ``child_env(logs=True)``).
+        self.on_log: LogSink | None = None
+        #: ``logging`` records received.
+        self.log_records = 0
+        #: Back-pressure: while this says False, the reader stops reading (the script
+        #: blocks on its next write once the socket's buffer is full) and asks again
+        #: every _RESUME_POLL seconds. :meth:`drain` called directly reads everything.
+        self.ready: Callable[[], bool] | None = None
+        self._resume_handle: asyncio.TimerHandle | None = None
+        #: Times the reader paused for :attr:`ready`.
+        self.pauses = 0
 
     @property
     def malformed(self) -> int:
@@ -414,11 +520,13 @@ class SpanChannel:
         limits: SpanLimits | None = None,
         instrument: Sequence[str] = (),
         report_peak: bool = False,
+        logs: bool = False,
     ) -> None:
         """Add the bootstrap to a Python child's environment ``env`` (in place);
         ``limits``: the other span limits, so the script's SDK applies them before
         sending (the runner applies them again on arrival); ``report_peak``: the child
-        sends its peak RSS as it exits (:attr:`exit_peaks`)."""
+        sends its peak RSS as it exits (:attr:`exit_peaks`); ``logs``: once the script
+        configures ``logging``, it sends each record (to :attr:`on_log`)."""
         settings = [
             f"fd={self.child_fd}",
             f"ino={os.fstat(self.child_fd).st_ino}",
@@ -437,6 +545,8 @@ class SpanChannel:
             settings.append("instrument=" + ",".join(instrument))
         if report_peak:
             settings.append("hwm=1")
+        if logs:
+            settings.append("logs=1")
         env[INSCRIPT_VAR] = ";".join(settings)
         original = env.get("PYTHONPATH")
         env[PYTHONPATH_VAR] = "-" if original is None else "+" + original
@@ -456,9 +566,25 @@ class SpanChannel:
         fd = self._ours.fileno()
 
         def on_readable() -> None:
-            if self.drain():
+            if self.drain(held=True):
                 loop.remove_reader(fd)
                 self._reader_loop = None
+            elif self.ready is not None and not self.ready():
+                loop.remove_reader(fd)
+                self._reader_loop = None
+                self.pauses += 1
+                self._resume_handle = loop.call_later(_RESUME_POLL, resume)
+
+        def resume() -> None:
+            self._resume_handle = None
+            if self._closed:
+                return
+            if self.ready is not None and not self.ready():
+                self._resume_handle = loop.call_later(_RESUME_POLL, resume)
+                return
+            loop.add_reader(fd, on_readable)
+            self._reader_loop = loop
+            on_readable()
 
         loop.add_reader(fd, on_readable)
         self._reader_loop = loop
@@ -471,12 +597,16 @@ class SpanChannel:
             if self.drain():
                 return
 
-    def drain(self) -> bool:
+    def drain(self, *, held: bool = False) -> bool:
         """Read everything queued now, without waiting; True once no writer is left
-        (end of file: the script and every process it shared the socket with exited)."""
+        (end of file: the script and every process it shared the socket with exited).
+        ``held``: stop early (False) once :attr:`ready` says False."""
         if self._closed:
             return True
+        ready = self.ready if held else None
         while True:
+            if ready is not None and not ready():
+                return False
             try:
                 chunk = self._ours.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -570,6 +700,9 @@ class SpanChannel:
                 _hex_id(k, 32): _uint(v, 1 << 32) for k, v in (message.get("d") or {}).items()
             }
             peak = _uint(message["m"]["hwm"]) if "m" in message else None
+            log = decode_log(message["lg"]) if "lg" in message else None
+            if log is not None and self.on_log is None:
+                raise ValueError("a log record, and none were asked for")
         except Exception as exc:  # noqa: BLE001 - anything a script writes: count it, go on
             self._discard(len(payload), "it could not be read: %s: %.200s", type(exc).__name__, exc)
             return
@@ -583,6 +716,9 @@ class SpanChannel:
         self.dropped += sum(dropped.values())
         if spans or dropped:
             self._submit(spans, dropped)
+        if log is not None:
+            self.log_records += 1
+            self.on_log(log)  # type: ignore[misc]  # checked above
 
     def close(self) -> None:
         """Read what is left, then close both ends (idempotent). Messages left
@@ -593,6 +729,9 @@ class SpanChannel:
         if self._reader_loop is not None:
             self._reader_loop.remove_reader(self._ours.fileno())
             self._reader_loop = None
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
         self.drain()
         self._closed = True
         self._ours.close()
@@ -633,6 +772,7 @@ def open_channel(
     enabled: bool | None = None,
     instrument: Iterable[str] = (),
     report_peak: bool = False,
+    logs: bool = False,
 ) -> SpanChannel | None:
     """
     Set up in-script tracing for one child, or return None when it does not apply: not
@@ -643,6 +783,7 @@ def open_channel(
     Adds the bootstrap to ``env``; the caller passes ``channel.child_fd`` in
     ``pass_fds``, calls ``child_started()`` after spawning, runs ``pump()`` in its task
     group while the script runs, and ``close()`` once it exited (or failed to start).
+    ``logs``: the script's ``logging`` records are wanted (set :attr:`SpanChannel.on_log`).
     """
     if not python or not (config.in_script_tracing if enabled is None else enabled):
         return None
@@ -666,5 +807,6 @@ def open_channel(
         limits=limits,
         instrument=tuple(dict.fromkeys([*(config.instrument or ()), *instrument, *requested()])),
         report_peak=report_peak,
+        logs=logs,
     )
     return channel

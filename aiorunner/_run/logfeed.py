@@ -24,16 +24,24 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..backend import LogRecordData
-from .output import OutputAssembler, OutputLine
+from .output import OutputAssembler, OutputLine, line_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from opentelemetry.trace import SpanContext
 
+    from .._context.channel import ScriptLogRecord
     from .._export.pipeline import ExportPipeline
 
-__all__ = ["HOLD_FLUSH_DELAY", "TRUNCATED_ATTRIBUTE", "RunLogs"]
+__all__ = [
+    "HOLD_FLUSH_DELAY",
+    "MAX_MATCH_CHARS",
+    "MAX_MATCH_LINES",
+    "TRUNCATED_ATTRIBUTE",
+    "RunLogs",
+    "severity_of_level",
+]
 
 #: Seconds of quiet after which a held multi-line record (a traceback) is sent anyway.
 HOLD_FLUSH_DELAY = 0.2
@@ -43,6 +51,24 @@ TRUNCATED_ATTRIBUTE = "aiorunner.log.truncated_bytes"
 DROPPED_ATTRIBUTE = "aiorunner.log.dropped_records"
 #: On ``execute_script``: records the run sent to the logs pipeline.
 RECORDS_ATTRIBUTE = "aiorunner.log.records"
+#: Output lines announced by the script's ``logging`` and not read back yet, kept at
+#: most (lines, and characters in all): they arrive right after their record (at most
+#: a pipe's buffer behind), so only lines that never come (written to a redirected fd)
+#: pile up; past the bound the oldest are forgotten, counted in ``unmatched``.
+MAX_MATCH_LINES = 16384
+MAX_MATCH_CHARS = 4 << 20
+
+
+def severity_of_level(level: int) -> int:
+    """SeverityNumber of a Python ``logging`` level (the logs data model's appendix, as
+    OpenTelemetry's ``LoggingHandler`` maps it): DEBUG 10 -> 5, INFO 20 -> 9, WARNING
+    30 -> 13, ERROR 40 -> 17, CRITICAL 50 -> 21; levels between step up to 3 within
+    their range (DEBUG2..4, INFO2..4, ...); below DEBUG is TRACE (1)."""
+    if level < 10:
+        return 1
+    if level >= 60:
+        return 24
+    return 5 + 4 * (level // 10 - 1) + min(level % 10, 3)
 
 
 class RunLogs:
@@ -79,6 +105,7 @@ class RunLogs:
         self._resource = resource
         self._max = max_records
         base = dict(attributes or {})
+        self._identity = base
         self._base = {
             "stdout": {"log.iostream": "stdout", **base},
             "stderr": {"log.iostream": "stderr", **base},
@@ -97,12 +124,32 @@ class RunLogs:
         self._feeds = 0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Reads the script's ``logging`` records queued in the channel now (set by the
+        #: run when it has one): called before each chunk of output is read, so a
+        #: record is known before its line (the child sends it before writing it).
+        self.before_feed: Callable[[], object] | None = None
+        # Lines the script's logging announced, not read back yet: (stream, line) ->
+        # how many, oldest first (see MAX_MATCH_*).
+        self._expected: dict[tuple[str, str], int] = {}
+        self._expected_chars = 0
+        self._expected_lines = 0
+        #: Records of the script's ``logging`` (sent, waiting, or past the cap).
+        self.script_records = 0
+        #: Output lines left out because they were a ``logging`` record already.
+        self.matched = 0
+        #: Announced lines forgotten unread (the bound): if they came, they were records.
+        self.unmatched = 0
+        #: Most records that ever waited for room, and most announced lines kept.
+        self.peak_waiting = 0
+        self.peak_expected = 0
         pipeline.watch_trace(self._trace_id)
 
     # ------------------------------------------------------------ from the pipe readers
 
     def feed(self, stream: str, data: bytes) -> None:
         """A chunk of ``stream`` was read (now)."""
+        if self.before_feed is not None:
+            self.before_feed()
         self._now = time.time_ns()
         assembler = self._assemblers[stream]
         assembler.feed(data)
@@ -117,6 +164,79 @@ class RunLogs:
         self._now = time.time_ns()
         self._assemblers[stream].flush()
         self._drain()
+
+    # ------------------------------------------------------- from the script's logging
+
+    def add_script_record(self, item: ScriptLogRecord) -> None:
+        """One record of the script's Python ``logging`` (from the in-script channel):
+        a record of its own (its logger as the scope, its level, the script's current
+        span), and the lines its handlers wrote for it are not made records again."""
+        for stream, text in item.written:
+            self._expect(stream, text)
+        self.script_records += 1
+        if self.records >= self._max:
+            self.over_cap += 1
+            return
+        self.records += 1
+        scrub = self._scrub
+        body = item.body
+        attributes = item.attributes
+        if scrub is not None:
+            body = scrub(body)
+            attributes = {k: scrub(v) if type(v) is str else v for k, v in attributes.items()}
+        if self._identity:
+            attributes = {**self._identity, **attributes}
+        if item.trace_id:
+            trace_id, span_id, flags = item.trace_id, item.span_id, item.trace_flags
+        else:
+            trace_id, span_id, flags = self._trace_id, self._span_id, self._flags
+        self._hand_over(
+            LogRecordData(
+                item.time_unix_nano,
+                time.time_ns(),
+                severity_of_level(item.level),
+                item.level_name,
+                body,
+                attributes,
+                trace_id,
+                span_id,
+                flags,
+                self._resource,
+                scope=item.logger or "root",
+            )
+        )
+
+    def _expect(self, stream: str, text: str) -> None:
+        expected = self._expected
+        assembler = self._assemblers[stream]
+        if assembler.skip is None:
+            assembler.skip = functools.partial(self._skip, stream)
+        for line in text.split("\n"):
+            key = (stream, line_key(line))
+            expected[key] = expected.get(key, 0) + 1
+            self._expected_lines += 1
+            self._expected_chars += len(key[1])
+        while self._expected_lines > MAX_MATCH_LINES or self._expected_chars > MAX_MATCH_CHARS:
+            self._forget(next(iter(expected)))
+            self.unmatched += 1
+        self.peak_expected = max(self.peak_expected, self._expected_lines)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        count = self._expected[key]
+        if count == 1:
+            del self._expected[key]
+        else:
+            self._expected[key] = count - 1
+        self._expected_lines -= 1
+        self._expected_chars -= len(key[1])
+
+    def _skip(self, stream: str, line: str) -> bool:
+        key = (stream, line)
+        if key not in self._expected:
+            return False
+        self._forget(key)
+        self.matched += 1
+        return True
 
     def ready(self) -> bool:
         """True when every record made so far is with the pipeline (the reader may read
@@ -183,8 +303,13 @@ class RunLogs:
             self._flags,
             self._resource,
         )
+        self._hand_over(record)
+
+    def _hand_over(self, record: LogRecordData) -> None:
         if self._waiting or not self._pipeline.has_room():
-            self._waiting.append(record)
+            waiting = self._waiting
+            waiting.append(record)
+            self.peak_waiting = max(self.peak_waiting, len(waiting))
         else:
             self._pipeline.emit(record)
 

@@ -42,6 +42,7 @@ __all__ = [
     "OutputAssembler",
     "OutputLine",
     "classify",
+    "line_key",
 ]
 
 #: Longest line body kept (bytes); the rest is counted in ``aiorunner.log.truncated_bytes``.
@@ -196,6 +197,7 @@ class OutputAssembler:
         "_piece_size",
         "_pieces",
         "_sink",
+        "skip",
         "stream",
     )
 
@@ -211,6 +213,9 @@ class OutputAssembler:
         self._pending_size = 0
         self._pending_truncated = 0
         self._mode = ""  # "frames", "after", "group", "warning" or "" (none)
+        #: skip(line) -> True: the line is a record already (the script's ``logging``
+        #: reported it, see RunLogs); it is left out. None: every line is read.
+        self.skip: Callable[[str], bool] | None = None
 
     @property
     def holding(self) -> bool:
@@ -222,7 +227,9 @@ class OutputAssembler:
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
             self._take(data[start:end])
-            self._line(self._finish_physical())
+            item = self._finish_physical()
+            if self.skip is None or not self.skip(item[0]):
+                self._line(item)
             start = end + 1
         if start < len(data):
             self._take(data[start:] if start else data)
@@ -230,7 +237,9 @@ class OutputAssembler:
     def flush(self) -> None:
         """The stream ended (or went quiet): emit what is held, the unfinished line too."""
         if self._pieces or self._overflow:
-            self._line(self._finish_physical())
+            item = self._finish_physical()
+            if self.skip is None or not self.skip(item[0]):
+                self._line(item)
         self._emit_pending()
 
     def flush_held(self) -> None:
@@ -338,6 +347,22 @@ class OutputAssembler:
             self._sink(OutputLine("\n".join(lines), WARN, "WARNING", None, truncated))
         else:
             self._sink(OutputLine("\n".join(lines), ERROR, "ERROR", None, truncated))
+
+
+def line_key(line: str) -> str:
+    """``line`` (text a script wrote, without its newline) as :class:`OutputAssembler`
+    will read it back from the pipe: cut at :data:`LINE_LIMIT` bytes, a trailing ``\r``
+    left out. Lines the script's ``logging`` reported are recognised by it."""
+    if len(line) > LINE_LIMIT // 4:  # may be over the limit in UTF-8
+        raw = line.encode("utf-8", errors="replace")
+        if len(raw) > LINE_LIMIT:
+            raw = raw[:LINE_LIMIT]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if partial := _partial_tail(raw):
+                raw = raw[:-partial]
+            return raw.decode("utf-8", errors="replace")
+    return line.removesuffix("\r")
 
 
 def _partial_tail(raw: bytes) -> int:

@@ -404,6 +404,7 @@ class _Run:
         on_output = runner.on_output
         if runner.passthrough:
             on_output = _passthrough(on_output)
+        logs = self.logs = self._make_logs(span)
         channel = open_channel(
             self.session,
             self.config,
@@ -413,13 +414,19 @@ class _Run:
             enabled=runner.in_script_tracing,
             instrument=runner.instrument,
             report_peak=runner.monitor,
+            logs=logs is not None,
         )
+        if channel is not None and logs is not None:
+            # The script's logging records join the run's logs; its channel is read
+            # before each chunk of output so a record is known before its lines.
+            channel.on_log = logs.add_script_record
+            channel.ready = logs.ready
+            logs.before_feed = channel.drain
         reader = None
         if runner.monitor:
             from .._monitor.readers import default_reader
 
             reader = default_reader()
-        logs = self.logs = self._make_logs(span)
         try:
             child = await ChildProcess.spawn(
                 argv,

@@ -15,6 +15,8 @@ modules in it are written to be imported as top-level modules of a foreign inter
   instrumentations were asked for). Configures the global TracerProvider lazily, with
   the ``execute_script`` span as the parent, and a span processor that writes every ended
   span to the channel the runner reads (``aiorunner._context.channel``).
+- ``_aiorunner_logging.py``: imported when the script configures ``logging`` (its root
+  logger gets a handler) in a run that sends logs; sends each record to the runner.
 - ``_aiorunner_http.py``: imported when the script imports an HTTP client library;
   loads that library's OpenTelemetry instrumentation (also used by the runner's own
   process, see ``aiorunner._context.http``).
@@ -29,7 +31,12 @@ __all__ = ["BOOTSTRAP_DIR", "precompile"]
 #: The directory to put first on the child's PYTHONPATH.
 BOOTSTRAP_DIR = os.path.dirname(os.path.abspath(__file__))
 
-_MODULES = ("sitecustomize.py", "_aiorunner_inscript.py", "_aiorunner_http.py")
+_MODULES = (
+    "sitecustomize.py",
+    "_aiorunner_inscript.py",
+    "_aiorunner_http.py",
+    "_aiorunner_logging.py",
+)
 _precompiled = False
 
 

@@ -21,7 +21,8 @@ Wire format (read by ``aiorunner._context.channel``): each socket message is a c
 ``!IB`` (writer pid, 1 if more chunks of the same payload follow) + bytes. A payload is
 UTF-8 JSON: ``{"s": [span, ...]}`` and/or ``{"d": {"<trace id hex>": count}}`` for spans
 this side had to drop, or ``{"m": {"hwm": bytes}}``, the process's peak RSS as it exits
-(written by ``sitecustomize``'s exit hook when the run is monitored). Chunks of one payload are written under a lock, so within one
+(written by ``sitecustomize``'s exit hook when the run is monitored), or
+``{"lg": record}``, one record of the script's ``logging`` (``_aiorunner_logging``). Chunks of one payload are written under a lock, so within one
 process they are contiguous; the reader reassembles per pid, so forked children writing
 to the same socket cannot corrupt each other's payloads.
 
@@ -39,7 +40,7 @@ import sys
 import threading
 from typing import Any, ClassVar
 
-__all__ = ["channel", "encode_span", "instrument", "on_trace_imported"]
+__all__ = ["channel", "encode_span", "instrument", "on_trace_imported", "open_channel"]
 
 #: Chunk header: pid of the writer, and 1 when more chunks of the payload follow.
 HEADER = struct.Struct("!IB")
@@ -108,6 +109,15 @@ class Channel:
             self._write(json.dumps({"d": failed}, **_JSON).encode())
         return sent
 
+    def send_log(self, record: dict[str, Any]) -> bool:
+        """Write one ``logging`` record (``{"lg": record}``, see ``_aiorunner_logging``)
+        at once: before the script's own handlers write its lines."""
+        data = _dump({"lg": record})
+        if data is None or len(data) > MAX_MESSAGE - 16 or not self._write(data):
+            self.dropped += 1
+            return False
+        return True
+
     def _send_items(self, items: list[tuple[int, bytes]], failed: dict[str, int]) -> int:
         payload = b'{"s":[' + b",".join(data for _, data in items) + b"]}"
         if self._write(payload):
@@ -143,8 +153,16 @@ _JSON: dict[str, Any] = {"separators": (",", ":"), "default": str, "ensure_ascii
 
 def _encode(span: Any) -> bytes | None:
     try:
-        text = json.dumps(encode_span(span), **_JSON)
+        data = encode_span(span)
     except Exception:  # noqa: BLE001 - an odd span is counted as dropped, never raised
+        return None
+    return _dump(data)
+
+
+def _dump(data: Any) -> bytes | None:
+    try:
+        text = json.dumps(data, **_JSON)
+    except Exception:  # noqa: BLE001 - odd data is counted as dropped, never raised
         return None
     try:
         return text.encode()
@@ -262,6 +280,14 @@ def channel() -> Channel | None:
     return _State.channel
 
 
+def open_channel(settings: dict[str, str]) -> Channel:
+    """The process's channel, opened on first use (by the tracing set-up or by the
+    logging one, whichever comes first: both share one lock)."""
+    if _State.channel is None:
+        _State.channel = Channel(int(settings["fd"]))
+    return _State.channel
+
+
 def _parent_context(trace: Any, settings: dict[str, str]) -> Any:
     parts = settings.get("parent", "").split("-")
     if len(parts) != 4:
@@ -291,7 +317,7 @@ def on_trace_imported(trace: Any, settings: dict[str, str]) -> None:
     from opentelemetry import context as context_api
 
     _State.settings = settings
-    _State.channel = Channel(int(settings["fd"]))
+    open_channel(settings)
     _State.default_context = _parent_context(trace, settings)
     context_api.attach(_State.default_context)
 

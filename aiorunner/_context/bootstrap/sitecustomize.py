@@ -10,7 +10,9 @@ OpenTelemetry, or at once when instrumentations were asked for, and in
 ``_aiorunner_http`` when (and only if) the script imports an HTTP client library
 (``requests``, ``httpx``, ``aiohttp``, ``urllib3``, ``urllib.request``) that
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` does not name: its OpenTelemetry
-instrumentation is loaded, so its requests carry the run's trace context. Nothing here
+instrumentation is loaded, so its requests carry the run's trace context; and, when
+the run sends logs, on ``logging``: once the script configures logging (its root logger
+gets a handler), ``_aiorunner_logging`` sends each record to the runner. Nothing here
 may raise into the script.
 
 What "next to nothing" means, measured: a trivial script starts in ~13 ms; importing
@@ -101,6 +103,8 @@ class _ImportHook:
         self._settings = settings
         self._trace = True
         self._http = http
+        # The runner asked for the script's logging records (logs on for this run).
+        self._logging = settings.get("logs") == "1"
 
     def find_spec(
         self,
@@ -112,13 +116,17 @@ class _ImportHook:
             self._trace = False
             on_loaded: object = self._loaded
             failure = "in-script tracing is off for this script"
+        elif name == "logging" and self._logging:
+            self._logging = False
+            on_loaded = _LoggingLoaded(self._settings)
+            failure = "the script's logging records are not sent"
         else:
             library = self._http.pop(name, None)
             if library is None:
                 return None
             on_loaded = _HttpLoaded(library)
             failure = f"the {library} instrumentation failed"
-        if not self._trace and not self._http:
+        if not self._trace and not self._http and not self._logging:
             try:
                 sys.meta_path.remove(self)
             except ValueError:
@@ -149,6 +157,39 @@ class _HttpLoaded:
             _load("_aiorunner_http").on_imported(self.library)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - the script must run on regardless
             _warn(f"the {self.library} instrumentation failed: {type(exc).__name__}: {exc}")
+
+
+class _LoggingLoaded:
+    """Once the script imported ``logging``: wraps ``Logger.addHandler`` so that the
+    root logger's first handler (the script configured logging) loads
+    ``_aiorunner_logging``, which sends each record to the runner. Until then nothing
+    of ours is loaded, and the wrapper steps aside after that one call."""
+
+    def __init__(self, settings: "dict[str, str]") -> None:
+        self.settings = settings
+
+    def __call__(self, logging: "Any") -> None:
+        original = logging.Logger.addHandler
+        settings = self.settings
+
+        def addHandler(self: "Any", hdlr: "Any") -> None:
+            original(self, hdlr)
+            if self is logging.root and logging.Logger.addHandler is addHandler:
+                logging.Logger.addHandler = original
+                _install_logging(settings)
+
+        addHandler.__doc__ = original.__doc__
+        logging.Logger.addHandler = addHandler
+        if logging.root.handlers:  # configured before we saw it (a .pth file)
+            logging.Logger.addHandler = original
+            _install_logging(settings)
+
+
+def _install_logging(settings: "dict[str, str]") -> None:
+    try:
+        _load("_aiorunner_logging").install(settings, _inscript())  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - the script must run on regardless
+        _warn(f"the script's logging records are not sent: {type(exc).__name__}: {exc}")
 
 
 def _http_modules() -> "dict[str, str]":
@@ -305,7 +346,13 @@ def _main() -> None:
                     hook._loaded(sys.modules[_HOOKED])
                 except Exception as exc:  # noqa: BLE001 - the script must run on regardless
                     _warn(f"in-script tracing is off: {type(exc).__name__}: {exc}")
-            if hook._trace or hook._http:
+            if hook._logging and "logging" in sys.modules:  # a .pth file imported it
+                hook._logging = False
+                try:
+                    _LoggingLoaded(settings)(sys.modules["logging"])
+                except Exception as exc:  # noqa: BLE001 - the script must run on regardless
+                    _warn(f"the script's logging records are not sent: {exc}")
+            if hook._trace or hook._http or hook._logging:
                 sys.meta_path.insert(0, hook)
             if settings.get("hwm") == "1":
                 _report_peak_at_exit(fd, int(settings["ino"]), os.getpid())
