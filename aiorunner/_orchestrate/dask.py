@@ -9,14 +9,19 @@ batch's span, so ``trace="batch"`` is one trace across machines.
 
 What Dask does not do, and this module does (measured with distributed 2026.8.0):
 
-- Dask never stops a running task (``future.cancel()`` only marks it): the client sets
-  the attempt's *stop* ``distributed.Event`` on fail-fast, Ctrl-C or cancellation, and
-  the task, which waits on it beside its script, terminates the script's process group.
+- Dask never stops a running task (``future.cancel()`` only marks it): on fail-fast,
+  Ctrl-C or cancellation the client calls ``dask_worker.stop_attempt(key)`` on the
+  worker running the attempt (``client.run``; on every worker when it is not known
+  yet), which cancels the run there, so its script's process group is terminated.
 - A killed worker makes the scheduler re-run its task elsewhere, even with
-  ``retries=0``: the task's *started* event (set on the scheduler before the script is
-  spawned) makes the re-run return ``lost`` without running the script again.
+  ``retries=0``: the task's *started* note (a batched message that has left the worker
+  before the script is spawned) is remembered by the scheduler's ``AtMostOnce`` plugin
+  (``dask_scheduler``), which hands the re-run the first run's worker and pid in its
+  annotations, so it returns ``lost`` without running the script again.
+- The happy path makes no round trip of its own: no per-attempt event, variable or
+  RPC; the scheduler sees two small batched notes per attempt (started, pid).
 - OTel SDK objects do not pickle: the worker's session records into memory and the task
-  returns its spans as OTLP/JSON dicts, which the client decodes and hands to its own
+  returns its spans as one OTLP/JSON line in bytes, which the client decodes and hands to its own
   session (``export="client"``), so every backend works unchanged and workers need no
   path to a collector; ``export="worker"`` has each worker export itself.
 
@@ -26,6 +31,7 @@ What Dask does not do, and this module does (measured with distributed 2026.8.0)
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import logging
 import os
@@ -33,7 +39,6 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
@@ -44,7 +49,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .._exceptions import AiorunnerError, ConfigError
 from .._result import RunResult
-from .dask_worker import TaskSpec, WorkerExport, config_key, run_attempt
+from .dask_worker import TaskSpec, WorkerExport, config_key, run_attempt, stop_attempt
 from .executor import ATTEMPT_ATTRIBUTE, JOB_ATTRIBUTE
 from .jobs import Job
 
@@ -279,12 +284,31 @@ class DaskExecutor:
             self._client = client
         client = self._client
         client.subscribe_topic(self._topic, self._on_topic)
+        await self._register_at_most_once(client)
         if self.export == "worker":
             from .dask_plugin import ExportPlugin
 
             await client.register_plugin(
                 ExportPlugin(self.worker_export, self._plugin), name=self._plugin
             )
+
+    @staticmethod
+    async def _register_at_most_once(client: Any) -> None:
+        """The scheduler's AtMostOnce plugin (one per scheduler, kept if there), sent by
+        value: the scheduler needs no aiorunner."""
+        # Typed as Any: cloudpickle ships no type information (mypy strict).
+        cloudpickle: Any = importlib.import_module("cloudpickle")
+        module = importlib.import_module(".dask_scheduler", __package__)
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            await client.register_plugin(module.AtMostOnce(), name=module.PLUGIN_NAME)
+        except Exception as exc:  # said with what to do
+            raise ClusterError(
+                f"the Dask scheduler at {client.scheduler.address} refused aiorunner's "
+                f"at-most-once plugin ({type(exc).__name__}: {exc}); it is needed so a task "
+                "Dask re-runs after a worker death does not run its script twice: allow "
+                "the scheduler to unpickle plugins (distributed.scheduler.pickle: true)"
+            ) from exc
 
     def _config_key(self, config: TracingConfig | None) -> str:
         """``config_key(config)``, computed once per configuration object."""
@@ -414,10 +438,8 @@ class DaskExecutor:
                     result = dataclasses.replace(result, export=report)
         finally:
             self._under_way.pop(key, None)
-            if reply is None or reply.get("status") != "scheduler-lost":
-                stop_used = reply is None or bool(reply.get("stop_used", True))
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await self._forget(client, key, future, stop_used)
+            # Nothing else to clear on the scheduler: the task was the only state.
+            future.release()
         if self.on_output is not None:
             for stream, data in (("stdout", result.stdout_bytes), ("stderr", result.stderr_bytes)):
                 if data:
@@ -443,28 +465,22 @@ class DaskExecutor:
         return reply
 
     async def _stop(self, client: Any, key: str, future: Any) -> dict[str, Any] | None:
-        """Set the attempt's stop event; return the task's reply once it stopped."""
-        distributed = self._distributed
+        """Stop the attempt on its worker; return the task's reply once it stopped."""
         grace = float(self.runner_options.get("kill_grace", 5.0))
+        entry = self._under_way.get(key)
+        worker = entry[1] if entry is not None else None
         with anyio.move_on_after(grace + STOP_MARGIN):
             try:
-                await distributed.Event(f"{key}/stop", client=client).set()
+                # The worker that said the attempt started there; else every worker (the
+                # task may be queued on any of them, or start on one meanwhile: a stop
+                # that comes first is remembered there and the task does not run).
+                await client.run(
+                    stop_attempt, key, workers=[worker] if worker else None, on_error="ignore"
+                )
                 return await self._outcome(future)
             except Exception:  # the cluster is gone: nothing more to stop
                 logger.debug("stopping %s failed", key, exc_info=True)
         return None
-
-    async def _forget(self, client: Any, key: str, future: Any, stop_used: bool) -> None:
-        """Release the task and its events on the scheduler (the stop event only when it
-        was set or waited on: a short run never touches it)."""
-        future.release()
-        names = [f"{key}/started", f"{key}/stop"] if stop_used else [f"{key}/started"]
-        try:
-            async with anyio.create_task_group() as tg:
-                for name in names:
-                    tg.start_soon(partial(client.scheduler.event_clear, name=name))
-        except Exception:  # a lost scheduler keeps nothing anyway
-            logger.debug("clearing the events of %s failed", key, exc_info=True)
 
     def _bring_home(self, session: Session, reply: Mapping[str, Any]) -> None:
         """Hand the spans the worker sent to this process's session."""
@@ -506,8 +522,9 @@ class DaskExecutor:
                 # Never started there (missing script, missing dependency): say where.
                 error = f"{error} (on Dask worker {worker}, host {reply.get('host')})"
             return dataclasses.replace(result, error=error, worker=worker)
-        # The worker that ran the script first, and its pid, as the worker told us.
-        first_worker, pid = under_way[1], under_way[2]
+        # The worker that ran the script first, and its pid: as the scheduler's plugin
+        # handed them to the re-run, else as the worker told us.
+        first_worker, pid = reply.get("first") or (under_way[1], under_way[2])
         if status == "lost":
             where = f"Dask worker {first_worker}" if first_worker else "its Dask worker"
             error = (

@@ -5,13 +5,16 @@ Imported by name on each worker (the task function is pickled by reference), so 
 only plain, picklable data types and functions at module level, and imports
 ``distributed`` only inside them (a worker has it; this module may be imported without).
 
-One task is one attempt: it checks and sets the attempt's *started* marker (a
-``distributed.Event`` on the scheduler), so a task Dask re-runs after a worker death
-returns ``lost`` instead of running the script a second time; it runs the script with
-:class:`ScriptRunner` under the client's span (the W3C carrier), while waiting on the
-attempt's *stop* event, which the client sets to stop the script (Dask never stops a
-running task itself); then it hands back the result and, with ``export="client"``, the
-run's spans as OTLP/JSON dicts (plain data: SDK span objects do not pickle).
+One task is one attempt. Before it spawns the script, it sends the attempt's *started*
+note to the scheduler on the worker's ordinary batched stream (``log_event``, no round
+trip) and waits until that note has left the worker; the scheduler's ``AtMostOnce``
+plugin (``dask_scheduler``) remembers it, so a task Dask re-runs after a worker death
+finds the first run's worker and pid in its own annotations and returns ``lost`` instead
+of running the script a second time. It runs the script with :class:`ScriptRunner` under
+the client's span (the W3C carrier), registered by key in this worker, so the client can
+stop it with ``client.run(stop_attempt, key)`` (Dask never stops a running task itself);
+then it hands back the result and, with ``export="client"``, the run's spans as one
+OTLP/JSON line in bytes (SDK span objects do not pickle).
 """
 
 from __future__ import annotations
@@ -43,15 +46,14 @@ if TYPE_CHECKING:
     from .._monitor.monitor import ProcessTreeMonitor
     from .jobs import Job
 
-__all__ = ["STOP_POLL", "SpanCollector", "TaskSpec", "WorkerExport", "run_attempt"]
+__all__ = ["SpanCollector", "TaskSpec", "WorkerExport", "run_attempt", "stop_attempt"]
 
-#: Seconds one wait on the stop event lasts before it is renewed (bounds how long the
-#: scheduler keeps a waiter of a task that ended).
-STOP_POLL = 10.0
-#: Seconds a task runs before it starts waiting on its stop event: a script shorter than
-#: that costs the scheduler no wait (and no wake-up) at all, and a stop asked for
-#: meanwhile is seen at the first wait (the event stays set), at most this late.
-STOP_DELAY = 0.2
+#: Seconds a task waits for its *started* note to leave the worker before it gives up
+#: without running the script (the worker has lost its scheduler).
+NOTE_TIMEOUT = 5.0
+#: Stops asked for attempts that had not begun on this worker, remembered (by key) for
+#: a task that begins later; the oldest are forgotten beyond this many.
+MAX_EARLY_STOPS = 10_000
 #: Spans a worker keeps for runs whose task has not collected them yet; beyond this the
 #: oldest traces are dropped (and counted).
 MAX_HELD_SPANS = 100_000
@@ -186,6 +188,29 @@ class WorkerExport:
 _client_sessions: dict[str, tuple[Session, SpanCollector]] = {}
 #: plugin name -> the session a WorkerExport plugin built on this worker (export="worker").
 _worker_sessions: dict[str, Session] = {}
+#: task key -> the cancel scope of the attempt running on this worker.
+_running: dict[str, anyio.CancelScope] = {}
+#: task keys whose stop came before their task began here (insertion ordered).
+_early_stops: dict[str, None] = {}
+
+
+def stop_attempt(key: str) -> bool:
+    """
+    Stop the attempt ``key`` on this worker (the client calls it with ``client.run``,
+    on the worker's event loop): its run is cancelled, so :class:`ScriptRunner`
+    terminates the script's process group (SIGTERM, grace, SIGKILL) and the task
+    returns ``cancelled``. An attempt not running here yet is remembered: its task
+    returns ``cancelled`` without running the script if it begins here later.
+    Returns whether the attempt was running here.
+    """
+    scope = _running.get(key)
+    if scope is not None:
+        scope.cancel()
+        return True
+    _early_stops[key] = None
+    while len(_early_stops) > MAX_EARLY_STOPS:
+        del _early_stops[next(iter(_early_stops))]
+    return False
 
 
 def config_key(config: TracingConfig | None) -> str:
@@ -250,38 +275,83 @@ def _write_script(directory: str, name: str, data: bytes) -> str:
     return path
 
 
+async def _note_sent(worker: Any, note: dict[str, Any]) -> bool:
+    """
+    Send ``note`` to the scheduler on the worker's batched stream and wait until it has
+    left this process (the stream takes it out of its buffer and writes it to the socket
+    in the same step), at most :data:`NOTE_TIMEOUT`. The scheduler reads a worker's
+    stream in order before it notices the worker is gone, so a note that left is seen
+    before any re-run of the task. False: not connected to the scheduler (Dask would
+    drop the note silently), or the note did not leave in time.
+    """
+    stream = getattr(worker, "batched_stream", None)
+    comm = getattr(stream, "comm", None)
+    if stream is None or comm is None or comm.closed():
+        return False
+    worker.log_event(note["topic"], note["msg"])
+    deadline = time.monotonic() + NOTE_TIMEOUT
+    # At most the stream's interval (2 ms): it sends at most one batch per interval.
+    while any(isinstance(m, dict) and m.get("msg") is note["msg"] for m in stream.buffer):
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.0005)
+    return not comm.closed()
+
+
 async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     """
     The Dask task of one attempt (runs on the worker's event loop).
 
-    Returns a plain dict: ``status`` (``"ran"``, ``"cancelled"`` or ``"lost"``),
-    ``worker``, ``host``, ``result`` (a RunResult) and ``spans`` (one OTLP/JSON line as
-    bytes, or None).
+    Returns a plain dict: ``status`` (``"ran"``, ``"cancelled"``, ``"lost"`` or
+    ``"error"``), ``worker``, ``host``, ``pid``, ``result`` (a RunResult), ``spans``
+    (one OTLP/JSON line as bytes, or None) and, for ``lost``, ``first`` (the first
+    run's ``[worker, pid]``).
     """
     import importlib
 
-    # Typed as Any: distributed's Event API is not annotated (mypy strict).
+    from .dask_scheduler import LOST_ANNOTATION
+
+    # Typed as Any: distributed is not annotated for mypy strict.
     distributed: Any = importlib.import_module("distributed")
-    Event = distributed.Event
     worker = distributed.get_worker()
-    client = distributed.get_client()
     address = str(worker.address)
     host = socket.gethostname()
     reply: dict[str, Any] = {"worker": address, "host": host, "spans": None, "pid": None}
-    started = Event(f"{spec.key}/started", client=client)
-    if await started.is_set():
-        # Dask re-ran this task after the worker that ran it died: the script already
-        # ran (or began to), so it is not run again; the orchestrator's retries decide.
+    state = worker.state.tasks.get(spec.key)
+    first = ((state.annotations or {}) if state is not None else {}).get(LOST_ANNOTATION)
+    if first is not None:
+        # Dask re-ran this task after the worker that ran it died (the scheduler's
+        # AtMostOnce plugin says so): the script already ran, or began to, so it is not
+        # run again; the orchestrator's retries decide.
         reply["status"] = "lost"
+        reply["first"] = list(first)
         return reply
-    await started.set()
+    job = spec.job
+    if spec.key in _early_stops:
+        del _early_stops[spec.key]
+        reply["status"] = "cancelled"
+        reply["result"] = RunResult(
+            script=job.script,
+            success=False,
+            cancelled=True,
+            error="cancelled: stopped by the client before the script started",
+            started_at=time.time(),
+            duration=0.0,
+        )
+        return reply
+    topic = spec.topic or "aiorunner-notes"
+    if not await _note_sent(worker, {"topic": topic, "msg": {"key": spec.key}}):
+        reply["status"] = "error"
+        reply["reason"] = (
+            f"Dask worker {address} could not tell the scheduler that the attempt "
+            "started (its connection to the scheduler is down), so the script was not run"
+        )
+        return reply
 
     def on_pid(pid: int) -> None:
         reply["pid"] = pid
-        if spec.topic is not None:
-            worker.log_event(spec.topic, {"key": spec.key, "pid": pid, "worker": address})
+        worker.log_event(topic, {"key": spec.key, "pid": pid})
 
-    job = spec.job
     collector: SpanCollector | None = None
     if spec.export == "client":
         session, collector = await _client_session(spec.config, spec.config_key)
@@ -319,43 +389,27 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     runner.tracing_attributes[WORKER_ATTRIBUTE] = address
     if shipped_dir is not None:
         runner.tracing_attributes["aiorunner.dask.shipped_script"] = job.script
-    stop = Event(f"{spec.key}/stop", client=client)
     result: RunResult | None = None
-    stopped = False
     started_at = time.time()
     t0 = time.perf_counter()
-    finished = waiting = False
     try:
-        async with anyio.create_task_group() as tg:
-
-            async def watch_stop(scope: anyio.CancelScope) -> None:
-                nonlocal stopped, waiting
-                await anyio.sleep(STOP_DELAY)
-                waiting = True
-                while not await stop.wait(timeout=STOP_POLL):
-                    pass
-                if not finished:
-                    stopped = True
-                    scope.cancel()
-
-            with anyio.CancelScope() as run_scope:
-                tg.start_soon(watch_stop, run_scope)
+        with anyio.CancelScope() as scope:
+            _running[spec.key] = scope
+            if spec.key in _early_stops:  # asked while this task was setting up
+                del _early_stops[spec.key]
+                scope.cancel()
+            try:
                 result = await runner.run()
-            finished = True
-            if waiting:
-                # The script ended: a waiting watcher is woken by setting the event
-                # ourselves, not cancelled (cancelling a wait aborts its connection,
-                # which the scheduler logs as an error); the client clears the event.
-                await stop.set()
-            else:
-                tg.cancel_scope.cancel()  # the watcher is still asleep: no wait to end
+            finally:
+                _running.pop(spec.key, None)
     finally:
         if shipped_dir is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, shipped_dir, True)
+    stopped = result is None
     if result is None:
-        # Stopped by the client: ScriptRunner terminated the script's process group
-        # (SIGTERM, grace, SIGKILL), reaped it and ended its spans.
+        # Stopped by the client (stop_attempt): ScriptRunner terminated the script's
+        # process group (SIGTERM, grace, SIGKILL), reaped it and ended its spans.
         result = RunResult(
             script=job.script,
             success=False,
@@ -370,7 +424,6 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
 
         result = dataclasses.replace(result, script=job.script)
     reply["status"] = "cancelled" if stopped else "ran"
-    reply["stop_used"] = waiting
     reply["result"] = result
     if collector is not None and parent.is_valid:
         from .._export.otlp_json import encode_line
