@@ -85,6 +85,7 @@ AIORUNNER_INSTRUMENT = "AIORUNNER_INSTRUMENT"
 AIORUNNER_SPOOL_DIR = "AIORUNNER_SPOOL_DIR"
 AIORUNNER_SPOOL_MAX_BYTES = "AIORUNNER_SPOOL_MAX_BYTES"
 AIORUNNER_CONNECT_BUDGET = "AIORUNNER_CONNECT_BUDGET"
+AIORUNNER_SPOOL_HEDGE = "AIORUNNER_SPOOL_HEDGE"
 OTEL_LOGS_EXPORTER = "OTEL_LOGS_EXPORTER"
 OTEL_BLRP_SCHEDULE_DELAY = "OTEL_BLRP_SCHEDULE_DELAY"
 OTEL_BLRP_EXPORT_TIMEOUT = "OTEL_BLRP_EXPORT_TIMEOUT"
@@ -351,6 +352,17 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _seconds_or_off(raw: str) -> float:
+    accepted = "a number of seconds >= 0 such as 1 or 0.5 (0 turns it off)"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _Invalid(f"is not a number of seconds; use {accepted}", accepted) from None
+    if not 0 <= value < math.inf:
+        raise _Invalid(f"must be a number of seconds >= 0; use {accepted}", accepted)
+    return value
+
+
 _BYTE_UNITS = {
     "": 1,
     "b": 1,
@@ -540,6 +552,7 @@ _SPECS: dict[str, _Spec] = {
     "spool_dir": _Spec(AIORUNNER_SPOOL_DIR, _text, DEFAULT_SPOOL_DIR),
     "spool_max_bytes": _Spec(AIORUNNER_SPOOL_MAX_BYTES, _bytes, DEFAULT_SPOOL_MAX_BYTES),
     "connect_budget": _Spec(AIORUNNER_CONNECT_BUDGET, _seconds, 1.0),
+    "spool_hedge": _Spec(AIORUNNER_SPOOL_HEDGE, _seconds_or_off, 1.0),
     "span_limits": _Spec(None, None, None),
     "backend_options": _Spec(None, None, {}),
     "logs": _Spec(None, None, True),
@@ -599,6 +612,10 @@ class TracingConfig:
             counted); ``0`` turns the spool off (such spans then count as failed).
         connect_budget: seconds spent retrying a backend that refuses connections or
             whose name does not resolve, before its spans are spooled (about 1 s).
+        spool_hedge: seconds an export attempt may go unanswered before a copy of its
+            batch is spooled and the batch counts as spooled for the runs waiting on it
+            (the attempt goes on; its copy is removed if it succeeds); ``0`` turns
+            hedging off (a run then waits up to the export deadline).
         backend_options: free-form options a backend may read (``config.option(...)``).
         logs: ``False`` sends no log records of the scripts' output (``--no-logs``;
             ``OTEL_LOGS_EXPORTER=none`` does the same).
@@ -636,6 +653,7 @@ class TracingConfig:
     spool_dir: str | os.PathLike[str] | None = None
     spool_max_bytes: int | None = None
     connect_budget: float | None = None
+    spool_hedge: float | None = None
     span_limits: Mapping[str, int | None] | None = None
     backend_options: Mapping[str, Any] | None = None
     logs: bool | None = None
@@ -781,6 +799,9 @@ class TracingConfig:
             sources["export_timeout"] += " (0: no limit)"
         for name in ("monitor_interval", "tail_latency_threshold", "connect_budget"):
             values[name] = float(_check_number(name, values[name], minimum=0, strict=True))
+        values["spool_hedge"] = float(
+            _check_number("spool_hedge", values["spool_hedge"], minimum=0)
+        )
         values["spool_max_bytes"] = int(
             _check_number("spool_max_bytes", values["spool_max_bytes"], minimum=0, integer=True)
         )

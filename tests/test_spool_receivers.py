@@ -136,15 +136,21 @@ def test_seed_quick_start_with_nothing_on_4317_returns_and_exits_promptly(
 def test_cli_against_a_hung_collector_exits_within_the_otlp_timeout(
     tmp_path: Path, spool_dir: Path
 ) -> None:
-    """A collector that accepts and never answers, with OTEL_EXPORTER_OTLP_TIMEOUT=2000:
-    the batch is given up after 2 s (that timeout bounds the whole batch, retries
-    included), the backend is then left alone (the run's last spans go straight to the
-    spool), and the process exits with the script's code and one warning."""
+    """A collector that accepts and never answers, with OTEL_EXPORTER_OTLP_TIMEOUT=2000
+    and hedging off (AIORUNNER_SPOOL_HEDGE=0, the behaviour before hedges): the batch is
+    given up after 2 s (that timeout bounds the whole batch, retries included), the
+    backend is then left alone (the run's last spans go straight to the spool), and the
+    process exits with the script's code and one warning; no hedge file is made."""
     with HungSocket() as hung:
         done, elapsed = aiorunner(
             "run",
             str(script(tmp_path, code=5)),
-            env=otlp_env(hung.endpoint, "http/protobuf", OTEL_EXPORTER_OTLP_TIMEOUT="2000"),
+            env=otlp_env(
+                hung.endpoint,
+                "http/protobuf",
+                OTEL_EXPORTER_OTLP_TIMEOUT="2000",
+                AIORUNNER_SPOOL_HEDGE="0",
+            ),
             cwd=tmp_path,
         )
         assert hung.connections >= 1
@@ -156,6 +162,7 @@ def test_cli_against_a_hung_collector_exits_within_the_otlp_timeout(
     assert "timed out after 2s" in warning or "no answer within 2 s" in warning, warning
     assert "OTEL_EXPORTER_OTLP_TIMEOUT" in warning
     assert spooled_spans(spool_dir) == 7
+    assert not list(spool_dir.rglob("*-hedge.*"))
 
 
 def span_ids(receiver: OtlpGrpcReceiver | OtlpHttpReceiver) -> Counter[str]:

@@ -146,6 +146,8 @@ class ExportPipeline(SpanProcessor):
         max_traces: traces whose counts are kept for ``flush_trace`` (oldest forgotten).
         spools: each backend's spool (``None``: that backend is not spooled), in order.
         connect_budget: seconds of retries for a backend that cannot be reached.
+        hedge: seconds an export may go unanswered before a spooled backend's batch is
+            hedged (a copy spooled, the batch settled as spooled); 0: never.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class ExportPipeline(SpanProcessor):
         connect_budget: float | None = None,
         signal: str = "traces",
         keep_open: Sequence[BackendAdapter] = (),
+        hedge: float = 0.0,
     ) -> None:
         if signal not in ("traces", "logs"):
             raise ValueError(f"signal={signal!r}; use 'traces' or 'logs'")
@@ -202,6 +205,7 @@ class ExportPipeline(SpanProcessor):
             "policy": policy,
             "connect_budget": connect_budget,
             "signal": signal,
+            "hedge": hedge,
         }
         self._workers = self._make_workers()
         # Between the hand-off queue and the batcher, on the export thread (issue 6).

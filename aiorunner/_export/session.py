@@ -339,6 +339,7 @@ class Session:
             tail_sampler=tail,
             spools=_spools(self.config, adapters),
             connect_budget=self.config.connect_budget,
+            hedge=float(self.config.spool_hedge or 0.0),
         )
         self.tracer_provider.add_span_processor(self._pipeline)
         # A script run by aiorunner: its own output is its parent run's log records already.
@@ -357,6 +358,7 @@ class Session:
                     keep_open=shared,
                     spools=_spools(self.config, log_adapters, "logs"),
                     connect_budget=self.config.connect_budget,
+                    hedge=float(self.config.spool_hedge or 0.0),
                 )
 
     @property

@@ -18,6 +18,8 @@ slot in under their own prefix)::
         traces.<ns>-<pid>-<n>.jsonl          sealed segments (oldest first by name)
         traces.<ns>-<pid>-<n>.draining       a segment a drainer claimed
         traces.<ns>-<pid>-<n>.draining.done  bytes of it already accepted
+        traces.<ns>-<pid>-<n>-hedge.jsonl    a hedge: a batch whose export is still in
+                                             flight (flock held by the exporter)
 
 Concurrency and crashes. Every change to the directory (append, seal, claim, eviction,
 removal) happens under an exclusive ``flock`` of ``.lock``, so processes share a spool
@@ -29,6 +31,16 @@ releases its flock: the next drainer takes the file over from the recorded offse
 line the backend accepted is not sent again (the one exception: a line whose acceptance
 came back in the instant between the answer and the offset's write). Lines are written
 whole or not at all (a short write is truncated back).
+
+Hedges. A batch whose export attempt has gone unanswered for the hedge delay
+(``AIORUNNER_SPOOL_HEDGE``) is written as a sealed file of its own (:meth:`Spool.hedge`),
+created and ``flock``-ed under the directory lock, and the lock is held while the attempt
+goes on. Drainers and eviction skip a locked hedge, so nobody sends it while its attempt
+may still succeed. If the attempt succeeds, the exporter removes the file
+(:meth:`Hedge.withdraw`); if it fails, or the process exits or dies meanwhile, the lock is
+released and the file is a sealed segment like any other, drained later. Delivery is
+at-least-once: a collector that took the batch but answered too late (or not before the
+process exited) gets it again from the spool.
 
 Bounds. The spool of one backend holds at most ``max_bytes``
 (``AIORUNNER_SPOOL_MAX_BYTES``, default 256 MiB). The active file is sealed at an eighth
@@ -59,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AppendOutcome",
     "Claim",
+    "Hedge",
     "Spool",
     "SpoolUsage",
     "count_spans",
@@ -70,6 +83,8 @@ TRACES = "traces"
 _LOCK = ".lock"
 _DESTINATION = "destination"
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: How a hedge file's name ends (before ``.jsonl`` / ``.draining``).
+HEDGE_MARK = "-hedge"
 # Every ended span of an OTLP/JSON line has this key once (events have timeUnixNano,
 # links no time): counting it counts spans without decoding the line.
 _SPAN_KEY = b'"endTimeUnixNano":'
@@ -99,6 +114,26 @@ class AppendOutcome:
     error: str | None = None
     #: True when the error is a full disk or a file size limit.
     disk_full: bool = False
+
+
+def _hedge_in_flight(path: Path) -> bool:
+    """True when ``path`` is a hedge whose exporter still holds its lock (its export
+    attempt may yet succeed: nobody else may send it or evict it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got it
+    return False
+
+
+def _is_hedge(name: str) -> bool:
+    return name.endswith(HEDGE_MARK + ".jsonl")
 
 
 @contextlib.contextmanager
@@ -217,12 +252,23 @@ class Spool:
                 disk_full=full,
             )
 
-    def _append_locked(self, line: bytes, spans: int) -> AppendOutcome:
+    def _make_room(self, size: int) -> AppendOutcome:
+        """Evict the oldest sealed segments until ``size`` more bytes fit (hedges whose
+        export is in flight are not touched). Returns the evicted count, and an error
+        when room cannot be made."""
         evicted = 0
         total = self._total()
-        while total + len(line) > self.max_bytes:
+        while total + size > self.max_bytes:
             victims = [e for e in self._entries() if e[1].endswith(".jsonl")]
-            victim = next((e for e in victims if e[1] != self._active), None)
+            victim = next(
+                (
+                    e
+                    for e in victims
+                    if e[1] != self._active
+                    and not (_is_hedge(e[1]) and _hedge_in_flight(self.directory / e[1]))
+                ),
+                None,
+            )
             if victim is None:
                 if any(e[1] == self._active and e[2] for e in victims):
                     self._seal()
@@ -238,6 +284,13 @@ class Spool:
                 evicted += count_spans(path.read_bytes())
                 path.unlink()
             total -= victim[2]
+        return AppendOutcome(evicted=evicted)
+
+    def _append_locked(self, line: bytes, spans: int) -> AppendOutcome:
+        room = self._make_room(len(line))
+        if room.error is not None:
+            return room
+        evicted = room.evicted
         path = self.directory / self._active
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -256,6 +309,41 @@ class Spool:
         if size >= self.segment_bytes:
             self._seal()
         return AppendOutcome(written=spans, evicted=evicted)
+
+    def hedge(self, line: bytes, spans: int) -> tuple[AppendOutcome, Hedge | None]:
+        """Write one OTLP/JSON line as a hedge: a sealed file of its own, locked for as
+        long as the returned :class:`Hedge` holds it (see the module docstring). Room is
+        made as for :meth:`append`. Never raises for I/O errors: they come back as the
+        outcome's ``error`` (and no hedge)."""
+        if len(line) > self.max_bytes:
+            return self.append(line, spans), None  # the same refusal, worded once
+        try:
+            self._ensure()
+            with _locked(self.directory):
+                room = self._make_room(len(line))
+                if room.error is not None:
+                    return room, None
+                path = self.directory / self._new_name(HEDGE_MARK + ".jsonl")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    # Locked before the directory lock is let go: no drainer ever sees
+                    # it unlocked while its attempt is in flight.
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        raise OSError(errno.ENOSPC, "short write: the disk is full")
+                except OSError:
+                    os.close(fd)
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                    raise
+                return AppendOutcome(written=spans, evicted=room.evicted), Hedge(self, path, fd)
+        except OSError as exc:
+            full = exc.errno in _NO_SPACE_ERRNOS
+            return AppendOutcome(
+                error=f"cannot write the spool {os.fspath(self.directory)}: {exc.strerror or exc}",
+                disk_full=full,
+            ), None
 
     def _seal(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -285,7 +373,7 @@ class Spool:
                     if claim is not None:
                         return claim
                     continue
-                if not size:
+                if not size or (_is_hedge(name) and _hedge_in_flight(path)):
                     continue
                 target = self.directory / (
                     self._new_name(".draining")
@@ -297,6 +385,40 @@ class Spool:
                 if claim is not None:
                     return claim
         return None
+
+
+class Hedge:
+    """A hedge file whose export attempt is in flight: its ``flock`` is held (drainers
+    and eviction leave it alone) until :meth:`withdraw` or :meth:`release`."""
+
+    def __init__(self, spool: Spool, path: Path, fd: int) -> None:
+        self.spool = spool
+        self.path = path
+        self._fd: int | None = fd
+
+    def __repr__(self) -> str:
+        return f"Hedge({os.fspath(self.path)!r})"
+
+    def withdraw(self) -> bool:
+        """The attempt succeeded: remove the file (under the directory lock). False
+        when it was already gone (someone removed the spool)."""
+        removed = False
+        try:
+            with _locked(self.spool.directory), contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+                removed = True
+        except OSError:
+            pass
+        finally:
+            self.release()
+        return removed
+
+    def release(self) -> None:
+        """The attempt failed, or stops: let go of the lock; the file stays, a sealed
+        segment for the drainers. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class Claim:

@@ -38,6 +38,14 @@ class BackendStatistics:
     unspooled: int = 0
     #: Older spooled spans removed to make room (AIORUNNER_SPOOL_MAX_BYTES).
     spool_evicted: int = 0
+    #: Spans spooled as a hedge (AIORUNNER_SPOOL_HEDGE): their export went unanswered
+    #: for the hedge delay and went on in the background (included in ``spooled``).
+    hedged: int = 0
+    #: Hedged spans whose export then ended after all (exported, or refused for good):
+    #: their spool copy was removed. They are in ``spooled`` and in ``exported`` (or
+    #: ``failed``), so ``exported + failed + dropped + spooled - hedges_withdrawn`` is
+    #: every span this backend settled.
+    hedges_withdrawn: int = 0
     #: The backend's spool directory (None: this backend is not spooled).
     spool_dir: str | None = None
     #: Calls to the backend's export (after merging queued batches), retries included.

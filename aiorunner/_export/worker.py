@@ -26,6 +26,21 @@ another deadline, so a dead collector costs a run one connect budget, not one pe
 batch. The worker's drainer (:meth:`BackendWorker.drain`) sends the spool back, oldest
 line first, at the session's start and whenever the backend comes back; its first
 success ends the outage. One WARNING per outage says where the spans went.
+
+Hedging (``AIORUNNER_SPOOL_HEDGE``, 1 s by default; spooled backends only). A hung
+collector (it accepts the connection, never answers) is not known to be down until a
+whole deadline has passed (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s), and a run waiting for
+its spans would wait that long. So an export runs as a task of its own, and once it has
+gone unanswered for the hedge delay the worker writes a copy of the batch to the spool (a
+locked hedge file, see :mod:`.spool`) and settles the batch as *spooled*: the runs
+waiting on it go on, while the attempt goes on within its own deadline. Meanwhile the
+backend counts as down (later batches go straight to the spool, the drainer waits). If
+the attempt succeeds, the hedge is withdrawn (its file removed; the batch counts as
+exported and ``hedges_withdrawn``) and the drainer sends what was spooled meanwhile; if
+it fails, the file stays, a spooled batch like any other (counted once, as spooled). At
+close, an attempt still in flight is cancelled and its hedge stays: no second wait.
+The counts add up: exported + failed + dropped + spooled - hedges_withdrawn = spans
+settled.
 """
 
 from __future__ import annotations
@@ -55,7 +70,7 @@ if TYPE_CHECKING:
     from .adapters import BackendAdapter
     from .ledger import BatchRecord
     from .retry import Outcome
-    from .spool import Spool
+    from .spool import Hedge, Spool
 
 __all__ = ["BackendWorker", "ErrorLog"]
 
@@ -165,6 +180,19 @@ class _Batch:
         self.records = records
 
 
+class _Attempt:
+    """One hedged export in flight: its task sets ``outcome`` and ``done``; once the
+    worker has hedged it (``hedge`` set), the task concludes the batch itself."""
+
+    __slots__ = ("batch", "done", "hedge", "outcome")
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+        self.hedge: Hedge | None = None
+
+
 class _Start:
     __slots__ = ("span",)
 
@@ -188,6 +216,7 @@ class BackendWorker:
         spool: Spool | None = None,
         connect_budget: float | None = None,
         signal: str = "traces",
+        hedge: float = 0.0,
     ) -> None:
         self.index = index
         self.adapter = adapter
@@ -214,6 +243,15 @@ class BackendWorker:
         self._policy = policy
         self.spool = spool
         self._connect_budget = connect_budget
+        # Hedging: only with a spool, and only when it can fire before the deadline.
+        self._hedge = hedge if spool is not None and 0 < hedge < self._deadline else 0.0
+        self._hedge_reason = (
+            f"no answer within {hedge:g}s (AIORUNNER_SPOOL_HEDGE); the export goes on in "
+            "the background and its spooled copy is removed if it succeeds"
+        )
+        # Hedged attempts in flight (the backend counts as down meanwhile).
+        self._hedged: set[_Attempt] = set()
+        self._attempts: anyio.abc.TaskGroup | None = None
         # Outage state (loop clock): while now < _down_until, batches go to the spool.
         self._down_until = 0.0
         self._down_streak = 0
@@ -251,6 +289,8 @@ class BackendWorker:
         self.spooled = 0
         self.unspooled = 0
         self.spool_evicted = 0
+        self.hedged = 0
+        self.hedges_withdrawn = 0
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- fed by the batcher
@@ -298,38 +338,45 @@ class BackendWorker:
         whatever is left as dropped (the session closed before it could go)."""
         self._wakeup = asyncio.Event()
         try:
-            while True:
-                if self._held:
-                    await self._announce_due()
-                if not self._queue:
-                    self._busy = False
-                    self._wakeup.clear()
-                    if not self._held:
-                        await self._wakeup.wait()
-                        continue
-                    with anyio.move_on_after(self._next_due()):
-                        await self._wakeup.wait()
-                    continue
-                self._busy = True
-                item = self._queue.popleft()
-                if isinstance(item, _Start):
-                    if self._start_delay:
-                        span_id = item.span.context.span_id  # type: ignore[union-attr]
-                        due = anyio.current_time() + self._start_delay
-                        self._held[span_id] = (due, item.span)
-                    else:
-                        await self._span_start(item.span)
-                    self._settled(1)
-                    continue
-                batch = self._merge(item)
-                self._queued_spans -= len(batch.spans)
-                if self._held:
-                    self._release_ended(batch.spans)
-                self._inflight = batch
-                await self._export(batch)
-                self._inflight = None
+            async with anyio.create_task_group() as attempts:
+                self._attempts = attempts
+                await self._loop()
         finally:
+            self._attempts = None
             self._abandon()
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if self._held:
+                await self._announce_due()
+            if not self._queue:
+                self._busy = False
+                self._wakeup.clear()
+                if not self._held:
+                    await self._wakeup.wait()
+                    continue
+                with anyio.move_on_after(self._next_due()):
+                    await self._wakeup.wait()
+                continue
+            self._busy = True
+            item = self._queue.popleft()
+            if isinstance(item, _Start):
+                if self._start_delay:
+                    span_id = item.span.context.span_id  # type: ignore[union-attr]
+                    due = anyio.current_time() + self._start_delay
+                    self._held[span_id] = (due, item.span)
+                else:
+                    await self._span_start(item.span)
+                self._settled(1)
+                continue
+            batch = self._merge(item)
+            self._queued_spans -= len(batch.spans)
+            if self._held:
+                self._release_ended(batch.spans)
+            self._inflight = batch
+            await self._export(batch)
+            self._inflight = None
 
     def _next_due(self) -> float:
         """Seconds until the first held start falls due (some start is held)."""
@@ -395,16 +442,123 @@ class BackendWorker:
 
     @property
     def down(self) -> bool:
-        """True while the backend is left alone after a failure (batches are spooled)."""
-        return self._down_until > anyio.current_time()
+        """True while the backend is left alone after a failure, or while a hedged
+        export is in flight (batches are spooled)."""
+        return bool(self._hedged) or self._down_until > anyio.current_time()
 
     async def _export(self, batch: _Batch) -> None:
-        spans = batch.spans
-        size = len(spans)
         if self.spool is not None and self.down:
-            await self._to_spool(batch, self.last_error or "the backend is unreachable")
+            reason = self._hedge_reason if self._hedged else None
+            await self._to_spool(batch, reason or self.last_error or "the backend is unreachable")
             return
-        outcome = await self._send(spans)
+        if self._hedge and self._attempts is not None:
+            await self._export_hedged(batch, self._attempts)
+            return
+        await self._conclude(batch, await self._send(batch.spans))
+
+    async def _export_hedged(self, batch: _Batch, attempts: anyio.abc.TaskGroup) -> None:
+        """Export in a task of its own; if it has not ended after the hedge delay, spool
+        a copy (a hedge) and settle the batch as spooled, leaving the attempt to go on."""
+        attempt = _Attempt(batch)
+        attempts.start_soon(self._attempt, attempt, name=f"aiorunner export to {self.name}")
+        with anyio.move_on_after(self._hedge):
+            await attempt.done.wait()
+        if attempt.done.is_set():
+            assert attempt.outcome is not None
+            await self._conclude(batch, attempt.outcome)
+            return
+        spool = self.spool
+        assert spool is not None
+        spans = batch.spans
+        line = self._encode(spans)
+
+        def write() -> tuple[int, int, str | None, Hedge | None]:
+            outcome, hedge = spool.hedge(line, len(spans))
+            return outcome.written, outcome.evicted, outcome.error, hedge
+
+        with anyio.CancelScope(shield=True):
+            written, evicted, problem, hedge = await anyio.to_thread.run_sync(write)
+        self._count_evicted(evicted)
+        if hedge is None:
+            # No copy could be made (full disk): wait for the attempt, as unhedged.
+            logger.debug("backend %r: no hedge (%s)", self.name, problem)
+            await attempt.done.wait()
+            assert attempt.outcome is not None
+            await self._conclude(batch, attempt.outcome)
+            return
+        if attempt.done.is_set():
+            # It ended while the copy was written: it is the spool copy, or not needed.
+            assert attempt.outcome is not None
+            if attempt.outcome.ok:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(hedge.withdraw)
+                await self._conclude(batch, attempt.outcome)
+                return
+            hedge.release()
+            if attempt.outcome.result.status is not ExportStatus.RETRYABLE:
+                await self._conclude(batch, attempt.outcome)  # permanent: reported
+                return
+            self.last_error = redact(attempt.outcome.result.error or "export failed")
+            self._mark_down()
+            self._settle_spooled(batch, self.last_error, written)
+            return
+        # Hedged: the runs waiting on this batch go on; the attempt's task concludes.
+        attempt.hedge = hedge
+        self._hedged.add(attempt)
+        self.hedged += written
+        self._settle_spooled(batch, self._hedge_reason, written)
+
+    async def _attempt(self, attempt: _Attempt) -> None:
+        """The task of one hedgeable export: send; if hedged meanwhile, conclude it."""
+        try:
+            attempt.outcome = await self._send(attempt.batch.spans)
+        finally:
+            attempt.done.set()
+            if attempt.hedge is not None and attempt.outcome is None:
+                # Cancelled (the session closes): the hedge stays, for the drainers.
+                attempt.hedge.release()
+                self._hedged.discard(attempt)
+        if attempt.hedge is None:
+            return  # not hedged: the worker concludes
+        try:
+            await self._conclude_hedged(attempt, attempt.hedge, attempt.outcome)
+        finally:
+            attempt.hedge.release()
+            self._hedged.discard(attempt)
+            if self._drain_wakeup is not None:
+                self._drain_wakeup.set()
+
+    async def _conclude_hedged(self, attempt: _Attempt, hedge: Hedge, outcome: Outcome) -> None:
+        """A hedged attempt ended: withdraw its copy if it succeeded (or failed for good:
+        the copy would never be taken); else the copy stays, counted once as spooled."""
+        batch = attempt.batch
+        size = len(batch.spans)
+        if outcome.ok:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(hedge.withdraw)
+            self.exported += size
+            self.hedges_withdrawn += size
+            for record in batch.records:
+                record.settle(self.index, EXPORTED)
+            self._up(hedged=True)
+            return
+        error = redact(outcome.result.error or "export failed")
+        self.last_error = error
+        if outcome.result.status is ExportStatus.RETRYABLE:
+            self._mark_down()
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(hedge.withdraw)
+        self.failed += size
+        self.hedges_withdrawn += size
+        for record in batch.records:
+            record.settle(self.index, FAILED, error)
+        self._errors.warn(self.name, error, spans=size, unit=self._unit)
+
+    async def _conclude(self, batch: _Batch, outcome: Outcome) -> None:
+        """Settle a batch whose export ended: exported, spooled (retryable, with a
+        spool) or failed."""
+        size = len(batch.spans)
         if outcome.ok:
             self._up()
             self.exported += size
@@ -431,8 +585,8 @@ class BackendWorker:
         pause = min(_DOWN_MAX, _DOWN_FIRST * 2 ** (self._down_streak - 1))
         self._down_until = anyio.current_time() + pause
 
-    def _up(self) -> None:
-        if not self._down_streak:
+    def _up(self, *, hedged: bool = False) -> None:
+        if not self._down_streak and not hedged:
             return
         self._down_streak = 0
         self._down_until = 0.0
@@ -457,18 +611,29 @@ class BackendWorker:
 
         with anyio.CancelScope(shield=True):
             written, evicted, problem, _ = await anyio.to_thread.run_sync(write)
+        self._count_evicted(evicted)
+        if problem is not None:
+            self._settle_dropped(batch, redact(f"{error}; not spooled: {problem}"))
+            return
+        self._settle_spooled(batch, error, written)
+
+    def _count_evicted(self, evicted: int) -> None:
         self.spool_evicted += evicted
         if evicted:
+            assert self.spool is not None
             logger.warning(
                 "the spool of backend %r is at its bound (AIORUNNER_SPOOL_MAX_BYTES=%d): "
                 "its %d oldest spans were removed to make room",
                 self.name,
-                spool.max_bytes,
+                self.spool.max_bytes,
                 evicted,
             )
-        if problem is not None:
-            self._settle_dropped(batch, redact(f"{error}; not spooled: {problem}"))
-            return
+
+    def _settle_spooled(self, batch: _Batch, error: str, written: int) -> None:
+        """Count a batch written to the spool, warn once per outage, settle it."""
+        spool = self.spool
+        assert spool is not None
+        size = len(batch.spans)
         self.spooled += written
         for record in batch.records:
             record.settle(self.index, SPOOLED, error)
@@ -476,17 +641,32 @@ class BackendWorker:
             # Once per outage and backend, whichever signal (spans, log records) met it
             # first: the two pipelines share the backend's adapter.
             self.adapter.outage_warned = True
-            logger.warning(
-                "backend %r could not take %d %s%s (%s): spooled to %s; they are sent "
-                "when it takes them again (the next run, or `aiorunner traces push "
-                "--spool`). Logged once per outage; RunResult.export counts them",
-                self.name,
-                size,
-                self._unit,
-                "" if size == 1 else "s",
-                error,
-                os.fspath(spool.directory),
-            )
+            if error == self._hedge_reason:
+                logger.warning(
+                    "backend %r has not answered within %gs (AIORUNNER_SPOOL_HEDGE): %d "
+                    "%s%s spooled to %s meanwhile. The export goes on in the background "
+                    "(the spooled copy is removed if it succeeds); otherwise they are sent "
+                    "when it takes them again (the next run, or `aiorunner traces push "
+                    "--spool`). Logged once per outage; RunResult.export counts them",
+                    self.name,
+                    self._hedge,
+                    size,
+                    self._unit,
+                    "" if size == 1 else "s",
+                    os.fspath(spool.directory),
+                )
+            else:
+                logger.warning(
+                    "backend %r could not take %d %s%s (%s): spooled to %s; they are "
+                    "sent when it takes them again (the next run, or `aiorunner traces "
+                    "push --spool`). Logged once per outage; RunResult.export counts them",
+                    self.name,
+                    size,
+                    self._unit,
+                    "" if size == 1 else "s",
+                    error,
+                    os.fspath(spool.directory),
+                )
         if self._drain_wakeup is not None:
             self._drain_wakeup.set()
         self._settled(size)
@@ -530,6 +710,11 @@ class BackendWorker:
             await wakeup.wait()
             wakeup.clear()
             while not self._stop_draining:
+                if self._hedged:
+                    # A hedged export is in flight: wait for its end (it wakes us).
+                    await wakeup.wait()
+                    wakeup.clear()
+                    continue
                 pause = self._down_until - anyio.current_time()
                 if pause > 0:
                     with anyio.move_on_after(pause):
@@ -617,7 +802,12 @@ class BackendWorker:
     def _abandon(self) -> None:
         """Count what the session closed on: the batch in flight as failed, queued ones
         as dropped; with a spool, keep them for :meth:`spool_leftovers` instead. Wakes
-        every waiter: nothing more will settle."""
+        every waiter: nothing more will settle. Hedges still held are let go (their
+        attempts were cancelled): they stay in the spool."""
+        for attempt in self._hedged:
+            if attempt.hedge is not None:
+                attempt.hedge.release()
+        self._hedged.clear()
         if self.spool is not None:
             if self._inflight is not None:
                 self._leftovers.append(self._inflight)
@@ -684,6 +874,8 @@ class BackendWorker:
             spooled=self.spooled,
             unspooled=self.unspooled,
             spool_evicted=self.spool_evicted,
+            hedged=self.hedged,
+            hedges_withdrawn=self.hedges_withdrawn,
             spool_dir=os.fspath(self.spool.directory) if self.spool is not None else None,
             abandoned_threads=self.adapter.abandoned_threads,
             last_error=self.last_error,
