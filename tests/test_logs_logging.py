@@ -286,6 +286,50 @@ async def test_the_record_cap_counts_logging_and_output_together(
     assert len(_jsonl_records(traces_file.parent / "logs.jsonl")) == 1000
 
 
+async def test_a_malformed_or_unasked_log_message_is_discarded_and_counted(
+    make_script, traces_file, monkeypatch
+):
+    """The channel is the script's to write to: a log message that does not read as one
+    (a time that is not a number, an unknown stream) is discarded and counted in
+    RunResult.export.inscript, and the records after it still arrive; with logs off, a
+    log message nobody asked for is discarded the same way and the bootstrap loads
+    nothing for the script's logging."""
+    script = make_script(
+        """
+        import logging, sys
+        logging.basicConfig()
+        channel = sys.modules["_aiorunner_inscript"].channel()
+        channel._write(b'{"lg": {"tm": "soon", "lv": 30, "ln": "W", "n": "x", "b": "y"}}')
+        channel._write(b'{"lg": {"tm": 1, "lv": 30, "ln": "W", "n": "x", "b": "y", "w": [["z", "y"]]}}')
+        logging.getLogger("after").warning("still here")
+        """
+    )
+    result = await _run(script, _config(exporter_type="jsonl"))
+    assert result.success, result.error + result.stderr
+    assert result.export.inscript.dropped_messages == 2
+    assert not result.export.ok  # something the script sent was lost, and says so
+    records = _jsonl_records(traces_file.parent / "logs.jsonl")
+    assert [(r.scope, r.body) for r in records] == [("after", "still here")]
+
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
+    unasked = make_script(
+        """
+        import logging, sys
+        from opentelemetry import trace  # loads the channel's writer
+        logging.basicConfig()
+        sys.modules["_aiorunner_inscript"].channel().send_log(
+            {"tm": 1, "lv": 30, "ln": "WARNING", "n": "x", "b": "unasked"}
+        )
+        print("_aiorunner_logging" in sys.modules)
+        """,
+        name="unasked.py",
+    )
+    result = await _run(unasked, _config(exporter_type="jsonl"))
+    assert result.success, result.error + result.stderr
+    assert result.stdout.strip() == "False"
+    assert result.export.inscript.dropped_messages == 1
+
+
 # ------------------------------------------------------------ spooled, then delivered
 
 

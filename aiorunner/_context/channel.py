@@ -46,6 +46,12 @@ from opentelemetry.trace.span import TraceState
 
 from .bootstrap import BOOTSTRAP_DIR
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not POSIX
+    fcntl = termios = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
@@ -102,6 +108,8 @@ _MAX_EXIT_PEAKS = 64
 MAX_WARNINGS = 5
 #: While the run's logs wait for room, how often a paused reader asks again (seconds).
 _RESUME_POLL = 0.01
+#: ioctl asking how many bytes wait in a socket (Linux's SIOCINQ); None elsewhere.
+_FIONREAD: int | None = getattr(termios, "FIONREAD", None) if termios is not None else None
 
 _KINDS = {kind.value: kind for kind in SpanKind}
 _STATUS = {code.value: code for code in StatusCode}
@@ -493,6 +501,7 @@ class SpanChannel:
         self._resume_handle: asyncio.TimerHandle | None = None
         #: Times the reader paused for :attr:`ready`.
         self.pauses = 0
+        self._queued = bytearray(4)
 
     @property
     def malformed(self) -> int:
@@ -617,6 +626,22 @@ class SpanChannel:
             if not chunk:
                 return True  # SOCK_SEQPACKET end of file (a datagram is never empty here)
             self._on_chunk(chunk)
+
+    def drain_queued(self) -> None:
+        """:meth:`drain` when something is queued: the check (``FIONREAD``, 0.4 µs) is
+        what a run pays before each chunk of output when nothing is (an empty
+        :meth:`drain` costs ~3 µs, as much as the chunk's record)."""
+        if self._closed:
+            return
+        if _FIONREAD is not None:
+            try:
+                fcntl.ioctl(self._ours.fileno(), _FIONREAD, self._queued)
+            except OSError:
+                pass
+            else:
+                if not any(self._queued):
+                    return
+        self.drain()
 
     def _warn(self, message: str, *args: object) -> None:
         """Log the first MAX_WARNINGS problems of this channel; count the rest (one

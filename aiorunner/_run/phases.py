@@ -421,7 +421,7 @@ class _Run:
             # before each chunk of output so a record is known before its lines.
             channel.on_log = logs.add_script_record
             channel.ready = logs.ready
-            logs.before_feed = channel.drain
+            logs.before_feed = channel.drain_queued
         reader = None
         if runner.monitor:
             from .._monitor.readers import default_reader
