@@ -387,6 +387,9 @@ def test_sigint_keeps_the_result_of_a_script_that_had_ended(tmp_path, otlp_grpc_
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc_receiver.endpoint,
         "OTEL_BSP_EXPORT_TIMEOUT": "20000",
+        # Slow on purpose, and both traces must reach the collector in this process:
+        # a 1 s hedge would spool them for the next run instead (#17 item 2).
+        "AIORUNNER_SPOOL_HEDGE": "0",
     }
 
     def ready(proc: subprocess.Popen) -> None:
