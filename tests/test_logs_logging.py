@@ -223,6 +223,47 @@ async def test_logging_to_stdout_and_to_a_second_handler(make_script, traces_fil
     ]
 
 
+async def test_a_traceback_printed_while_logging_one_is_two_records(make_script, traces_file):
+    """A script's first handler prints a traceback itself (the ValueError being logged,
+    chained to a KeyError) while the record is being handled, after the record was
+    announced and before the stream handler writes the logged traceback: the printed
+    one stays one whole record read from stderr, although it starts with the very lines
+    the logged one has; the logged one is the logging record, its lines matched only as
+    the block they were written as."""
+    script = make_script(
+        """
+        import logging, traceback
+
+        class PrintsAnother(logging.Handler):
+            def emit(self, record):
+                try:
+                    {}["k"]
+                except KeyError:
+                    traceback.print_exc()
+
+        logging.basicConfig(handlers=[PrintsAnother(), logging.StreamHandler()])
+        try:
+            int("x")
+        except ValueError:
+            logging.getLogger("job").exception("could not parse")
+        """
+    )
+    result = await _run(script, _config(exporter_type="jsonl"))
+    assert result.success, result.error
+    assert result.stderr.count("Traceback (most recent call last):") == 3
+    records = _jsonl_records(traces_file.parent / "logs.jsonl")
+    assert len(records) == 2, [r.body for r in records]
+    # The printed traceback is held until its end is known: it may come second.
+    (printed,) = [r for r in records if r.scope == "aiorunner.output"]
+    (logged,) = [r for r in records if r.scope == "job"]
+    assert printed.severity_number == 17
+    assert printed.body.startswith("Traceback (most recent call last):")
+    assert "During handling of the above exception" in printed.body
+    assert printed.body.endswith("KeyError: 'k'")
+    assert (logged.scope, logged.body, logged.severity_number) == ("job", "could not parse", 17)
+    assert logged.attributes["exception.type"] == "ValueError"
+
+
 async def test_a_flood_of_logging_calls_stays_bounded(make_script, otlp_grpc_receiver, run_logs):
     """100,000 logging calls, to a file (so no pipe slows the script down) and every
     tenth also to stderr, through a logs queue of 64 records: the channel's reader

@@ -54,7 +54,8 @@ RECORDS_ATTRIBUTE = "aiorunner.log.records"
 #: Output lines announced by the script's ``logging`` and not read back yet, kept at
 #: most (lines, and characters in all): they arrive right after their record (at most
 #: a pipe's buffer behind), so only lines that never come (written to a redirected fd)
-#: pile up; past the bound the oldest are forgotten, counted in ``unmatched``.
+#: pile up; past the bound the oldest texts are forgotten, their lines counted in
+#: ``unmatched``.
 MAX_MATCH_LINES = 16384
 MAX_MATCH_CHARS = 4 << 20
 
@@ -128,9 +129,15 @@ class RunLogs:
         #: run when it has one): called before each chunk of output is read, so a
         #: record is known before its line (the child sends it before writing it).
         self.before_feed: Callable[[], object] | None = None
-        # Lines the script's logging announced, not read back yet: (stream, line) ->
-        # how many, oldest first (see MAX_MATCH_*).
-        self._expected: dict[tuple[str, str], int] = {}
+        # Texts the script's logging announced, not read back yet, oldest first: id ->
+        # (stream, first line, the lines after it); by (stream, first line) their ids.
+        # A text is written in one write, so its lines come together: once its first
+        # line is read, the next ones must follow (self._following) or the text is
+        # given up (see MAX_MATCH_*).
+        self._texts: dict[int, tuple[str, str, tuple[str, ...]]] = {}
+        self._by_first: dict[tuple[str, str], deque[int]] = {}
+        self._following: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._text_ids = 0
         self._expected_chars = 0
         self._expected_lines = 0
         #: Records of the script's ``logging`` (sent, waiting, or past the cap).
@@ -207,34 +214,59 @@ class RunLogs:
         )
 
     def _expect(self, stream: str, text: str) -> None:
-        expected = self._expected
         assembler = self._assemblers[stream]
         if assembler.skip is None:
             assembler.skip = functools.partial(self._skip, stream)
-        for line in text.split("\n"):
-            key = (stream, line_key(line))
-            expected[key] = expected.get(key, 0) + 1
-            self._expected_lines += 1
-            self._expected_chars += len(key[1])
+        first, *rest = (line_key(line) for line in text.split("\n"))
+        text_id = self._text_ids
+        self._text_ids += 1
+        self._texts[text_id] = (stream, first, tuple(rest))
+        self._by_first.setdefault((stream, first), deque()).append(text_id)
+        self._expected_lines += 1 + len(rest)
+        self._expected_chars += len(first) + sum(map(len, rest))
         while self._expected_lines > MAX_MATCH_LINES or self._expected_chars > MAX_MATCH_CHARS:
-            self._forget(next(iter(expected)))
-            self.unmatched += 1
+            oldest = next(iter(self._texts))
+            self.unmatched += self._take(oldest)
         self.peak_expected = max(self.peak_expected, self._expected_lines)
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        count = self._expected[key]
-        if count == 1:
-            del self._expected[key]
-        else:
-            self._expected[key] = count - 1
-        self._expected_lines -= 1
-        self._expected_chars -= len(key[1])
+    def _take(self, text_id: int) -> int:
+        """Remove an announced text, the oldest with its first line (ids only grow, so
+        the oldest of all is the oldest of its own); return its line count."""
+        stream, first, rest = self._texts.pop(text_id)
+        key = (stream, first)
+        ids = self._by_first[key]
+        ids.popleft()
+        if not ids:
+            del self._by_first[key]
+        lines = 1 + len(rest)
+        self._expected_lines -= lines
+        self._expected_chars -= len(first) + sum(map(len, rest))
+        return lines
 
     def _skip(self, stream: str, line: str) -> bool:
-        key = (stream, line)
-        if key not in self._expected:
+        following = self._following.get(stream)
+        if following is not None:
+            rest, index = following
+            if line == rest[index]:
+                index += 1
+                if index == len(rest):
+                    del self._following[stream]
+                else:
+                    self._following[stream] = (rest, index)
+                self.matched += 1
+                return True
+            # Something else came between (another process on the same pipe): the rest
+            # of the text is read as output.
+            del self._following[stream]
+            self.unmatched += len(rest) - index
+        ids = self._by_first.get((stream, line))
+        if ids is None:
             return False
-        self._forget(key)
+        text_id = ids[0]
+        rest = self._texts[text_id][2]
+        self._take(text_id)
+        if rest:
+            self._following[stream] = (rest, 0)
         self.matched += 1
         return True
 
