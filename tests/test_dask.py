@@ -362,6 +362,91 @@ async def test_a_killed_worker_leaves_no_orphan_and_the_script_ran_once(
         await client.wait_for_workers(3, timeout=60)  # the nanny restarted it
 
 
+async def test_a_stop_before_the_task_starts_keeps_its_script_from_running(
+    address: str, make_script: Any, tmp_path: Path
+):
+    """An attempt cancelled while its task still waits (behind another on the one GPU
+    worker) has no known worker: the stop goes to every worker, which remembers it, and
+    the task returns at once when it begins there: its script never runs (its marker
+    file stays absent), and the running one is stopped (psutil)."""
+    from aiorunner._orchestrate.executor import Attempt
+
+    pidfile = tmp_path / "busy.pid"
+    marker = tmp_path / "late-ran"
+    busy = make_script(
+        f"""
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+        """,
+        name="busy.py",
+    )
+    late = make_script(f"open({str(marker)!r}, 'w').write('ran')\n", name="late.py")
+    gpu = {"GPU": 1}
+    async with DaskExecutor(address) as executor:
+        first = asyncio.ensure_future(
+            executor.run(Attempt(Job(str(busy), resources=gpu), name="busy"))
+        )
+        while not pidfile.exists() or not pidfile.read_text():
+            await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        second = asyncio.ensure_future(
+            executor.run(Attempt(Job(str(late), resources=gpu), name="late"))
+        )
+        while len(executor._under_way) < 2:  # submitted, queued behind "busy"
+            await asyncio.sleep(0.01)
+        second.cancel()
+        first.cancel()
+        for task in (second, first):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert not marker.exists()
+    assert not pid_alive(pid)
+
+
+async def test_the_happy_path_leaves_no_per_attempt_state_on_the_scheduler(
+    cluster: Any, address: str, make_script: Any
+):
+    """A batch asks the scheduler for no coordination primitive per attempt (no
+    distributed.Event, Variable or Semaphore request: the scheduler's own count of the
+    requests it served says so), and the at-most-once plugin there, which remembers
+    each attempt that began, forgets them all once the client releases their tasks."""
+    from distributed import Client
+
+    from aiorunner._orchestrate.dask_scheduler import PLUGIN_NAME
+
+    coordination = ("event_", "variable_", "semaphore_")
+
+    def scheduler_state(dask_scheduler: Any) -> dict[str, Any]:
+        ops: dict[str, float] = {}
+        for component in dask_scheduler.counters["op"].components:
+            for op, n in component.items():
+                ops[op] = ops.get(op, 0) + n
+        return {
+            "coordination": round(sum(n for op, n in ops.items() if op.startswith(coordination))),
+            "started": len(dask_scheduler.plugins[PLUGIN_NAME].started),
+            "tasks": sum(1 for k in dask_scheduler.tasks if str(k).startswith("aiorunner-")),
+        }
+
+    script = make_script("print('ok')\n")
+    async with Client(address, asynchronous=True) as client:
+        async with DaskExecutor(address) as executor:
+            before = await client.run_on_scheduler(scheduler_state)
+            results = await run_many(
+                [Job(str(script), name=f"j{i}") for i in range(6)],
+                executor=executor,
+                max_concurrency=3,
+            )
+        assert all(r.success for r in results), [r.error for r in results]
+        deadline = time.monotonic() + 10
+        after = await client.run_on_scheduler(scheduler_state)
+        while after["tasks"] and time.monotonic() < deadline:  # releases are batched
+            await asyncio.sleep(0.05)
+            after = await client.run_on_scheduler(scheduler_state)
+    assert after["coordination"] == before["coordination"]
+    assert after["started"] == 0 and after["tasks"] == 0
+
+
 async def test_export_worker_has_each_worker_export_itself(
     address: str, make_script: Any, tmp_path: Path, traces_file: Path
 ):

@@ -31,7 +31,6 @@ What Dask does not do, and this module does (measured with distributed 2026.8.0)
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import logging
 import os
@@ -294,20 +293,18 @@ class DaskExecutor:
 
     @staticmethod
     async def _register_at_most_once(client: Any) -> None:
-        """The scheduler's AtMostOnce plugin (one per scheduler, kept if there), sent by
-        value: the scheduler needs no aiorunner."""
-        # Typed as Any: cloudpickle ships no type information (mypy strict).
-        cloudpickle: Any = importlib.import_module("cloudpickle")
-        module = importlib.import_module(".dask_scheduler", __package__)
-        cloudpickle.register_pickle_by_value(module)
+        """The scheduler's AtMostOnce plugin (one per scheduler, kept if there)."""
+        from .dask_scheduler import PLUGIN_NAME, AtMostOnce
+
         try:
-            await client.register_plugin(module.AtMostOnce(), name=module.PLUGIN_NAME)
+            await client.register_plugin(AtMostOnce(), name=PLUGIN_NAME)
         except Exception as exc:  # said with what to do
             raise ClusterError(
                 f"the Dask scheduler at {client.scheduler.address} refused aiorunner's "
                 f"at-most-once plugin ({type(exc).__name__}: {exc}); it is needed so a task "
-                "Dask re-runs after a worker death does not run its script twice: allow "
-                "the scheduler to unpickle plugins (distributed.scheduler.pickle: true)"
+                "Dask re-runs after a worker death does not run its script twice: install "
+                "aiorunner where the scheduler runs (it unpickles each task, as the workers "
+                "do) and let it unpickle (distributed.scheduler.pickle: true)"
             ) from exc
 
     def _config_key(self, config: TracingConfig | None) -> str:

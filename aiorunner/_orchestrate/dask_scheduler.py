@@ -11,9 +11,9 @@ the task: the re-run reads them locally and returns ``lost`` without running the
 The happy path costs the scheduler two small batched messages per attempt and no round
 trip (the per-attempt ``distributed.Event`` it replaced cost three).
 
-Sent to the scheduler *by value* (``cloudpickle.register_pickle_by_value``), so the
-scheduler needs no aiorunner installed: this module imports only ``distributed``'s plugin
-base class and nothing of aiorunner.
+The scheduler imports aiorunner anyway (it unpickles each task, whose function and spec
+are aiorunner's), so the plugin is registered by reference; this module imports only
+``distributed``'s plugin base class, nothing else of aiorunner.
 """
 
 from __future__ import annotations
