@@ -236,3 +236,27 @@ def test_cli_against_a_hung_collector_with_defaults_exits_after_the_hedge(
         ids = Counter(span.span_id for span in receiver.spans)
     assert len(ids) == 7 and set(ids.values()) == {1}
     assert spooled_spans(spool_dir) == 0 and not hedge_files(spool_dir)
+
+
+def test_cli_against_a_collector_slower_than_the_hedge_sends_nothing_twice(
+    tmp_path: Path, spool_dir: Path
+) -> None:
+    """A collector that answers every request after 1.5 s: the run stops waiting at the
+    hedge (1 s), and at exit the hedged export gets its short grace, so its answer comes
+    and its hedge is withdrawn rather than left to be sent again; the next process then
+    sends what was spooled, and the collector has both runs' 14 spans once each."""
+    with OtlpHttpReceiver() as receiver:
+        receiver.hang(1.5)
+        env = otlp_env(receiver.endpoint, "http/protobuf")
+        first, _ = aiorunner("run", str(script(tmp_path, "one.py")), env=env, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "7 spooled" in first.stderr
+        assert not hedge_files(spool_dir)
+        assert spooled_spans(spool_dir) == 7 - len(receiver.spans) < 7
+        receiver.hang(0)
+        second, _ = aiorunner("run", str(script(tmp_path, "two.py")), env=env, cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+        receiver.wait_for_spans_sync(14, timeout=10)
+        ids = Counter(span.span_id for span in receiver.spans)
+    assert len(ids) == 14 and set(ids.values()) == {1}
+    assert spooled_spans(spool_dir) == 0

@@ -85,6 +85,10 @@ ROOT_SPAN_NAME = "ScriptRunner"
 
 # Extra time granted to backends' shutdown() when the drain used the whole deadline.
 _SHUTDOWN_GRACE = 0.5
+# At close, how long past its hedge delay a hedged export still in flight may go on (a
+# collector slower than the hedge delay answers, and the hedge is withdrawn instead of
+# sent again next time).
+_HEDGES_AT_CLOSE = 1.0
 # How long the export thread waits for in-flight flush calls to return before it stops.
 _TASKS_GRACE = 1.0
 
@@ -487,6 +491,10 @@ class ExportPipeline(SpanProcessor):
                         await worker.wait_settled(worker.received)
                     for worker in self._workers:
                         await worker.wait_drain_stopped()
+                left = max(0.0, self._close_deadline - anyio.current_time())
+                with anyio.move_on_after(left):
+                    for worker in self._workers:
+                        await worker.wait_hedges(_HEDGES_AT_CLOSE)
                 self._workers_stopped = True
                 tg.cancel_scope.cancel()
             self._drain_all()  # late arrivals are counted as dropped
