@@ -606,8 +606,9 @@ class _Run:
             trace_id=context.trace_id,
             job=self._job_name(),
             script=os.path.basename(os.fspath(self.runner.script)),
-            interval=float(self.config.metrics_interval or 10.0),
-            preference=str(self.config.metrics_temporality or "cumulative"),
+            # The session's: it owns the pipeline and the run-level temporality.
+            interval=float(session.config.metrics_interval or 10.0),
+            preference=str(session.config.metrics_temporality or "cumulative"),
         )
 
     def _record_metrics(self, session: Session | None, cancelled: bool) -> None:
