@@ -308,3 +308,49 @@ def test_cli_no_metrics_and_metrics_exporter_flag(make_script, traces_file):
     proc = _cli("run", script)
     assert proc.returncode == 0, proc.stderr
     assert metrics_file.read_bytes().splitlines()
+
+
+async def test_run_many_counts_outcomes_with_job_names(make_script, otlp_grpc_receiver):
+    """Under run_many the job name is the series' aiorunner.job.name, and aiorunner.runs
+    counts each outcome: a failed job, and the job skipped because it needed it."""
+    from aiorunner import Job, run_many
+
+    config = _config(exporter_type="otlp", collector_endpoint=otlp_grpc_receiver.endpoint)
+    session = await anyio.to_thread.run_sync(Session, config)
+    async with session:
+        results = await run_many(
+            [
+                Job(str(make_script("raise SystemExit(1)", name="bad.py")), name="extract"),
+                Job(str(make_script("pass", name="ok.py")), name="load", after=["extract"]),
+            ],
+            session=session,
+        )
+    assert [r.skipped for r in results] == [False, True]
+    runs = {
+        (p.attributes["aiorunner.job.name"], p.attributes["aiorunner.run.outcome"]): p.value
+        for p in otlp_grpc_receiver.metrics
+        if p.name == "aiorunner.runs"
+    }
+    assert runs == {("extract", "failed"): 1, ("load", "skipped"): 1}
+    cpu = [p for p in otlp_grpc_receiver.metrics if p.name == "process.cpu.time"]
+    assert {p.attributes["aiorunner.job.name"] for p in cpu} == {"extract"}
+    assert {p.attributes["aiorunner.script.name"] for p in cpu} == {"bad.py"}
+
+
+async def test_an_opentelemetry_metric_exporter_by_name(
+    make_script, otlp_grpc_receiver, monkeypatch
+):
+    """OTEL_METRICS_EXPORTER names an OpenTelemetry metric exporter (its
+    opentelemetry_metrics_exporter entry point, here the SDK's OTLP/gRPC one): it gets
+    the points as the SDK's MetricsData, exemplar included, in a worker thread."""
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp_proto_grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", otlp_grpc_receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true")
+    result = await _run(make_script("pass"), _config(exporter_type="jsonl"))
+    assert result.success
+    assert result.export.ok, result.export.describe()
+    assert [b.name for b in result.export.metrics] == ["otlp_proto_grpc"]
+    points = otlp_grpc_receiver.metrics
+    (duration,) = [p for p in points if p.name == "aiorunner.run.duration"]
+    assert duration.exemplars[0][1] == result.trace_id
+    assert _last(_of_run(points, result.trace_id), "process.cpu.time", **{"cpu.mode": "user"})

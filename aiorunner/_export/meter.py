@@ -148,7 +148,6 @@ class SessionMeter:
         its peak memory, and the export health counters."""
         now = now or time.time_ns()
         hist_t = temporality_for(HISTOGRAM_KIND, self.preference)
-        count_t = temporality_for(COUNTER, self.preference)
         exemplar = (ExemplarData(duration, now, trace_id, span_id),) if trace_id else ()
         attributes = {JOB_NAME: job, OUTCOME: outcome}
         points: list[MetricPointData] = []
@@ -173,23 +172,7 @@ class SessionMeter:
                     resource,
                 )
             )
-            runs = self._runs[key] = (self._runs.get(key, 0) if count_t == CUMULATIVE else 0) + 1
-            points.append(
-                MetricPointData(
-                    name="aiorunner.runs",
-                    unit="{run}",
-                    kind=SUM,
-                    description="Runs that ended, by outcome.",
-                    monotonic=True,
-                    temporality=count_t,
-                    start_time_unix_nano=self._start(("runs", *key), count_t, now),
-                    time_unix_nano=now,
-                    value=runs,
-                    attributes=dict(attributes),
-                    trace_id=trace_id,
-                    resource=resource,
-                )
-            )
+            points.append(self._count_run(key, now, trace_id, resource))
             if peak_bytes:
                 peak = self._peaks.get(job)
                 if peak is None or hist_t == DELTA:
@@ -214,6 +197,33 @@ class SessionMeter:
                 )
             points.extend(self._health(now, trace_id, resource))
         return points
+
+    def record_skipped(self, *, job: str, trace_id: int, resource: Any) -> list[MetricPointData]:
+        """A job run_many skipped (a prerequisite failed): ``aiorunner.runs`` with
+        outcome ``skipped`` (it has no duration, no memory)."""
+        now = time.time_ns()
+        with self._lock:
+            return [self._count_run((job, "skipped"), now, trace_id, resource)]
+
+    def _count_run(
+        self, key: tuple[str, str], now: int, trace_id: int, resource: Any
+    ) -> MetricPointData:
+        count_t = temporality_for(COUNTER, self.preference)
+        runs = self._runs[key] = (self._runs.get(key, 0) if count_t == CUMULATIVE else 0) + 1
+        return MetricPointData(
+            name="aiorunner.runs",
+            unit="{run}",
+            kind=SUM,
+            description="Runs that ended, by outcome.",
+            monotonic=True,
+            temporality=count_t,
+            start_time_unix_nano=self._start(("runs", *key), count_t, now),
+            time_unix_nano=now,
+            value=runs,
+            attributes={JOB_NAME: key[0], OUTCOME: key[1]},
+            trace_id=trace_id,
+            resource=resource,
+        )
 
     @staticmethod
     def _histogram_point(
