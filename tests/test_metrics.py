@@ -354,3 +354,57 @@ async def test_an_opentelemetry_metric_exporter_by_name(
     (duration,) = [p for p in points if p.name == "aiorunner.run.duration"]
     assert duration.exemplars[0][1] == result.trace_id
     assert _last(_of_run(points, result.trace_id), "process.cpu.time", **{"cpu.mode": "user"})
+
+
+def test_html_charts_and_terminal_sparklines(make_script, traces_file):
+    """The HTML view draws the run's CPU % and memory over time as inline SVG (no
+    network: nothing is fetched), and `traces show -v` a one-line sparkline of each under
+    execute_script, both from its monitoring events."""
+    script = make_script(
+        "import time\nheld = bytearray(32 * 1024 * 1024)\nend = time.time() + 0.8\n"
+        "while time.time() < end:\n    pass\n"
+    )
+    result = ScriptRunner(str(script), monitor_interval=0.1).run_script()
+    assert result.success
+    html = traces_file.parent / "trace.html"
+    proc = _cli("traces", "show", result.trace_id, "--html", str(html))
+    assert proc.returncode == 0, proc.stderr
+    page = html.read_text()
+    for kind in ("cpu", "memory"):
+        start = page.index(f'<svg class="chart {kind}"')
+        chart = page[start : page.index("</svg>", start)]
+        points = chart.split('points="')[1].split('"')[0].split()
+        assert len(points) >= 5, chart
+    assert "max 32." in page or "max 33." in page or "MiB" in page
+    assert "src=" not in page and "http://" not in page and "https://" not in page
+    proc = _cli("traces", "show", "-v", result.trace_id)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    cpu = next(line for line in lines if "cpu " in line and "max" in line)
+    assert any(block in cpu for block in "▁▂▃▄▅▆▇█")
+    assert any("mem " in line and "MiB" in line for line in lines)
+
+
+def test_charts_skip_hostile_values():
+    """Events from an untrusted file: values that are not finite numbers are skipped, a
+    chart is bounded in points whatever the number of events."""
+    from aiorunner._traces.charts import MAX_POINTS, resource_series, sparkline, svg_chart
+    from aiorunner._traces.reader import SpanEvent
+
+    class Span:
+        events = (
+            *(
+                SpanEvent("cpu_monitoring", i, {"aiorunner.cpu.percent": float(i)})
+                for i in range(5000)
+            ),
+            SpanEvent("cpu_monitoring", 1, {"aiorunner.cpu.percent": float("nan")}),
+            SpanEvent("cpu_monitoring", 2, {"aiorunner.cpu.percent": "<script>"}),
+            SpanEvent("memory_monitoring", 3, {"aiorunner.memory.rss_bytes": True}),
+        )
+
+    cpu, memory = resource_series(Span())  # type: ignore[arg-type]
+    assert len(cpu) == 5000 and memory == []
+    svg = svg_chart(cpu, title="<t>", label="x", start_ns=0, end_ns=5000, css_class="cpu")
+    assert len(svg.split('points="')[1].split('"')[0].split()) == MAX_POINTS
+    assert "<t>" not in svg
+    assert sparkline(cpu, 10)[-1] == "█" and len(sparkline(cpu, 10)) == 10
