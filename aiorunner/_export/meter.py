@@ -123,6 +123,8 @@ class SessionMeter:
         # Delta temporality: each series' start is its previous export.
         self._last_export: dict[tuple[Any, ...], int] = {}
         self._last_health: dict[tuple[str, str, str], int] = {}
+        self._interval_ns = int(float(config.metrics_interval or 10.0) * 1e9)
+        self._health_ns = 0
 
     def _start(self, key: tuple[Any, ...], temporality: int, now: int) -> int:
         if temporality == CUMULATIVE:
@@ -195,7 +197,11 @@ class SessionMeter:
                         resource,
                     )
                 )
-            points.extend(self._health(now, trace_id, resource))
+            # The export health counters ride along with a run's end, at most once per
+            # interval: a dozen points per run would double what a short run sends.
+            if now - self._health_ns >= self._interval_ns:
+                self._health_ns = now
+                points.extend(self._health(now, trace_id, resource))
         return points
 
     def record_skipped(self, *, job: str, trace_id: int, resource: Any) -> list[MetricPointData]:
