@@ -261,25 +261,39 @@ def test_bad_env_values_warn_and_use_the_default(caplog):
     }
 
 
-async def test_metrics_are_spooled_while_the_collector_is_down(make_script, tmp_path):
-    """A collector that is down: the run's metric points go to the backend's spool, in
-    files of their own (metrics.*), counted as spooled in RunResult.export."""
-    import socket
+async def test_metrics_are_spooled_while_the_collector_is_down_then_delivered(
+    make_script, tmp_path
+):
+    """A collector that refuses connections: the run's metric points go to the backend's
+    spool, in files of their own (metrics.*), counted as spooled in RunResult.export; the
+    next session that exports there, once the collector is up, sends them (read back
+    from the spool's OTLP/JSON lines: the duration's exemplar still names the run)."""
+    from receivers import OtlpGrpcReceiver
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    receiver = OtlpGrpcReceiver()
+    port = receiver.reserve_port()  # bound, not listening: refused
     config = _config(
         exporter_type="otlp",
         collector_endpoint=f"http://127.0.0.1:{port}",
         spool_dir=str(tmp_path / "spool"),
         connect_budget=0.2,
     )
-    result = await _run(make_script("pass"), config)
-    spooled = {b.name: b.spooled for b in result.export.metrics}
-    assert spooled["otlp"] > 0, result.export.describe()
-    files = [p.name for p in (tmp_path / "spool").rglob("metrics.*")]
-    assert files
+    try:
+        first = await _run(make_script("pass"), config)
+        spooled = {b.name: b.spooled for b in first.export.metrics}
+        assert spooled["otlp"] > 0, first.export.describe()
+        assert [p.name for p in (tmp_path / "spool").rglob("metrics.*")]
+        receiver.start()
+        second = await _run(make_script("pass", name="again.py"), config)
+        assert second.export.ok, second.export.describe()
+        points = await receiver.wait_for_metrics(
+            lambda got: len([p for p in got if p.name == "aiorunner.run.duration"]) >= 2
+        )
+    finally:
+        receiver.stop()
+    durations = {p.exemplars[0][1] for p in points if p.name == "aiorunner.run.duration"}
+    assert durations == {first.trace_id, second.trace_id}
+    assert _last(_of_run(points, first.trace_id), "process.cpu.time", **{"cpu.mode": "user"})
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
