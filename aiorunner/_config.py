@@ -93,6 +93,15 @@ OTEL_BLRP_MAX_QUEUE_SIZE = "OTEL_BLRP_MAX_QUEUE_SIZE"
 OTEL_BLRP_MAX_EXPORT_BATCH_SIZE = "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"
 AIORUNNER_LOG_MAX_RECORDS = "AIORUNNER_LOG_MAX_RECORDS"
 AIORUNNER_LOGS_FILE = "AIORUNNER_LOGS_FILE"
+OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
+OTEL_METRIC_EXPORT_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+OTEL_METRIC_EXPORT_TIMEOUT = "OTEL_METRIC_EXPORT_TIMEOUT"
+OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE = (
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+)
+AIORUNNER_METRICS_FILE = "AIORUNNER_METRICS_FILE"
+#: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE's values (the OTLP exporter spec).
+TEMPORALITIES = ("cumulative", "delta", "lowmemory")
 
 DEFAULT_TRACES_FILE = os.path.join(".aiorunner", "traces.jsonl")
 #: Where spans a backend could not take wait for it (next to the default traces file).
@@ -401,6 +410,21 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _temporality(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in TEMPORALITIES:
+        raise _Invalid("is not a temporality preference", f"one of {', '.join(TEMPORALITIES)}")
+    return value
+
+
+def _interval_millis(raw: str) -> float:
+    """OTEL_METRIC_EXPORT_INTERVAL: milliseconds > 0, returned in seconds."""
+    value = _millis(raw)
+    if value <= 0:
+        raise _Invalid("must be a positive number of milliseconds", "a number of ms > 0")
+    return value
+
+
 def _sampler(raw: str) -> str:
     value = raw.strip().lower()
     if value not in SAMPLERS:
@@ -565,6 +589,20 @@ _SPECS: dict[str, _Spec] = {
     ),
     "log_max_records": _Spec(AIORUNNER_LOG_MAX_RECORDS, _int(0), 100_000),
     "logs_file": _Spec(AIORUNNER_LOGS_FILE, _text, ""),
+    "metrics": _Spec(None, None, True),
+    "metrics_exporter": _Spec(None, None, ()),
+    # The specification's default is 60 s; a script's run is often shorter than that,
+    # and its final values are flushed when it ends anyway: 10 s (documented).
+    "metrics_interval": _Spec(
+        OTEL_METRIC_EXPORT_INTERVAL, _interval_millis, 10.0, "aiorunner's default 10000 ms"
+    ),
+    "metrics_export_timeout": _Spec(
+        OTEL_METRIC_EXPORT_TIMEOUT, _timeout_millis, 30.0, "the default 30000 ms"
+    ),
+    "metrics_temporality": _Spec(
+        OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, _temporality, "cumulative"
+    ),
+    "metrics_file": _Spec(AIORUNNER_METRICS_FILE, _text, ""),
 }
 
 
@@ -627,6 +665,19 @@ class TracingConfig:
             rest are counted, not sent.
         logs_file: the ``jsonl`` backend's logs file (``AIORUNNER_LOGS_FILE``); empty:
             ``logs.jsonl`` beside the traces file.
+        metrics: ``False`` sends no metrics (``--no-metrics``; ``OTEL_METRICS_EXPORTER=none``
+            does the same).
+        metrics_exporter: the backends metrics go to (``OTEL_METRICS_EXPORTER``); empty:
+            the traces' backends that take metrics.
+        metrics_interval: seconds between two exports of a running script's metrics
+            (``OTEL_METRIC_EXPORT_INTERVAL``, default 10 s); a run's final values are
+            exported when it ends whatever this is.
+        metrics_export_timeout: the metrics pipeline's export timeout
+            (``OTEL_METRIC_EXPORT_TIMEOUT``).
+        metrics_temporality: ``cumulative`` (default), ``delta`` or ``lowmemory``
+            (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``).
+        metrics_file: the ``jsonl`` backend's metrics file (``AIORUNNER_METRICS_FILE``);
+            empty: ``metrics.jsonl`` beside the traces file.
     """
 
     enabled: bool | None = None
@@ -664,6 +715,12 @@ class TracingConfig:
     logs_export_timeout: float | None = None
     log_max_records: int | None = None
     logs_file: str | os.PathLike[str] | None = None
+    metrics: bool | None = None
+    metrics_exporter: str | Sequence[str] | None = None
+    metrics_interval: float | None = None
+    metrics_export_timeout: float | None = None
+    metrics_temporality: str | None = None
+    metrics_file: str | os.PathLike[str] | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: The environment values :meth:`resolve` ignored (each also logged once).
     ignored: tuple[EnvProblem, ...] = field(default=(), compare=False, repr=False)
@@ -744,6 +801,14 @@ class TracingConfig:
             values["exporter_type"], sources["exporter_type"] = _env_exporters(reader)
         if explicit["logs_exporter"] is None:
             _env_logs_exporter(reader, values, sources, logs_given=explicit["logs"] is not None)
+        if explicit["metrics_exporter"] is None:
+            _env_logs_exporter(
+                reader,
+                values,
+                sources,
+                logs_given=explicit["metrics"] is not None,
+                signal="metrics",
+            )
         if explicit["sampler"] is None:
             _env_sampler(reader, values, sources, rate_given=explicit["sample_rate"] is not None)
         if explicit["sample_rate"] is None:
@@ -816,6 +881,7 @@ class TracingConfig:
         values["resource_attributes"] = dict(values["resource_attributes"])
         values["backend_options"] = dict(values["backend_options"])
         _check_logs(values)
+        _check_metrics(values)
         values["enabled"] = bool(values["enabled"])
         values["export_timeout_ms"] = round(values["export_timeout"] * 1000)
         sources["export_timeout_ms"] = sources["export_timeout"]
@@ -832,29 +898,79 @@ class TracingConfig:
 
 
 def _env_logs_exporter(
-    reader: _EnvReader, values: dict[str, Any], sources: dict[str, str], *, logs_given: bool
+    reader: _EnvReader,
+    values: dict[str, Any],
+    sources: dict[str, str],
+    *,
+    logs_given: bool,
+    signal: str = "logs",
 ) -> None:
-    """OTEL_LOGS_EXPORTER: backend names for log records, ``none`` for none; unset: the
-    traces' backends (those that take logs)."""
-    raw = reader.raw(OTEL_LOGS_EXPORTER)
+    """OTEL_LOGS_EXPORTER (or OTEL_METRICS_EXPORTER with ``signal="metrics"``): backend
+    names for that signal, ``none`` for none; unset: the traces' backends that take it."""
+    var = OTEL_LOGS_EXPORTER if signal == "logs" else OTEL_METRICS_EXPORTER
+    raw = reader.raw(var)
     if raw is None:
         return
     names = _list(raw)
     if "none" in names and len(names) > 1:
         rest = tuple(dict.fromkeys(n for n in names if n != "none"))
         reader.ignore(
-            OTEL_LOGS_EXPORTER,
+            var,
             raw,
             "mixes 'none' with other backends",
             f"{','.join(rest)} (without 'none')",
-            "name the backends alone, or 'none' alone to send no logs",
+            f"name the backends alone, or 'none' alone to send no {signal}",
         )
         names = rest
     if names == ("none",):
         if not logs_given:
-            values["logs"], sources["logs"] = False, f"env {OTEL_LOGS_EXPORTER}"
+            values[signal], sources[signal] = False, f"env {var}"
         return
-    values["logs_exporter"], sources["logs_exporter"] = names, f"env {OTEL_LOGS_EXPORTER}"
+    values[f"{signal}_exporter"], sources[f"{signal}_exporter"] = names, f"env {var}"
+
+
+def _check_metrics(values: dict[str, Any]) -> None:
+    """The metrics fields, checked and normalised (explicit values raise ConfigError)."""
+    if not isinstance(values["metrics"], bool):
+        raise ConfigError(f"metrics={values['metrics']!r} must be True or False")
+    names = values["metrics_exporter"]
+    if isinstance(names, str):
+        names = _parse_list("metrics_exporter", names)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(
+            f"metrics_exporter={names!r} must be a backend name or a list of names, "
+            "e.g. 'otlp' or ['otlp', 'console']"
+        )
+    names = tuple(names)
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(
+                f"metrics_exporter {','.join(names)!r} mixes 'none' with other backends; use "
+                "'none' alone to send no metrics"
+            )
+        values["metrics"], names = False, ()
+    values["metrics_exporter"] = names
+    interval = _check_number("metrics_interval", values["metrics_interval"], minimum=0)
+    if not interval > 0:
+        raise ConfigError(
+            f"metrics_interval={values['metrics_interval']!r} must be a positive number of "
+            "seconds, e.g. 10.0"
+        )
+    values["metrics_interval"] = float(interval)
+    timeout = float(
+        _check_number("metrics_export_timeout", values["metrics_export_timeout"], minimum=0)
+    )
+    values["metrics_export_timeout"] = timeout or NO_LIMIT_MS / 1000.0
+    temporality = values["metrics_temporality"]
+    if not isinstance(temporality, str) or temporality.lower() not in TEMPORALITIES:
+        raise ConfigError(
+            f"metrics_temporality={temporality!r} is not a temporality preference; use one "
+            f"of {', '.join(TEMPORALITIES)}"
+        )
+    values["metrics_temporality"] = temporality.lower()
+    if not isinstance(values["metrics_file"], (str, os.PathLike)):
+        raise ConfigError(f"metrics_file={values['metrics_file']!r} must be a path")
+    values["metrics_file"] = os.fspath(values["metrics_file"])
 
 
 def _check_logs(values: dict[str, Any]) -> None:

@@ -117,6 +117,11 @@ class ExportReport:
     #: past ``AIORUNNER_LOG_MAX_RECORDS`` (counted, not sent; not a failure).
     log_records: int = 0
     log_records_over_cap: int = 0
+    #: The run's metric points (its resource use, its duration and outcome), per
+    #: backend that takes metrics; lost before any backend, and not settled in time.
+    metrics: tuple[BackendReport, ...] = ()
+    metrics_dropped: int = 0
+    metrics_pending: int = 0
 
     @property
     def ok(self) -> bool:
@@ -129,9 +134,11 @@ class ExportReport:
             and (self.inscript is None or self.inscript.dropped_messages == 0)
             and self.logs_dropped == 0
             and self.logs_pending == 0
+            and self.metrics_dropped == 0
+            and self.metrics_pending == 0
             and all(
                 b.failed == 0 and b.dropped == 0 and b.spooled == 0
-                for b in (*self.backends, *self.logs)
+                for b in (*self.backends, *self.logs, *self.metrics)
             )
         )
 
@@ -152,7 +159,12 @@ class ExportReport:
             or self.pending
             or self.logs_dropped
             or self.logs_pending
-            or any(b.failed or b.dropped or b.pending for b in (*self.backends, *self.logs))
+            or self.metrics_dropped
+            or self.metrics_pending
+            or any(
+                b.failed or b.dropped or b.pending
+                for b in (*self.backends, *self.logs, *self.metrics)
+            )
             or (self.inscript is not None and self.inscript.dropped_messages)
         )
 
@@ -204,6 +216,20 @@ class ExportReport:
                 f"{self.log_records_over_cap} log records over AIORUNNER_LOG_MAX_RECORDS "
                 "(counted, not sent)"
             )
+        for b in self.metrics:
+            if b.spooled or b.failed or b.dropped:
+                text = f"{b.name} metrics: {b.exported} points exported"
+                if b.spooled:
+                    text += f", {b.spooled} spooled"
+                if b.failed or b.dropped:
+                    text += f", {b.failed} failed, {b.dropped} dropped"
+                    if b.last_error:
+                        text += f" ({b.last_error})"
+                parts.append(text)
+        if self.metrics_dropped:
+            parts.append(f"{self.metrics_dropped} metric points dropped before export")
+        if self.metrics_pending:
+            parts.append(f"{self.metrics_pending} metric points still pending")
         return "; ".join(parts) or "nothing exported"
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +248,11 @@ class ExportReport:
                 "over_cap": self.log_records_over_cap,
                 "dropped": self.logs_dropped,
                 "pending": self.logs_pending,
+            },
+            "metrics": {
+                "backends": [b.to_dict() for b in self.metrics],
+                "dropped": self.metrics_dropped,
+                "pending": self.metrics_pending,
             },
         }
 

@@ -42,6 +42,13 @@ Logs (a script's output, one :class:`LogRecordData` per line) are an optional ve
 
 A backend that defines it gets every run's log records through a second pipeline with
 the same batching, retries and counts; one without it keeps working and gets no logs.
+
+Metrics (each run's resource use, the runs' durations and outcomes, export health; one
+:class:`MetricPointData` per data point) are another optional verb, through a third
+pipeline::
+
+    async def export_metrics(self, points: Sequence[MetricPointData], *, timeout: float)
+        -> ExportResult
 """
 
 from __future__ import annotations
@@ -64,10 +71,13 @@ __all__ = [
     "BackendFactory",
     "ConfigError",
     "EnvProblem",
+    "ExemplarData",
     "ExportResult",
     "ExportStatus",
     "LogBackend",
     "LogRecordData",
+    "MetricBackend",
+    "MetricPointData",
     "TracingConfig",
     "report_env_problem",
 ]
@@ -206,6 +216,83 @@ class LogBackend(Protocol):
         self, records: Sequence[LogRecordData], *, timeout: float
     ) -> ExportResult:
         """Send one batch of log records; return how it went rather than raising."""
+        ...
+
+
+#: The instrumentation scope of aiorunner's metrics.
+METRIC_SCOPE = "aiorunner"
+
+#: ``MetricPointData.kind``: a Sum (Counter, UpDownCounter), a Gauge, a Histogram.
+SUM, GAUGE, HISTOGRAM = "sum", "gauge", "histogram"
+#: ``MetricPointData.temporality`` (OTLP's AggregationTemporality numbers).
+DELTA, CUMULATIVE = 1, 2
+
+
+@dataclass(slots=True, frozen=True)
+class ExemplarData:
+    """A measurement kept with a histogram point, linking it to the trace it came from
+    (a slow bucket -> the run's trace)."""
+
+    value: float
+    time_unix_nano: int
+    trace_id: int = 0
+    span_id: int = 0
+    filtered_attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MetricPointData:
+    """
+    One metric data point, as backends receive it: the point and its metric's identity
+    (name, unit, kind, temporality), flattened so a batch is a plain list.
+
+    Why plain data and not the SDK's ``MetricsData``: the points come from the monitor's
+    samples, already aggregated per run (no ``MeterProvider``, views or readers to pay
+    for each run); plain data pickles (a Dask worker's points come home as they are) and
+    is what the jsonl file and the spool hold (one ``ExportMetricsServiceRequest`` a
+    line). A Sum or Gauge point has ``value`` (an ``int`` is sent as an integer, a
+    ``float`` as a double); a Histogram point has ``count``, ``total``,
+    ``bucket_counts``, ``explicit_bounds``, ``minimum``, ``maximum`` and exemplars.
+    """
+
+    name: str
+    unit: str
+    kind: str  # SUM, GAUGE or HISTOGRAM
+    time_unix_nano: int
+    start_time_unix_nano: int = 0
+    value: float | int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    #: Sums: monotonic (a Counter) or not (an UpDownCounter).
+    monotonic: bool = False
+    #: Sums and histograms: DELTA or CUMULATIVE; 0 for gauges.
+    temporality: int = 0
+    count: int = 0
+    total: float = 0.0
+    bucket_counts: tuple[int, ...] = ()
+    explicit_bounds: tuple[float, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exemplars: tuple[ExemplarData, ...] = ()
+    #: The run whose values these are (the pipeline's per-run accounting: a run's
+    #: ``upload_traces`` waits for its points); 0 for points of no run. Not exported.
+    trace_id: int = 0
+    #: The resource of the run's spans.
+    resource: Resource | None = None
+    scope: str = METRIC_SCOPE
+
+
+@runtime_checkable
+class MetricBackend(Protocol):
+    """A :class:`Backend` that also takes metric points (the optional
+    ``export_metrics``)."""
+
+    name: str
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        """Send one batch of metric points; return how it went rather than raising."""
         ...
 
 

@@ -43,6 +43,11 @@ Logs: the OTLP receivers also take ``ExportLogsServiceRequest`` (the gRPC ``Logs
 (:class:`ReceivedLog`), their requests in ``log_requests``, and ``await
 wait_for_logs(n)`` waits for them. Log requests are kept apart from the span requests
 and faults do not apply to them unless ``faults_for_logs = True``.
+
+Metrics: the same for ``ExportMetricsServiceRequest`` (the gRPC ``MetricsService``,
+``POST /v1/metrics``): decoded points in ``metrics`` (:class:`ReceivedMetric`), their
+requests in ``metric_requests``, ``await wait_for_metrics(predicate)``; faults never
+apply to them.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -80,6 +89,7 @@ __all__ = [
     "OtlpHttpReceiver",
     "ReceivedEvent",
     "ReceivedLog",
+    "ReceivedMetric",
     "ReceivedRequest",
     "ReceivedSpan",
     "TlsFiles",
@@ -143,6 +153,30 @@ class ReceivedLog:
     attributes: dict[str, Any]
     time_unix_nano: int
     observed_time_unix_nano: int
+    resource: dict[str, Any]
+    scope: str
+
+
+@dataclass(frozen=True)
+class ReceivedMetric:
+    """One OTLP metric data point as it arrived, with its metric, resource and scope
+    flattened in. ``kind`` is sum, gauge or histogram; ``value`` is a number point's
+    value (None for histograms); ``exemplars`` are (value, trace id hex, span id hex)."""
+
+    name: str
+    unit: str
+    kind: str
+    temporality: int
+    monotonic: bool
+    attributes: dict[str, Any]
+    start_time_unix_nano: int
+    time_unix_nano: int
+    value: float | int | None
+    count: int
+    sum: float
+    bucket_counts: tuple[int, ...]
+    explicit_bounds: tuple[float, ...]
+    exemplars: tuple[tuple[float, str, str], ...]
     resource: dict[str, Any]
     scope: str
 
@@ -215,6 +249,7 @@ class _Receiver(Generic[S]):
         self._requests: list[ReceivedRequest] = []
         self._attempts: list[ReceivedRequest] = []
         self._log_requests: list[ReceivedRequest] = []
+        self._metric_requests: list[ReceivedRequest] = []
         #: Faults (fail_next, require_header, hang) apply to log requests too.
         self.faults_for_logs = False
         self._arrivals = 0
@@ -379,6 +414,35 @@ class _Receiver(Generic[S]):
         logs = self.logs
         assert len(logs) >= n, f"expected {n} log records within {timeout}s, got {len(logs)}"
         return logs
+
+    def _record_metrics(self, request: ReceivedRequest) -> None:
+        with self._lock:
+            self._metric_requests.append(request)
+            self._lock.notify_all()
+
+    @property
+    def metric_requests(self) -> list[ReceivedRequest]:
+        """Accepted metric requests, in arrival order (``spans``: ReceivedMetrics)."""
+        with self._lock:
+            return list(self._metric_requests)
+
+    @property
+    def metrics(self) -> list[ReceivedMetric]:
+        """Every data point of every accepted metric request, in arrival order."""
+        with self._lock:
+            return [point for request in self._metric_requests for point in request.spans]
+
+    async def wait_for_metrics(
+        self, predicate: Any, timeout: float = 10.0, what: str = "metric points"
+    ) -> list[ReceivedMetric]:
+        """Wait until ``predicate(points)`` holds for the points arrived so far, without
+        blocking the event loop; return them."""
+        with anyio.move_on_after(timeout):
+            while not predicate(self.metrics):
+                await anyio.sleep(0.02)
+        points = self.metrics
+        assert predicate(points), f"expected {what} within {timeout}s, got {len(points)} points"
+        return points
 
     def _record(self, request: ReceivedRequest, *, accepted: bool) -> None:
         with self._lock:
@@ -567,6 +631,89 @@ def decode_otlp_logs(request: logs_service_pb2.ExportLogsServiceRequest) -> list
     return records
 
 
+def decode_otlp_metrics(
+    request: metrics_service_pb2.ExportMetricsServiceRequest,
+) -> list[ReceivedMetric]:
+    """Flatten an ``ExportMetricsServiceRequest`` into :class:`ReceivedMetric` objects."""
+    points: list[ReceivedMetric] = []
+    for resource_metrics in request.resource_metrics:
+        resource = _attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            scope = scope_metrics.scope.name
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                data = getattr(metric, kind)
+                temporality = int(getattr(data, "aggregation_temporality", 0))
+                monotonic = bool(getattr(data, "is_monotonic", False))
+                for point in data.data_points:
+                    if kind == "histogram":
+                        value = None
+                        extra = {
+                            "count": point.count,
+                            "sum": point.sum,
+                            "bucket_counts": tuple(point.bucket_counts),
+                            "explicit_bounds": tuple(point.explicit_bounds),
+                            "exemplars": tuple(
+                                (e.as_double, e.trace_id.hex(), e.span_id.hex())
+                                for e in point.exemplars
+                            ),
+                        }
+                    else:
+                        which = point.WhichOneof("value")
+                        value = getattr(point, which) if which else None
+                        extra = {
+                            "count": 0,
+                            "sum": 0.0,
+                            "bucket_counts": (),
+                            "explicit_bounds": (),
+                            "exemplars": (),
+                        }
+                    points.append(
+                        ReceivedMetric(
+                            name=metric.name,
+                            unit=metric.unit,
+                            kind=kind,
+                            temporality=temporality,
+                            monotonic=monotonic,
+                            attributes=_attributes(point.attributes),
+                            start_time_unix_nano=point.start_time_unix_nano,
+                            time_unix_nano=point.time_unix_nano,
+                            value=value,
+                            resource=resource,
+                            scope=scope,
+                            **extra,
+                        )
+                    )
+    return points
+
+
+def parse_otlp_metrics_json(body: bytes) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    """An OTLP/JSON metrics body (or a line of ``metrics.jsonl``), strictly:
+    lowerCamelCase keys (protobuf's parser refuses unknown ones), exemplars' hex ids,
+    enums as integers."""
+    data = json.loads(body)
+    for resource_metrics in data.get("resourceMetrics", ()):
+        for scope_metrics in resource_metrics.get("scopeMetrics", ()):
+            for metric in scope_metrics.get("metrics", ()):
+                for kind in ("sum", "gauge", "histogram"):
+                    block = metric.get(kind)
+                    if block is None:
+                        continue
+                    temporality = block.get("aggregationTemporality", 0)
+                    if not isinstance(temporality, int):
+                        raise TypeError(f"aggregationTemporality {temporality!r} is not an int")
+                    for point in block.get("dataPoints", ()):
+                        for exemplar in point.get("exemplars", ()):
+                            for key, size in (("traceId", 16), ("spanId", 8)):
+                                _hex_id_to_base64(exemplar, key, size)
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    try:
+        json_format.ParseDict(data, request)
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc)) from exc
+    return request
+
+
 def parse_otlp_logs_json(body: bytes) -> logs_service_pb2.ExportLogsServiceRequest:
     """An OTLP/JSON logs body (or a line of ``logs.jsonl``), strictly: lowerCamelCase keys
     (protobuf's parser refuses unknown ones), hex ids, enums as integers."""
@@ -666,6 +813,30 @@ class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpGrpcReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        metadata = {m.key.lower(): m.value for m in context.invocation_metadata()}
+        self._receiver._record_metrics(
+            ReceivedRequest(
+                "MetricsService/Export",
+                metadata,
+                "application/grpc",
+                None,
+                request.ByteSize(),
+                "OK",
+                tuple(decode_otlp_metrics(request)),
+            )
+        )
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class OtlpGrpcReceiver(_Receiver[ReceivedSpan]):
     """An OTLP/gRPC TraceService on 127.0.0.1 (see the module docstring)."""
 
@@ -687,6 +858,7 @@ class OtlpGrpcReceiver(_Receiver[ReceivedSpan]):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(self), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
         address = f"{HOST}:{port}"
         if self.tls is None:
             bound = server.add_insecure_port(address)
@@ -837,6 +1009,8 @@ class _HttpReceiver(_Receiver[S]):
             )
             return (status, extra or {}, *self._error_body(status, message, content_type))
 
+        if path == getattr(self, "metrics_path", None):
+            return self._handle_metrics(path, headers, raw, content_type, encoding, reject)
         logs_path = getattr(self, "logs_path", None)
         if path == logs_path and not self.faults_for_logs:
             return self._handle_logs(path, headers, raw, content_type, encoding, reject)
@@ -901,6 +1075,36 @@ class _HttpReceiver(_Receiver[S]):
             return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
         return 200, {}, response.SerializeToString(), "application/x-protobuf"
 
+    def _handle_metrics(
+        self,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        content_type: str | None,
+        encoding: str | None,
+        reject: Any,
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """``POST /v1/metrics``: an ``ExportMetricsServiceRequest`` (protobuf or JSON)."""
+        try:
+            body = gzip.decompress(raw) if encoding == "gzip" else raw
+            if content_type == "application/json":
+                request = parse_otlp_metrics_json(body)
+            elif content_type == "application/x-protobuf":
+                request = metrics_service_pb2.ExportMetricsServiceRequest()
+                request.ParseFromString(body)
+            else:
+                raise ValueError(f"Content-Type {content_type!r} is not protobuf or JSON")
+            points = decode_otlp_metrics(request)
+        except (ValueError, TypeError, OSError, EOFError) as exc:
+            return reject(400, f"undecodable metrics body: {exc}")  # type: ignore[no-any-return]
+        self._record_metrics(
+            ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(points))
+        )
+        response = metrics_service_pb2.ExportMetricsServiceResponse()
+        if content_type == "application/json":
+            return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
+        return 200, {}, response.SerializeToString(), "application/x-protobuf"
+
     def _decode(self, content_type: str | None, body: bytes) -> list[Any]:
         raise NotImplementedError
 
@@ -921,6 +1125,7 @@ class OtlpHttpReceiver(_HttpReceiver[ReceivedSpan]):
 
     path = "/v1/traces"
     logs_path = "/v1/logs"
+    metrics_path = "/v1/metrics"
 
     def _decode(self, content_type: str | None, body: bytes) -> list[ReceivedSpan]:
         if content_type == "application/json":

@@ -11,6 +11,10 @@ Logs: an async backend's optional ``export_logs`` is awaited as ``export`` is; a
 OpenTelemetry ``LogExporter`` (group ``opentelemetry_logs_exporter``, sync, taking the
 SDK's records) runs in a worker thread, each :class:`~aiorunner.backend.LogRecordData`
 converted to the SDK's ``ReadableLogRecord`` there (:func:`adapt_log_exporter`).
+
+Metrics the same way: an async backend's optional ``export_metrics``, or an OpenTelemetry
+``MetricExporter`` (group ``opentelemetry_metrics_exporter``) in a worker thread, the
+points converted to the SDK's ``MetricsData`` there (:func:`adapt_metric_exporter`).
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from ..backend import LogRecordData
+    from ..backend import LogRecordData, MetricPointData
 
-__all__ = ["BackendAdapter", "adapt", "adapt_log_exporter", "broken"]
+__all__ = ["BackendAdapter", "adapt", "adapt_log_exporter", "adapt_metric_exporter", "broken"]
 
 logger = logging.getLogger("aiorunner.export")
 
@@ -56,11 +60,18 @@ class BackendAdapter:
         self._on_span_start = hook if inspect.iscoroutinefunction(hook) else None
         logs = getattr(target, "export_logs", None)
         self._export_logs = logs if inspect.iscoroutinefunction(logs) else None
+        metrics = getattr(target, "export_metrics", None)
+        self._export_metrics = metrics if inspect.iscoroutinefunction(metrics) else None
 
     @property
     def has_logs(self) -> bool:
         """True when the backend takes log records (the optional ``export_logs``)."""
         return self._export_logs is not None
+
+    @property
+    def has_metrics(self) -> bool:
+        """True when the backend takes metric points (the optional ``export_metrics``)."""
+        return self._export_metrics is not None
 
     @property
     def wants_span_start(self) -> bool:
@@ -76,6 +87,13 @@ class BackendAdapter:
         if self._export_logs is None:
             return ExportResult.permanent(f"backend {self.name!r} does not take log records")
         return _coerce(self.name, await self._export_logs(records, timeout=timeout))
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        if self._export_metrics is None:
+            return ExportResult.permanent(f"backend {self.name!r} does not take metrics")
+        return _coerce(self.name, await self._export_metrics(points, timeout=timeout))
 
     async def on_span_start(self, span: ReadableSpan) -> None:
         if self._on_span_start is not None:
@@ -220,6 +238,130 @@ class _SyncLogExporterAdapter(_SyncExporterAdapter):
         return ExportResult.permanent(f"{self.name!r} is a log exporter; it takes no spans")
 
 
+def sdk_metrics_data(points: Sequence[MetricPointData]) -> Any:
+    """The SDK's ``MetricsData`` holding ``points`` (for OpenTelemetry's metric
+    exporters; in the worker thread)."""
+    from opentelemetry.sdk.metrics import Exemplar as SdkExemplar
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Gauge,
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        MetricsData,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+        Sum,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from ..backend import GAUGE, HISTOGRAM
+    from .metrics import group
+
+    def temporality(value: int) -> AggregationTemporality:
+        return AggregationTemporality(value or AggregationTemporality.CUMULATIVE)
+
+    resource_metrics = []
+    for resource, scopes in group(points):
+        scope_metrics = []
+        for scope_name, metrics in scopes.items():
+            out = []
+            for members in metrics.values():
+                first = members[0]
+                data: Any
+                if first.kind == HISTOGRAM:
+                    data = Histogram(
+                        data_points=[
+                            HistogramDataPoint(
+                                attributes=p.attributes,
+                                start_time_unix_nano=p.start_time_unix_nano,
+                                time_unix_nano=p.time_unix_nano,
+                                count=p.count,
+                                sum=p.total,
+                                bucket_counts=list(p.bucket_counts),
+                                explicit_bounds=list(p.explicit_bounds),
+                                min=p.minimum if p.minimum is not None else 0.0,
+                                max=p.maximum if p.maximum is not None else 0.0,
+                                exemplars=[
+                                    SdkExemplar(
+                                        e.filtered_attributes,
+                                        e.value,
+                                        e.time_unix_nano,
+                                        e.span_id or None,
+                                        e.trace_id or None,
+                                    )
+                                    for e in p.exemplars
+                                ],
+                            )
+                            for p in members
+                        ],
+                        aggregation_temporality=temporality(first.temporality),
+                    )
+                else:
+                    numbers = [
+                        NumberDataPoint(
+                            attributes=p.attributes,
+                            start_time_unix_nano=p.start_time_unix_nano,
+                            time_unix_nano=p.time_unix_nano,
+                            value=p.value,
+                        )
+                        for p in members
+                    ]
+                    if first.kind == GAUGE:
+                        data = Gauge(data_points=numbers)
+                    else:
+                        data = Sum(
+                            data_points=numbers,
+                            aggregation_temporality=temporality(first.temporality),
+                            is_monotonic=first.monotonic,
+                        )
+                out.append(
+                    Metric(
+                        name=first.name, description=first.description, unit=first.unit, data=data
+                    )
+                )
+            scope_metrics.append(
+                ScopeMetrics(scope=InstrumentationScope(scope_name), metrics=out, schema_url="")
+            )
+        resource_metrics.append(
+            ResourceMetrics(
+                resource=resource or Resource.get_empty(),
+                scope_metrics=scope_metrics,
+                schema_url=getattr(resource, "schema_url", "") or "",
+            )
+        )
+    return MetricsData(resource_metrics=resource_metrics)
+
+
+class _SyncMetricExporterAdapter(_SyncExporterAdapter):
+    """An OpenTelemetry ``MetricExporter`` (``opentelemetry_metrics_exporter`` entry
+    points): metrics only, one call at a time in a worker thread."""
+
+    def __init__(self, name: str, target: Any) -> None:
+        super().__init__(name, target)
+        self._export_metrics = self._export_metrics_threaded  # type: ignore[assignment]
+
+    def _export_metrics_blocking(self, points: Sequence[MetricPointData]) -> ExportResult:
+        outcome = self.target.export(sdk_metrics_data(points))
+        if getattr(outcome, "name", None) == "SUCCESS":
+            return ExportResult.success()
+        return ExportResult.permanent(
+            f"{type(self.target).__name__}.export() returned {outcome!r} "
+            "(the exporter logs the cause under the 'opentelemetry' logger)"
+        )
+
+    async def _export_metrics_threaded(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        result: ExportResult = await self._call(self._export_metrics_blocking, points)
+        return result
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        return ExportResult.permanent(f"{self.name!r} is a metric exporter; it takes no spans")
+
+
 class _BrokenBackend(BackendAdapter):
     """Stands in for a plugin that failed to import or construct."""
 
@@ -234,6 +376,11 @@ class _BrokenBackend(BackendAdapter):
 
     async def export_logs(
         self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        return ExportResult.permanent(self.error)
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
     ) -> ExportResult:
         return ExportResult.permanent(self.error)
 
@@ -286,6 +433,12 @@ def adapt_log_exporter(target: Any, name: str) -> BackendAdapter:
     """Wrap an OpenTelemetry ``LogExporter`` (sync ``export(records)``) for the logs
     pipeline."""
     return _SyncLogExporterAdapter(name, target)
+
+
+def adapt_metric_exporter(target: Any, name: str) -> BackendAdapter:
+    """Wrap an OpenTelemetry ``MetricExporter`` (sync ``export(metrics_data)``) for the
+    metrics pipeline."""
+    return _SyncMetricExporterAdapter(name, target)
 
 
 def broken(name: str, error: str) -> BackendAdapter:

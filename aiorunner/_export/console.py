@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from .._config import TracingConfig
-    from ..backend import LogRecordData
+    from ..backend import LogRecordData, MetricPointData
 
-__all__ = ["ConsoleBackend", "create_backend", "format_log", "format_span"]
+__all__ = ["ConsoleBackend", "create_backend", "format_log", "format_metric", "format_span"]
 
 _STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -90,6 +90,19 @@ def format_log(record: LogRecordData) -> str:
     return line
 
 
+def format_metric(point: MetricPointData) -> str:
+    """``name{attributes} value unit``: one line per point (a histogram shows its count,
+    sum and the trace of its exemplar)."""
+    attributes = ",".join(f"{k}={v}" for k, v in point.attributes.items())
+    if point.kind == "histogram":
+        value = f"count={point.count} sum={point.total:g}"
+        if point.exemplars:
+            value += f" exemplar.trace={point.exemplars[0].trace_id:032x}"
+    else:
+        value = f"{point.value:g}" if isinstance(point.value, float) else str(point.value)
+    return f"[aiorunner] metric {point.name}{{{attributes}}} {value} {point.unit}"
+
+
 class ConsoleBackend:
     """Prints every span (and log record) to ``stream`` (default: the current
     ``sys.stderr``)."""
@@ -103,6 +116,7 @@ class ConsoleBackend:
         self._limiter = anyio.CapacityLimiter(1)
         # The logs pipeline runs on a loop of its own: a limiter of its own.
         self._logs_limiter = anyio.CapacityLimiter(1)
+        self._metrics_limiter = anyio.CapacityLimiter(1)
 
     def _print(self, text: str) -> None:
         stream = self._stream or sys.stderr
@@ -129,6 +143,18 @@ class ConsoleBackend:
             )
         except (OSError, ValueError) as exc:  # closed or broken stream
             return ExportResult.permanent(f"cannot print log records: {exc}")
+        return ExportResult.success()
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        text = "".join(format_metric(point) + "\n" for point in points)
+        try:
+            await anyio.to_thread.run_sync(
+                self._print, text, abandon_on_cancel=True, limiter=self._metrics_limiter
+            )
+        except (OSError, ValueError) as exc:  # closed or broken stream
+            return ExportResult.permanent(f"cannot print metrics: {exc}")
         return ExportResult.success()
 
     async def force_flush(self, *, timeout: float) -> bool:

@@ -39,7 +39,9 @@ for the export timeout: the spans are counted as failed and one warning names th
 
 Log records (a script's output) go to ``logs.jsonl`` beside the traces file (or
 ``AIORUNNER_LOGS_FILE``), one ``ExportLogsServiceRequest`` a line (the OTLP file format
-holds one signal per file), under the same lock, whole-line and rotation rules.
+holds one signal per file), under the same lock, whole-line and rotation rules; metric
+points to ``metrics.jsonl`` (or ``AIORUNNER_METRICS_FILE``), one
+``ExportMetricsServiceRequest`` a line, the same way.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from .._config import TracingConfig
-    from ..backend import LogRecordData
+    from ..backend import LogRecordData, MetricPointData
 
 __all__ = [
     "AIORUNNER_TRACES_FILE_BACKUPS",
@@ -111,6 +113,7 @@ class JsonlBackend:
         max_bytes: rotate before the file would exceed this size (0: never).
         backups: rotated files kept (``path.1`` newest ... ``path.N`` oldest).
         logs_path: the log records' file (default: ``logs.jsonl`` beside ``path``).
+        metrics_path: the metric points' file (default: ``metrics.jsonl`` beside ``path``).
     """
 
     name = "jsonl"
@@ -137,8 +140,15 @@ class JsonlBackend:
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
         logs_path: str | os.PathLike[str] | None = None,
+        metrics_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.metrics_path = (
+            os.fspath(metrics_path)
+            if metrics_path
+            else os.path.join(os.path.dirname(self.path), "metrics.jsonl")
+        )
+        self._metrics_resolved: str | None = None
         self.logs_path = (
             os.fspath(logs_path)
             if logs_path
@@ -178,6 +188,19 @@ class JsonlBackend:
             await self._run(self._write_logs, records)
         except OSError as exc:
             return self._classify(exc, logs=True)
+        return ExportResult.success()
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        """Append the points as one ``ExportMetricsServiceRequest`` line of the metrics
+        file."""
+        if not points:
+            return ExportResult.success()
+        try:
+            await self._run(self._write_metrics, points)
+        except OSError as exc:
+            return self._classify(exc, signal="metrics")
         return ExportResult.success()
 
     async def on_span_start(self, span: ReadableSpan) -> None:
@@ -227,6 +250,15 @@ class JsonlBackend:
             self._logs_resolved = os.path.abspath(self.logs_path)
         with self._lock:
             self._append(data, self._logs_resolved)
+
+    def _write_metrics(self, points: Sequence[MetricPointData]) -> None:
+        from .metrics import encode_metrics_line
+
+        data = encode_metrics_line(points)
+        if self._metrics_resolved is None:
+            self._metrics_resolved = os.path.abspath(self.metrics_path)
+        with self._lock:
+            self._append(data, self._metrics_resolved)
 
     def _enter_live(self, span: ReadableSpan) -> None:
         context = span.context
@@ -319,8 +351,11 @@ class JsonlBackend:
                 os.replace(older, f"{path}.{index + 1}")
         os.replace(path, f"{path}.1")
 
-    def _classify(self, exc: OSError, *, logs: bool = False) -> ExportResult:
-        if logs:
+    def _classify(self, exc: OSError, *, logs: bool = False, signal: str = "") -> ExportResult:
+        if signal == "metrics":
+            path = self._metrics_resolved or self.metrics_path
+            what, var, field, items = "metrics", "AIORUNNER_METRICS_FILE", "metrics_file", "points"
+        elif logs:
             path = self._logs_resolved or self.logs_path
             what, var, field, items = "logs", "AIORUNNER_LOGS_FILE", "logs_file", "records"
         else:
@@ -391,6 +426,7 @@ def settings(config: TracingConfig) -> dict[str, Any]:
     return {
         "path": config.traces_file or DEFAULT_TRACES_FILE,
         "logs_path": config.logs_file or None,
+        "metrics_path": config.metrics_file or None,
         "max_bytes": _int_setting(
             config, "traces_file_max_bytes", AIORUNNER_TRACES_FILE_MAX_BYTES, DEFAULT_MAX_BYTES
         ),
@@ -412,4 +448,5 @@ def create_backend(config: TracingConfig) -> JsonlBackend:
         max_bytes=options["max_bytes"],
         backups=options["backups"],
         logs_path=options["logs_path"],
+        metrics_path=options["metrics_path"],
     )

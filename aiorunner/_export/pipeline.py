@@ -38,6 +38,10 @@ The same class carries log records (``signal="logs"``, one more instance per ses
 reader asks :meth:`has_room` before handing records over and stops reading the script's
 pipe while it is False (back-pressure: the script blocks on its write), so below the
 run's cap no output line is dropped, however slow the backend.
+
+And metric points (``signal="metrics"``, a third instance): :meth:`emit` again, the item's
+trace id is the run's (``point.trace_id``), so a run's ``upload_traces`` waits for its
+final points as for its spans; workers call ``export_metrics``.
 """
 
 from __future__ import annotations
@@ -171,8 +175,8 @@ class ExportPipeline(SpanProcessor):
         keep_open: Sequence[BackendAdapter] = (),
         hedge: float = 0.0,
     ) -> None:
-        if signal not in ("traces", "logs"):
-            raise ValueError(f"signal={signal!r}; use 'traces' or 'logs'")
+        if signal not in ("traces", "logs", "metrics"):
+            raise ValueError(f"signal={signal!r}; use 'traces', 'logs' or 'metrics'")
         self.signal = signal
         self._ids = _trace_ids if signal == "traces" else _record_trace_ids
         # Backends another pipeline (the session's traces one) shuts down.

@@ -60,6 +60,7 @@ __all__ = [
     "list_backends",
     "load_backend",
     "load_log_exporter",
+    "load_metric_exporter",
     "log_exporter_installed",
 ]
 
@@ -68,6 +69,8 @@ OTEL_GROUP = "opentelemetry_traces_exporter"
 #: OpenTelemetry's group of log exporters (``OTEL_LOGS_EXPORTER``): classes whose sync
 #: ``export`` takes the SDK's log records.
 OTEL_LOGS_GROUP = "opentelemetry_logs_exporter"
+#: OpenTelemetry's group of metric exporters (``OTEL_METRICS_EXPORTER``).
+OTEL_METRICS_GROUP = "opentelemetry_metrics_exporter"
 
 #: The core's own backends. Registered as entry points too (``aiorunner backends`` lists
 #: them), but resolved from this table: the embedded default then needs no scan of every
@@ -366,6 +369,34 @@ def load_log_exporter(name: str) -> Any:
     except Exception as exc:
         raise BackendError(
             f"log exporter {describe_entry_point(ep)} failed to load: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_metric_exporter(name: str) -> Any:
+    """
+    Build OpenTelemetry's metric exporter called ``name`` (group
+    ``opentelemetry_metrics_exporter``: a class constructed with no arguments).
+
+    Raises:
+        UnknownBackendError: no metric exporter of that name is installed.
+        BackendError: it failed to import or to construct.
+    """
+    found = [ep for ep in _group(OTEL_METRICS_GROUP) if ep.name == name]
+    if not found:
+        names = sorted({*installed_names(), *(ep.name for ep in _group(OTEL_METRICS_GROUP))})
+        raise UnknownBackendError(
+            f"unknown metrics exporter {name!r}; installed: {', '.join(names)}. Set "
+            "OTEL_METRICS_EXPORTER (or TracingConfig(metrics_exporter=...)) to one of them",
+            name=name,
+            known=tuple(names),
+        )
+    ep = found[0]
+    try:
+        return ep.load()()
+    except Exception as exc:
+        raise BackendError(
+            f"metric exporter {describe_entry_point(ep)} failed to load: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 

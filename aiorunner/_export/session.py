@@ -27,11 +27,17 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
-from .._config import OTEL_LOGS_EXPORTER, EnvProblem, TracingConfig, report_env_problem
+from .._config import (
+    OTEL_LOGS_EXPORTER,
+    OTEL_METRICS_EXPORTER,
+    EnvProblem,
+    TracingConfig,
+    report_env_problem,
+)
 from .._exceptions import BackendError, ConfigError, UnknownBackendError
 from .._result import ExportReport
 from .._version import __version__
-from .adapters import BackendAdapter, adapt, adapt_log_exporter, broken
+from .adapters import BackendAdapter, adapt, adapt_log_exporter, adapt_metric_exporter, broken
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
 from .registry import (
@@ -40,6 +46,7 @@ from .registry import (
     find_entry_point,
     load_backend,
     load_log_exporter,
+    load_metric_exporter,
 )
 from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
@@ -263,6 +270,90 @@ def _log_adapters(
     return adapters, shared
 
 
+# Backends already said to take no metrics (said once per process).
+_NO_METRICS_SAID: set[str] = set()
+
+
+def _say_no_metrics(name: str) -> None:
+    if name in _NO_METRICS_SAID:
+        return
+    _NO_METRICS_SAID.add(name)
+    logger.warning(
+        "backend %r takes no metrics: the runs' resource use is not sent there (its spans "
+        "are); name a backend that does in OTEL_METRICS_EXPORTER, or turn metrics off "
+        "with --no-metrics / TracingConfig(metrics=False)",
+        name,
+    )
+
+
+def _load_metric_adapter(name: str, config: TracingConfig) -> BackendAdapter | None:
+    """One OTEL_METRICS_EXPORTER name: an aiorunner backend with ``export_metrics``, else
+    OpenTelemetry's metric exporter of that name. None (said why) when it cannot."""
+    explicit = config.sources.get("metrics_exporter") == "argument"
+    ours = name in BUILTIN
+    if not ours:
+        try:
+            ours = find_entry_point(name).group == "aiorunner.backends"
+        except UnknownBackendError:
+            ours = False
+    try:
+        if ours:
+            adapter = adapt(load_backend(name, config), name)
+            if adapter.has_metrics:
+                return adapter
+            _say_no_metrics(name)
+            return None
+        return adapt_metric_exporter(load_metric_exporter(name), name)
+    except UnknownBackendError as exc:
+        if explicit:
+            raise
+        report_env_problem(
+            EnvProblem(
+                OTEL_METRICS_EXPORTER,
+                ",".join(config.metrics_exporter or ()),
+                f"names {name!r}, which is no installed backend or metric exporter",
+                "the other names",
+                f"remove {name!r} from {OTEL_METRICS_EXPORTER} ({exc})",
+            )
+        )
+        return None
+    except BackendError as exc:
+        logger.warning("%s; metrics go to the other backends", exc)
+        return None
+
+
+def _metric_adapters(
+    config: TracingConfig, span_adapters: Sequence[BackendAdapter]
+) -> tuple[list[BackendAdapter], list[BackendAdapter]]:
+    """The backends metric points go to, and those of them another pipeline shuts down
+    (a backend named for several signals is built once)."""
+    names = tuple(dict.fromkeys(config.metrics_exporter or ()))
+    if not names:
+        chosen = []
+        for adapter in span_adapters:
+            if adapter.has_metrics:
+                chosen.append(adapter)
+            elif adapter.kind != "broken":
+                _say_no_metrics(adapter.name)
+        return chosen, list(chosen)
+    by_name = {a.name: a for a in span_adapters}
+    adapters: list[BackendAdapter] = []
+    shared: list[BackendAdapter] = []
+    for name in names:
+        existing = by_name.get(name)
+        if existing is not None:
+            if existing.has_metrics:
+                adapters.append(existing)
+                shared.append(existing)
+            elif existing.kind != "broken":
+                _say_no_metrics(name)
+            continue
+        loaded = _load_metric_adapter(name, config)
+        if loaded is not None:
+            adapters.append(loaded)
+    return adapters, shared
+
+
 class Session:
     """
     One TracerProvider + one export pipeline, shared by many runs.
@@ -306,8 +397,15 @@ class Session:
         #: The logs pipeline (the scripts' output as log records); None when logs are
         #: off or no backend takes them.
         self.logs: ExportPipeline | None = None
+        #: The metrics pipeline (each run's resource use, run-level instruments); None
+        #: when metrics are off or no backend takes them.
+        self.metrics: ExportPipeline | None = None
+        #: Run-level instruments aggregated across this session's runs (cumulative
+        #: temporality needs the running totals); made with the metrics pipeline.
+        self.meter: Any = None
         self._adapters: tuple[BackendAdapter, ...] = ()
         self._log_adapters: tuple[BackendAdapter, ...] = ()
+        self._metric_adapters: tuple[BackendAdapter, ...] = ()
         if not self.enabled:
             return
         policy = _policy(self.config)
@@ -360,6 +458,26 @@ class Session:
                     connect_budget=self.config.connect_budget,
                     hedge=float(self.config.spool_hedge or 0.0),
                 )
+        # A script run by aiorunner: its resource use is its parent run's metrics already.
+        if self.config.metrics and not via_parent:
+            metric_adapters, shared = _metric_adapters(self.config, adapters)
+            if metric_adapters:
+                from .meter import SessionMeter
+
+                self._metric_adapters = tuple(metric_adapters)
+                self.metrics = ExportPipeline(
+                    metric_adapters,
+                    batch_size=2048,
+                    max_queue_size=8192,
+                    schedule_delay=0.0,
+                    export_timeout=float(self.config.metrics_export_timeout or 0.0),
+                    policy=policy,
+                    signal="metrics",
+                    keep_open=shared,
+                    spools=_spools(self.config, metric_adapters, "metrics"),
+                    connect_budget=self.config.connect_budget,
+                )
+                self.meter = SessionMeter(self)
 
     @property
     def resource(self) -> Any:
@@ -461,30 +579,38 @@ class Session:
         thread (ends the last spans), flush again; one round trip (``ExportPipeline``)."""
         if self._pipeline is None:
             return ExportReport(disabled=True), ExportReport(disabled=True)
-        logs = self.logs
-        if logs is None:
+        logs, metrics = self.logs, self.metrics
+        if logs is None and metrics is None:
             return await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        found: list[ExportReport] = []
+        found: dict[str, ExportReport] = {}
 
-        async def flush_logs() -> None:
-            found.append(await logs.flush_trace(trace_id, timeout))
+        async def flush_other(name: str, pipeline: ExportPipeline) -> None:
+            found[name] = await pipeline.flush_trace(trace_id, timeout)
 
         import anyio
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(flush_logs)
+            if logs is not None:
+                tg.start_soon(flush_other, "logs", logs)
+            if metrics is not None:
+                tg.start_soon(flush_other, "metrics", metrics)
             first, second = await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        return first, _with_logs(second, found[0])
+        if "logs" in found:
+            second = _with_logs(second, found["logs"])
+        if "metrics" in found:
+            second = _with_metrics(second, found["metrics"])
+        return first, second
 
     async def flush(self, *, timeout: float | None = None) -> bool:
         """Wait until every span ended so far is exported or failed for good; False if
         ``timeout`` (default: the export timeout) passed first."""
         if self._pipeline is None:
             return True
-        if self.logs is not None:
-            logs_done = await self.logs.flush(self._timeout(timeout))
-            return await self._pipeline.flush(self._timeout(timeout)) and logs_done
-        return await self._pipeline.flush(self._timeout(timeout))
+        done = True
+        for other in (self.metrics, self.logs):
+            if other is not None:
+                done = await other.flush(self._timeout(timeout)) and done
+        return await self._pipeline.flush(self._timeout(timeout)) and done
 
     def watch_trace(self, trace_id: int) -> None:
         """Keep per-trace counts for ``trace_id`` from now on, for a later
@@ -513,6 +639,12 @@ class Session:
             return PipelineStatistics()
         return self.logs.statistics()
 
+    def metric_statistics(self) -> PipelineStatistics:
+        """The same counters for metric points (the metrics pipeline)."""
+        if self.metrics is None:
+            return PipelineStatistics()
+        return self.metrics.statistics()
+
     # ------------------------------------------------------------------ closing
 
     @property
@@ -522,21 +654,22 @@ class Session:
     def _request_close(self, timeout: float | None) -> concurrent.futures.Future[None] | None:
         if self._pipeline is None:
             return None
-        pipeline, logs = self._pipeline, self.logs
         budget = self._timeout(timeout)
-        if logs is None:
-            return pipeline.request_close(budget)
-        # Logs first: the traces pipeline shuts the shared backends down when it is done.
+        # Metrics, then logs, then spans: the traces pipeline shuts the shared backends
+        # down when it is done.
+        chain = [p for p in (self.metrics, self.logs, self._pipeline) if p is not None]
+        if len(chain) == 1:
+            return chain[0].request_close(budget)
         finished: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-        def done(_: object) -> None:
-            if not finished.done():
-                finished.set_result(None)
+        def step(index: int) -> None:
+            if index == len(chain):
+                if not finished.done():
+                    finished.set_result(None)
+                return
+            chain[index].request_close(budget).add_done_callback(lambda _: step(index + 1))
 
-        def then(_: object) -> None:
-            pipeline.request_close(budget).add_done_callback(done)
-
-        logs.request_close(budget).add_done_callback(then)
+        step(0)
         return finished
 
     async def aclose(self, *, timeout: float | None = None) -> None:
@@ -545,6 +678,8 @@ class Session:
         timeout), then shut the backends down. Never hangs on a dead collector: what is
         not out by the deadline is counted as failed or dropped. Idempotent.
         """
+        if self.metrics is not None:
+            await self.metrics.aclose(self._timeout(timeout))
         if self.logs is not None:
             await self.logs.aclose(self._timeout(timeout))
         if self._pipeline is not None:
@@ -553,6 +688,8 @@ class Session:
     def close(self, timeout: float | None = None) -> None:
         """Blocking :meth:`aclose`, for interpreter exit and synchronous code (it blocks
         the calling thread: from async code, ``await aclose()``)."""
+        if self.metrics is not None:
+            self.metrics.close(self._timeout(timeout))
         if self.logs is not None:
             self.logs.close(self._timeout(timeout))
         if self._pipeline is not None:
@@ -577,6 +714,16 @@ def _with_logs(report: ExportReport, logs: ExportReport) -> ExportReport:
         logs=logs.backends,
         logs_dropped=logs.dropped,
         logs_pending=logs.pending,
+    )
+
+
+def _with_metrics(report: ExportReport, metrics: ExportReport) -> ExportReport:
+    """A run's span report with its metric points' counts added."""
+    return dataclasses.replace(
+        report,
+        metrics=metrics.backends,
+        metrics_dropped=metrics.dropped,
+        metrics_pending=metrics.pending,
     )
 
 

@@ -168,10 +168,34 @@ def _decode_logs(line: bytes) -> list[Any]:
         raise ValueError(f"not an ExportLogsServiceRequest line: {exc}") from exc
 
 
+def _encode_metrics(points: Sequence[Any]) -> bytes:
+    from .metrics import encode_metrics_line
+
+    return encode_metrics_line(points)
+
+
+def _decode_metrics(line: bytes) -> list[Any]:
+    import json
+
+    from .metrics import decode_metrics_request
+
+    try:
+        return decode_metrics_request(json.loads(line))
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not an ExportMetricsServiceRequest line: {exc}") from exc
+
+
 #: How a spool line is written and read back, per signal.
 _LINE_FORMATS: dict[str, tuple[Callable[[Sequence[Any]], bytes], Callable[[bytes], list[Any]]]] = {
     "traces": (_encode_spans, _decode_spans),
     "logs": (_encode_logs, _decode_logs),
+    "metrics": (_encode_metrics, _decode_metrics),
+}
+#: Each signal's export verb (a BackendAdapter method) and what one item is called.
+_VERBS = {
+    "traces": ("export", "span"),
+    "logs": ("export_logs", "log record"),
+    "metrics": ("export_metrics", "metric point"),
 }
 
 
@@ -227,11 +251,9 @@ class BackendWorker:
         self.name = adapter.name
         # The export verb and the spool's line format, chosen once: spans, or log
         # records (the logs pipeline).
-        self._verb: Callable[..., Awaitable[ExportResult]] = (
-            adapter.export if signal == "traces" else adapter.export_logs
-        )
+        verb, self._unit = _VERBS[signal]
+        self._verb: Callable[..., Awaitable[ExportResult]] = getattr(adapter, verb)
         self._encode, self._decode = _LINE_FORMATS[signal]
-        self._unit = "span" if signal == "traces" else "log record"
         self._errors = errors
         self._batch_size = batch_size
         self._max_queue = max_queue
@@ -308,9 +330,10 @@ class BackendWorker:
         size = len(spans)
         self.received += size
         if self._busy and self._queued_spans + size > self._max_queue:
-            variable = (
-                "OTEL_BSP_MAX_QUEUE_SIZE" if self._unit == "span" else "OTEL_BLRP_MAX_QUEUE_SIZE"
-            )
+            variable = {
+                "span": "OTEL_BSP_MAX_QUEUE_SIZE",
+                "log record": "OTEL_BLRP_MAX_QUEUE_SIZE",
+            }.get(self._unit, "AIORUNNER_METRICS_MAX_QUEUE_SIZE")
             error = (
                 f"queue full ({self._max_queue} {self._unit}s waiting, {variable}): "
                 f"the backend is slower than the {self._unit}s arrive"

@@ -187,7 +187,7 @@ class ProcessTreeMonitor:
         io_metrics: dict[str, int] = {}
         if self._tree.io_seen:
             io_metrics = dict(zip(self.reader.io_keys, io, strict=True))
-        return build_summary(
+        out = build_summary(
             self._log,
             cpu_user=user,
             cpu_system=system,
@@ -195,6 +195,12 @@ class ProcessTreeMonitor:
             rusage=rusage,
             wall_seconds=wall_seconds,
         )
+        faults = self._tree.final_faults
+        if self._tree.faults_seen and faults is not None:
+            # The whole tree's (detached processes included), at least the rusage's.
+            out["page_faults_minor"] = max(faults[0], int(out.get("page_faults_minor", 0)))
+            out["page_faults_major"] = max(faults[1], int(out.get("page_faults_major", 0)))
+        return out
 
     def events(self, max_events: int) -> list[Event]:
         """
@@ -287,6 +293,14 @@ class ProcessTreeMonitor:
                 for slot, value in zip(self._io_slots, figures.io, strict=True):
                     slots[slot] = value
                 io = tuple(slots)
+        # I/O, context switches, virtual memory, page faults (a tuple of unknown length
+        # to the type checker: the fields are checked by Sample itself).
+        tail: tuple[int | None, ...] = (
+            *io,
+            *(figures.ctx or (None, None)),
+            figures.vms,
+            *(figures.faults or (None, None)),
+        )
         sample = Sample(  # positional: this runs for every process tree every tick
             time.time() - (time.monotonic() - read_at),
             elapsed,
@@ -297,8 +311,7 @@ class ProcessTreeMonitor:
             figures.threads,
             figures.processes,
             figures.fds,
-            *io,
-            *(figures.ctx or (None, None)),
+            *tail,
         )
         self._log.add(sample, window_ok=window_ok)
         self._publish(sample)

@@ -66,6 +66,12 @@ class Reading(NamedTuple):
     #: What was read, unparsed: when the next read is the same, the reader hands back the
     #: same ``Reading`` and the tree skips its bookkeeping (an idle process costs less).
     raw: tuple[bytes, bytes | None, int | None] | None = None
+    #: Virtual memory size in bytes (``vsize``), None where not read.
+    vms: int | None = None
+    #: Page faults (minor, major), cumulative like the CPU times: its own plus those of
+    #: the children it waited for (``minflt + cminflt``, ``majflt + cmajflt`` of
+    #: ``/proc/<pid>/stat``; psutil has no such figure on Linux). None where not read.
+    faults: tuple[int, int] | None = None
 
 
 class _Marker:
@@ -193,6 +199,8 @@ class ProcfsReader(Reader):
             cuser, csystem = int(fields[13]) / tick, int(fields[14]) / tick
             threads = int(fields[17])
             rss = int(fields[21]) * self._page
+            vms = int(fields[20])
+            faults = (int(fields[7]) + int(fields[8]), int(fields[9]) + int(fields[10]))
         except (IndexError, ValueError):
             return UNREADABLE
         zombie = state in (b"Z", b"X")
@@ -210,6 +218,8 @@ class ProcfsReader(Reader):
             io=self._io(raw[1]),
             ctx=None,
             raw=raw,
+            vms=0 if zombie else vms,
+            faults=faults,
         )
 
     @staticmethod
@@ -310,7 +320,9 @@ class PsutilReader(Reader):
                 zombie = proc.status() == psutil.STATUS_ZOMBIE
                 times = proc.cpu_times()
                 ppid = proc.ppid()
-                rss = 0 if zombie else proc.memory_info().rss
+                memory = None if zombie else proc.memory_info()
+                rss = memory.rss if memory is not None else 0
+                vms = getattr(memory, "vms", None) if memory is not None else 0
                 threads = 0 if zombie else proc.num_threads()
                 fds = None if zombie else self._optional(proc, "num_fds")
                 io = self._io(proc)
@@ -336,6 +348,7 @@ class PsutilReader(Reader):
             fds=fds,
             io=io,
             ctx=ctx,
+            vms=vms,
         )
 
     def _optional(self, proc: object, name: str) -> Any:

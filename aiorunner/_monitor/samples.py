@@ -56,6 +56,9 @@ class Sample:
     io_write_disk_bytes: int | None = None
     ctx_switches_voluntary: int | None = None  # only where psutil samples them
     ctx_switches_involuntary: int | None = None
+    vms_bytes: int | None = None  # virtual memory, summed over the processes alive
+    page_faults_minor: int | None = None  # cumulative, whole tree, like the CPU seconds
+    page_faults_major: int | None = None
 
     @property
     def cpu_seconds(self) -> float:

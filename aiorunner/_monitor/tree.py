@@ -143,6 +143,8 @@ class TreeFigures(NamedTuple):
     io: tuple[int, ...] | None
     ctx: tuple[int, int] | None
     readings: int  # processes actually read this tick (zombies included)
+    vms: int | None = None
+    faults: tuple[int, int] | None = None  # minor, major: cumulative like the CPU times
 
 
 class _Node:
@@ -170,9 +172,12 @@ class ProcessTree:
         self.scan_key: tuple[str, int] | None = None
         self._live: dict[int, _Node] = {pid: self.root}
         self._detached: list[_Node] = []
-        self._frozen = [0.0] * (2 + len(io_keys))
+        # The vector: user, system, the I/O counters, minor and major page faults.
+        self._frozen = [0.0] * (4 + len(io_keys))
+        self.faults_seen = False
         self._tick = 0
         self._figures: TreeFigures | None = None
+        self.final_faults: tuple[int, int] | None = None
 
     # -- what the worker thread needs -------------------------------------------------
 
@@ -236,18 +241,22 @@ class ProcessTree:
             readings += 1
             if result.io is not None:
                 self.io_seen = True
+            if result.faults is not None:
+                self.faults_seen = True
             if not result.zombie:
                 fresh.append(result)
         if unchanged and self._figures is not None:
             return self._figures
         if self._detached:
             self._collapse_detached()
-        user, system, io = self._split(self.estimate())
+        vector = self.estimate()
+        user, system, io = self._split(vector)
+        faults = (int(vector[-2]), int(vector[-1])) if self.faults_seen else None
         if len(fresh) == 1:  # the common case: one process
             (r,) = fresh
             self._figures = TreeFigures(
                 user, system, r.rss, r.threads, 1, r.fds, io if self.io_seen else None, r.ctx,
-                readings,
+                readings, r.vms, faults,
             )  # fmt: skip
             return self._figures
         self._figures = TreeFigures(
@@ -260,6 +269,8 @@ class ProcessTree:
             io=io if self.io_seen else None,
             ctx=_sum_ctx([r.ctx for r in fresh]),
             readings=readings,
+            vms=_sum_known([r.vms for r in fresh]),
+            faults=faults,
         )
         return self._figures
 
@@ -334,14 +345,20 @@ class ProcessTree:
                 write_at = 2 + self.io_keys.index("io_write_disk_bytes")
                 root[read_at] = max(root[read_at], rusage.ru_inblock * 512)
                 root[write_at] = max(root[write_at], rusage.ru_oublock * 512)
-        user, system, io = self._split([a + b for a, b in zip(root, rest, strict=True)])
+        if rusage is not None:
+            root[-2] = max(root[-2], rusage.ru_minflt)
+            root[-1] = max(root[-1], rusage.ru_majflt)
+        total = [a + b for a, b in zip(root, rest, strict=True)]
+        #: (minor, major) page faults of the whole run, like the CPU times.
+        self.final_faults = (int(total[-2]), int(total[-1]))
+        user, system, io = self._split(total)
         return user, system, io
 
     def _split(self, vector: list[float]) -> tuple[float, float, tuple[int, ...]]:
-        return vector[0], vector[1], tuple(map(int, vector[2:]))
+        return vector[0], vector[1], tuple(map(int, vector[2:-2]))
 
     def _own(self, node: _Node) -> list[float]:
-        width = 2 + len(self.io_keys)
+        width = 4 + len(self.io_keys)
         r = node.last
         if r is None:
             return [0.0] * width
@@ -350,6 +367,12 @@ class ProcessTree:
             own.extend(float(v) for v in r.io)
         else:
             own.extend([0.0] * len(self.io_keys))
+        faults = r.faults
+        if faults is not None:
+            own.append(float(faults[0]))
+            own.append(float(faults[1]))
+        else:
+            own.extend((0.0, 0.0))
         return own
 
     def _subtree_estimate(self, top: _Node) -> list[float]:

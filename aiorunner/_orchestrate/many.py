@@ -414,6 +414,7 @@ class _Batch:
             why = f"prerequisite {prerequisite.name!r} was cancelled"
         else:
             why = f"prerequisite {prerequisite.name!r} failed"
+        self._count_skipped(node)
         return RunResult(
             script=node.script,
             name=node.name,
@@ -424,6 +425,19 @@ class _Batch:
             started_at=time.time(),
             trace_id=self._trace_id(),
         )
+
+    def _count_skipped(self, node: Node) -> None:
+        """``aiorunner.runs`` counts a skipped job (outcome ``skipped``)."""
+        session = self.session
+        if session is None or session.meter is None or session.metrics is None:
+            return
+        root = self._root
+        trace_id = root.get_span_context().trace_id if root is not None else 0
+        emit = session.metrics.emit
+        for point in session.meter.record_skipped(
+            job=node.name, trace_id=trace_id, resource=session.resource
+        ):
+            emit(point)
 
     def _late_result(self, node: Node, number: int, result: RunResult) -> None:
         """Attempt ``number`` was cancelled after its script ended: keep what it did."""

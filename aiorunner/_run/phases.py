@@ -38,6 +38,7 @@ from . import deps as _deps
 from .dep_check import FOREIGN_ENV, check_dependencies, inventory_for, is_own_interpreter
 from .logfeed import DROPPED_ATTRIBUTE, RECORDS_ATTRIBUTE, RunLogs
 from .metadata import ScriptInfo, ScriptProblem, read_script
+from .metricfeed import RunMetrics
 from .phase_span import PhaseSpans
 from .process import ChildProcess, OutputCallback
 from .tail import last_error_line
@@ -151,6 +152,8 @@ class _Run:
         self._phases: PhaseSpans | bool | None = None
         #: The run's output as log records (None: logs off, or nowhere to send them).
         self.logs: RunLogs | None = None
+        #: The run's resource use as metric points (None: metrics off or not sampled).
+        self.metricfeed: RunMetrics | None = None
 
     def span(self, name: str, **kwargs: Any) -> Span:
         """A phase span under the run's root: a :class:`PhaseSpan` (see ``_phase_span``
@@ -427,6 +430,7 @@ class _Run:
             from .._monitor.readers import default_reader
 
             reader = default_reader()
+        self.metricfeed = self._make_metrics()
         try:
             child = await ChildProcess.spawn(
                 argv,
@@ -591,6 +595,68 @@ class _Run:
             scrub=self.scrub,
         )
 
+    def _job_name(self) -> str:
+        """The run's job (run_many, jobs files), else its script's file name: bounded."""
+        job = self.runner.tracing_attributes.get("aiorunner.job")
+        return str(job) if job else os.path.basename(os.fspath(self.runner.script))
+
+    def _make_metrics(self) -> RunMetrics | None:
+        """The run's metric points, when its session sends metrics and it is sampled."""
+        session = self.session
+        if session is None or session.metrics is None:
+            return None
+        context = self.root.get_span_context()
+        if not context.is_valid or not context.trace_flags.sampled:
+            return None
+        return RunMetrics(
+            session.metrics,
+            session.resource,
+            trace_id=context.trace_id,
+            job=self._job_name(),
+            script=os.path.basename(os.fspath(self.runner.script)),
+            # The session's: it owns the pipeline and the run-level temporality.
+            interval=float(session.config.metrics_interval or 10.0),
+            preference=str(session.config.metrics_temporality or "cumulative"),
+        )
+
+    def _record_metrics(self, session: Session | None, cancelled: bool) -> None:
+        """collect_metrics: the run's final values and its run-level instruments, handed
+        to the metrics pipeline now (a short run is not lost to the export interval),
+        inside the run's span: the duration's exemplar names its trace and span."""
+        outcome = self.outcome
+        feed = self.metricfeed
+        if feed is not None:
+            feed.finish(outcome.metrics, self.execution_time)
+        meter = session.meter if session is not None else None
+        if meter is None or session is None or session.metrics is None:
+            return
+        context = self.root.get_span_context()
+        if not context.is_valid or not context.trace_flags.sampled:
+            return
+        if outcome.error is None:
+            result = "success"
+        elif outcome.timed_out:
+            result = "timeout"
+        elif cancelled or outcome.cancelled or outcome.error_type == "cancelled":
+            result = "cancelled"
+        else:
+            result = "failed"
+        peak = outcome.metrics.get("memory_rss_peak_bytes")
+        points = meter.record_run(
+            job=self._job_name(),
+            outcome=result,
+            duration=time.perf_counter() - self.t0,
+            peak_bytes=int(peak) if peak else None,
+            trace_id=context.trace_id,
+            span_id=context.span_id,
+            resource=session.resource,
+        )
+        if feed is not None:
+            feed.points += len(points)
+        emit = session.metrics.emit
+        for point in points:
+            emit(point)
+
     def _logs_timeout(self) -> float:
         return float(self.config.logs_export_timeout or self.config.export_timeout or 30.0)
 
@@ -685,7 +751,7 @@ class _Run:
             pid,
             reader=reader,
             interval=float(runner.monitor_interval or self.config.monitor_interval or 0.5),
-            on_sample=runner.on_sample,
+            on_sample=_both(runner.on_sample, self.metricfeed),
             max_memory_bytes=runner.max_memory_bytes,
             max_cpu_seconds=runner.max_cpu_seconds,
             run_token=token,
@@ -703,6 +769,7 @@ class _Run:
             "collect_metrics",
             attributes={f"aiorunner.{k}": v for k, v in outcome.metrics.items()},
         )
+        self._record_metrics(session, cancelled)
         span.end()
         root = self.root
         attributes: dict[str, str | int | bool] = {}
@@ -793,6 +860,20 @@ class _Run:
             )
         outcome.export = report
         session._run_export_log.record(report, self.runner.script, trace_id)
+
+
+def _both(on_sample: Any, feed: RunMetrics | None) -> Any:
+    """The monitor's callback: the user's ``on_sample``, and the run's metric feed."""
+    if feed is None:
+        return on_sample
+    if on_sample is None:
+        return feed.on_sample
+
+    def both(sample: Any) -> object:
+        feed.on_sample(sample)
+        return on_sample(sample)
+
+    return both
 
 
 def _tracked(monitor: Any) -> list[tuple[int, int]]:

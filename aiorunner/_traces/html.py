@@ -32,6 +32,11 @@ _CSS = """
 body { font: 13px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.2em; margin: 0 0 .2em; } h1 code { font-weight: normal; }
 .summary { color: #555; margin: 0 0 1em; }
+.charts h2 { font-size: 1em; font-weight: normal; color: #555; margin: .5em 0 .2em; }
+.chart { margin: 0 1em .8em 0; } .chart .frame { fill: none; stroke: #ddd; }
+.chart text { font-size: 11px; fill: #555; }
+.chart .line { fill: none; stroke-width: 1.5; } .cpu .line { stroke: var(--ok); }
+.memory .line { stroke: var(--event); }
 .status-ok { color: var(--ok); } .status-error { color: var(--error); }
 .status-running { color: var(--running); } .status-lost { color: var(--lost); }
 .waterfall { border-top: 1px solid #ccc; }
@@ -181,6 +186,46 @@ def _log_time(ns: int) -> str:
         return "?"
 
 
+def _charts(trace: Trace) -> str:
+    """Each monitored run's CPU % and memory over time (inline SVG, from the samples of
+    its ``execute_script`` span)."""
+    from .charts import format_bytes, resource_series, svg_chart
+
+    out = []
+    for span in trace.spans:
+        cpu, memory = resource_series(span)
+        if not cpu and not memory:
+            continue
+        end = trace.span_end(span)
+        when = format_duration(max(0, span.start_ns - trace.start_ns) / 1e9)
+        charts = ""
+        if cpu:
+            peak = max(v for _, v in cpu)
+            charts += svg_chart(
+                cpu,
+                title=f"CPU % of {span.name} at +{when}",
+                label=f"CPU % (of one core), max {peak:.0f} %",
+                start_ns=span.start_ns,
+                end_ns=end,
+                css_class="cpu",
+            )
+        if memory:
+            peak = max(v for _, v in memory)
+            charts += svg_chart(
+                memory,
+                title=f"memory of {span.name} at +{when}",
+                label=f"memory (RSS), max {format_bytes(peak)}",
+                start_ns=span.start_ns,
+                end_ns=end,
+                css_class="memory",
+            )
+        out.append(
+            f'<section class="charts" data-span-id="{escape(span.span_id)}">'
+            f"<h2>Resource use of {escape(span.name)} at +{escape(when)}</h2>{charts}</section>"
+        )
+    return "".join(out)
+
+
 def render_html(trace: Trace) -> str:
     """The waterfall of ``trace`` as a complete HTML document (a string)."""
     origin = trace.start_ns
@@ -255,7 +300,8 @@ def render_html(trace: Trace) -> str:
         f"<style>{_CSS}</style></head>\n<body>"
         f"<h1>Trace <code>{escape(trace.trace_id)}</code></h1>"
         f'<p class="summary">{" · ".join(summary)}</p>'
-        f'<div class="waterfall" data-trace-id="{escape(trace.trace_id)}" '
+        + _charts(trace)
+        + f'<div class="waterfall" data-trace-id="{escape(trace.trace_id)}" '
         f'data-start-ns="{origin}" data-end-ns="{trace.end_ns}">\n'
         + "\n".join(parts)
         + f"\n</div>{note}<script>{_JS}</script></body></html>\n"

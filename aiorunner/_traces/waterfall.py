@@ -179,6 +179,27 @@ def _details(trace: Trace, span: SpanRecord, width: int, lead: str, service: str
     ]
 
 
+def _sparklines(span: SpanRecord, width: int, lead: str) -> list[Text]:
+    """A monitored run's CPU % and memory, one sparkline each (from its samples)."""
+    from .charts import format_bytes, resource_series, sparkline
+
+    cpu, memory = resource_series(span)
+    room = max(8, min(40, width - cell_len(lead) - 30))
+    lines = []
+    if cpu:
+        peak = max(v for _, v in cpu)
+        lines.append(
+            Text(lead, style="dim") + Text(f"cpu {sparkline(cpu, room)}  max {peak:.0f} %")
+        )
+    if memory:
+        peak = max(v for _, v in memory)
+        lines.append(
+            Text(lead, style="dim")
+            + Text(f"mem {sparkline(memory, room)}  max {format_bytes(peak)}")
+        )
+    return lines
+
+
 def _wrap_lines(text: str, cells: int) -> list[str]:
     """A detail that has line breaks (a status message holding a traceback) printed as
     several lines, each wrapped; the lines after the first are indented by two, under
@@ -275,6 +296,7 @@ def build_lines(trace: Trace, *, width: int = 100, verbose: bool = False) -> lis
         lines.append(line)
         if verbose:
             lead = _detail_guide(row, span.span_id in has_children)
+            lines.extend(_sparklines(span, width, lead))
             lines.extend(_details(trace, span, width, lead, service))
             lines.extend(_log_lines(trace.logs_of(span.span_id), width, lead + "│ "))
     orphans = [s for s in roots if s.parent_span_id]

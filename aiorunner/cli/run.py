@@ -287,6 +287,11 @@ def _many_scripts(
     is_flag=True,
     help="Do not send the script's output as log records (same as OTEL_LOGS_EXPORTER=none).",
 )
+@click.option(
+    "--no-metrics",
+    is_flag=True,
+    help="Do not send the runs' resource use as metrics (same as OTEL_METRICS_EXPORTER=none).",
+)
 @otel_options
 @click.pass_context
 def run_command(
@@ -315,6 +320,7 @@ def run_command(
     instrument: tuple[str, ...],
     no_in_script_tracing: bool,
     no_logs: bool,
+    no_metrics: bool,
     **otel_flags: str | None,
 ) -> None:
     """Run SCRIPT with ARGS as a traced subprocess, or many scripts at once.
@@ -356,6 +362,8 @@ def run_command(
         overrides["in_script_tracing"] = False
     if no_logs:
         overrides["logs"] = False
+    if no_metrics:
+        overrides["metrics"] = False
     try:
         config = _config_from_env(overrides, flags)
         if instrument and interpreter is None:

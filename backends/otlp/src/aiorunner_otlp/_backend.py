@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from typing_extensions import Self
 
-    from aiorunner.backend import LogRecordData
+    from aiorunner.backend import LogRecordData, MetricPointData
 
 __all__ = ["OtlpBackend", "OtlpStatistics"]
 
@@ -60,6 +60,8 @@ class OtlpStatistics:
     abandoned_threads: int
     #: Log records sent successfully (``export_logs``).
     log_records_exported: int = 0
+    #: Metric points sent successfully (``export_metrics``).
+    metric_points_exported: int = 0
 
 
 def _make_transport(settings: OtlpSettings, signal: str = "traces") -> _Transport:
@@ -84,7 +86,11 @@ class OtlpBackend:
     """
 
     def __init__(
-        self, name: str, settings: OtlpSettings, logs_settings: OtlpSettings | None = None
+        self,
+        name: str,
+        settings: OtlpSettings,
+        logs_settings: OtlpSettings | None = None,
+        metrics_settings: OtlpSettings | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -102,6 +108,14 @@ class OtlpBackend:
         if self._logs_transport is None:
             # No log records for this backend: the pipeline then sends it none.
             self.export_logs = None  # type: ignore[assignment,method-assign]
+        self.metrics_settings = metrics_settings
+        self._metrics_transport = (
+            _make_transport(metrics_settings, "metrics") if metrics_settings is not None else None
+        )
+        if self._metrics_transport is None:
+            self.export_metrics = None  # type: ignore[assignment,method-assign]
+        self._metrics_limiter: anyio.CapacityLimiter | None = None
+        self._points = 0
         self._limiter: anyio.CapacityLimiter | None = None
         # The logs pipeline runs on an event loop of its own: a limiter of its own.
         self._logs_limiter: anyio.CapacityLimiter | None = None
@@ -123,6 +137,7 @@ class OtlpBackend:
             failed=self._failed,
             abandoned_threads=self._abandoned,
             log_records_exported=self._records,
+            metric_points_exported=self._points,
         )
 
     async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
@@ -150,6 +165,21 @@ class OtlpBackend:
         result = await self._export(transport, settings, self._logs_limiter, records, timeout)
         if result.ok and records:
             self._records += len(records)
+        return result
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        """Send one batch of metric points (``ExportMetricsServiceRequest``), as
+        :meth:`export` does spans."""
+        transport, settings = self._metrics_transport, self.metrics_settings
+        if transport is None or settings is None:
+            return ExportResult.permanent(f"{self.name}: no metrics endpoint configured")
+        if self._metrics_limiter is None:
+            self._metrics_limiter = anyio.CapacityLimiter(THREADS_PER_BACKEND)
+        result = await self._export(transport, settings, self._metrics_limiter, points, timeout)
+        if result.ok and points:
+            self._points += len(points)
         return result
 
     async def _export(
@@ -234,3 +264,7 @@ class OtlpBackend:
             await anyio.to_thread.run_sync(self._transport.close, abandon_on_cancel=True)
             if self._logs_transport is not None:
                 await anyio.to_thread.run_sync(self._logs_transport.close, abandon_on_cancel=True)
+            if self._metrics_transport is not None:
+                await anyio.to_thread.run_sync(
+                    self._metrics_transport.close, abandon_on_cancel=True
+                )

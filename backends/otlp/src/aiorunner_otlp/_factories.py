@@ -71,12 +71,15 @@ def create_otlp_backend(
     protocols: Collection[str] = PROTOCOLS,
     environ: Mapping[str, str] | None = None,
     logs: bool = True,
+    metrics: bool = True,
 ) -> OtlpBackend:
     """
     Build an OTLP backend called ``name``: the building block of presets such as the
     vendor backends of ``aiorunner-vendors``. With ``logs`` (the default) it also sends
     log records (the scripts' output), resolved with ``signal="logs"``
-    (``OTEL_EXPORTER_OTLP_LOGS_*``, ``/v1/logs``).
+    (``OTEL_EXPORTER_OTLP_LOGS_*``, ``/v1/logs``); with ``metrics`` (the default) the
+    runs' metrics, resolved with ``signal="metrics"`` (``OTEL_EXPORTER_OTLP_METRICS_*``,
+    ``/v1/metrics``).
 
     Arguments are those of :func:`aiorunner_otlp.resolve_settings`; a preset passes its
     endpoint (``(variable, url)``), its auth ``headers`` and the ``protocols`` its service
@@ -98,7 +101,10 @@ def create_otlp_backend(
     logs_settings = None
     if logs and config.logs is not False:
         logs_settings = resolve_settings(config, signal="logs", **options)  # type: ignore[arg-type]
-    return OtlpBackend(name, settings, logs_settings)
+    metrics_settings = None
+    if metrics and config.metrics is not False:
+        metrics_settings = resolve_settings(config, signal="metrics", **options)  # type: ignore[arg-type]
+    return OtlpBackend(name, settings, logs_settings, metrics_settings)
 
 
 def create_backend(config: TracingConfig) -> OtlpBackend:

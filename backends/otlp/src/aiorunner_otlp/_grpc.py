@@ -85,6 +85,8 @@ class GrpcTransport:
         self._settings = settings
         # "logs": LogsService.Export of ExportLogsServiceRequest (aiorunner LogRecordData).
         self._logs = signal == "logs"
+        # "metrics": MetricsService.Export of ExportMetricsServiceRequest (MetricPointData).
+        self._metrics = signal == "metrics"
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: Any = None
@@ -135,7 +137,13 @@ class GrpcTransport:
                         target, self._credentials(), options=_CHANNEL_OPTIONS
                     )
                 self._channel = channel
-                if self._logs:
+                if self._metrics:
+                    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import (
+                        MetricsServiceStub,
+                    )
+
+                    self._stub = MetricsServiceStub(channel)  # type: ignore[no-untyped-call]
+                elif self._logs:
                     from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import (
                         LogsServiceStub,
                     )
@@ -154,10 +162,14 @@ class GrpcTransport:
     def send(self, spans: Sequence[Any], timeout: float) -> ExportResult:
         """Export one batch within ``timeout`` seconds; never raises for export failures.
         ``spans`` are ``ReadableSpan``s, or ``LogRecordData`` for a logs transport."""
-        if self._logs:
+        if self._metrics:
+            from ._metrics import encode_metrics
+
+            request: Any = encode_metrics(spans)
+        elif self._logs:
             from ._logs import encode_logs
 
-            request: Any = encode_logs(spans)
+            request = encode_logs(spans)
         else:
             request = encode_request(spans)
         try:
@@ -174,9 +186,13 @@ class GrpcTransport:
         except grpc.RpcError as error:
             return self._failure(error, stub, timeout)
         partial = response.partial_success
-        rejected = partial.rejected_log_records if self._logs else partial.rejected_spans
+        if self._metrics:
+            rejected, what = partial.rejected_data_points, "metric points"
+        elif self._logs:
+            rejected, what = partial.rejected_log_records, "log records"
+        else:
+            rejected, what = partial.rejected_spans, "spans"
         if rejected:
-            what = "log records" if self._logs else "spans"
             return ExportResult.permanent(
                 self._settings.redact(
                     f"{self.where} accepted the request but rejected {rejected} "

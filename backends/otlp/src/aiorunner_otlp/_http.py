@@ -135,7 +135,12 @@ def _rejected_json(data: bytes) -> tuple[int, str]:
     """(rejected spans or log records, message) of an OTLP/JSON export response."""
     try:
         partial = json.loads(data).get("partialSuccess") or {}
-        rejected = partial.get("rejectedSpans") or partial.get("rejectedLogRecords") or 0
+        rejected = (
+            partial.get("rejectedSpans")
+            or partial.get("rejectedLogRecords")
+            or partial.get("rejectedDataPoints")
+            or 0
+        )
         return int(rejected), str(partial.get("errorMessage") or "")
     except (ValueError, AttributeError, TypeError):
         return 0, ""  # a 2xx with an odd body is still a success
@@ -149,6 +154,8 @@ class HttpTransport:
         # "logs": POST ExportLogsServiceRequest bodies (aiorunner LogRecordData) to
         # settings.endpoint (/v1/logs).
         self._logs = signal == "logs"
+        # "metrics": ExportMetricsServiceRequest bodies (MetricPointData) to /v1/metrics.
+        self._metrics = signal == "metrics"
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
         self._closed = False
@@ -192,7 +199,15 @@ class HttpTransport:
     def send(self, spans: Sequence[Any], timeout: float) -> ExportResult:
         """POST one batch within ``timeout`` seconds; never raises for export failures.
         ``spans`` are ``ReadableSpan``s, or ``LogRecordData`` for a logs transport."""
-        if self._logs:
+        if self._metrics:
+            from ._metrics import encode_metrics, encode_metrics_json
+
+            body = (
+                encode_metrics_json(spans)
+                if self._json
+                else encode_metrics(spans).SerializeToString()
+            )
+        elif self._logs:
             from ._logs import encode_logs, encode_logs_json
 
             body = encode_logs_json(spans) if self._json else encode_logs(spans).SerializeToString()
@@ -256,7 +271,13 @@ class HttpTransport:
                     )
             elif data and "protobuf" in content_type:
                 answer: Any = ExportTraceServiceResponse()
-                if self._logs:
+                if self._metrics:
+                    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+                        ExportMetricsServiceResponse,
+                    )
+
+                    answer = ExportMetricsServiceResponse()
+                elif self._logs:
                     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
                         ExportLogsServiceResponse,
                     )
@@ -267,9 +288,13 @@ class HttpTransport:
                 except DecodeError:  # a 2xx with an odd body is still a success
                     return ExportResult.success()
                 partial = answer.partial_success
-                rejected = partial.rejected_log_records if self._logs else partial.rejected_spans
+                if self._metrics:
+                    rejected, what = partial.rejected_data_points, "metric points"
+                elif self._logs:
+                    rejected, what = partial.rejected_log_records, "log records"
+                else:
+                    rejected, what = partial.rejected_spans, "spans"
                 if rejected:
-                    what = "log records" if self._logs else "spans"
                     return ExportResult.permanent(
                         redact(
                             f"{self.where} accepted the request but rejected "

@@ -82,15 +82,16 @@ DEFAULT_TIMEOUT = 10.0
 NO_LIMIT = (2**31 - 1) / 1000.0
 TRACES_PATH = "/v1/traces"
 LOGS_PATH = "/v1/logs"
+METRICS_PATH = "/v1/metrics"
 #: The OTLP/HTTP path of each signal.
-SIGNAL_PATHS = {"traces": TRACES_PATH, "logs": LOGS_PATH}
+SIGNAL_PATHS = {"traces": TRACES_PATH, "logs": LOGS_PATH, "metrics": METRICS_PATH}
 DEFAULT_HTTP_BASE = "http://localhost:4318"
 
 
 def _signal_vars(signal: str) -> dict[str, str]:
     """The signal-specific variable of each setting (``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT``...)."""
     if signal not in SIGNAL_PATHS:
-        raise ValueError(f"signal={signal!r}; use 'traces' or 'logs'")
+        raise ValueError(f"signal={signal!r}; use 'traces', 'logs' or 'metrics'")
     prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
     keys = (
         *("PROTOCOL", "ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION", "INSECURE"),

@@ -82,6 +82,8 @@ class Preset:
     help: str = ""
     #: The service ingests OTLP logs too (the scripts' output is sent to ``/v1/logs``).
     logs: bool = True
+    #: The service ingests OTLP metrics too (the runs' metrics are sent to ``/v1/metrics``).
+    metrics: bool = True
 
 
 def _get(env: Mapping[str, str], var: str) -> str | None:
@@ -278,6 +280,7 @@ PRESETS: dict[str, Preset] = {
             (GRPC,),
             _lightstep,
             logs=False,
+            metrics=False,
         ),
         Preset("dynatrace", "Dynatrace", HTTP_ONLY, _dynatrace),
         Preset("signoz", "SigNoz Cloud", BOTH, _signoz),
@@ -318,4 +321,5 @@ def create_vendor_backend(
         protocols=preset.protocols,
         environ=env,
         logs=preset.logs,
+        metrics=preset.metrics,
     )
