@@ -222,10 +222,11 @@ class DaskExecutor:
         client, self._ready = self._client, False
         if client is None:
             return
-        try:
-            client.unsubscribe_topic(self._topic)
-        except Exception:  # closing anyway
-            logger.debug("unsubscribing %s failed", self._topic, exc_info=True)
+        if self.on_worker is not None:
+            try:
+                client.unsubscribe_topic(self._topic)
+            except Exception:  # closing anyway
+                logger.debug("unsubscribing %s failed", self._topic, exc_info=True)
         if self.export == "worker":
             # Its teardown flushes and closes each worker's pipeline.
             with anyio.move_on_after(30, shield=True):
@@ -282,7 +283,12 @@ class DaskExecutor:
                 ) from exc
             self._client = client
         client = self._client
-        client.subscribe_topic(self._topic, self._on_topic)
+        if self.on_worker is not None:
+            # The workers' notes (started there, the script's pid) come here only when
+            # someone shows them: otherwise the scheduler forwards nothing per attempt
+            # (the at-most-once plugin reads them there, a stop goes to every worker,
+            # and a lost attempt's first worker and pid come back with its re-run).
+            client.subscribe_topic(self._topic, self._on_topic)
         await self._register_at_most_once(client)
         if self.export == "worker":
             from .dask_plugin import ExportPlugin
@@ -521,7 +527,9 @@ class DaskExecutor:
             return dataclasses.replace(result, error=error, worker=worker)
         # The worker that ran the script first, and its pid: as the scheduler's plugin
         # handed them to the re-run, else as the worker told us.
-        first_worker, pid = reply.get("first") or (under_way[1], under_way[2])
+        first = reply.get("first") or (None, None)
+        first_worker = first[0] or under_way[1]
+        pid = first[1] if first[1] is not None else under_way[2]
         if status == "lost":
             where = f"Dask worker {first_worker}" if first_worker else "its Dask worker"
             error = (

@@ -288,7 +288,10 @@ async def _note_sent(worker: Any, note: dict[str, Any]) -> bool:
     comm = getattr(stream, "comm", None)
     if stream is None or comm is None or comm.closed():
         return False
+    queued = stream.message_count
     worker.log_event(note["topic"], note["msg"])
+    if stream.message_count == queued:  # not taken now (not on the worker's loop?)
+        return False
     deadline = time.monotonic() + NOTE_TIMEOUT
     # At most the stream's interval (2 ms): it sends at most one batch per interval.
     while any(isinstance(m, dict) and m.get("msg") is note["msg"] for m in stream.buffer):
