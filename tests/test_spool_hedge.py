@@ -156,6 +156,23 @@ async def test_a_hedged_export_that_fails_counts_once_as_spooled_and_is_drained_
     assert not await anyio.to_thread.run_sync(hedge_files, spool_dir)
 
 
+@pytest.mark.parametrize("case", ["hedge off", "no spool"])
+async def test_without_hedging_a_slow_export_is_waited_for(case: str, spool_dir: Path) -> None:
+    """AIORUNNER_SPOOL_HEDGE=0, or a backend that is not spooled (jsonl, console and the
+    parent runner say spool=False): a slow export is waited for as before, and the
+    batch is exported, with no hedge file."""
+    backend = InMemoryBackend("collector")
+    backend.hang(seconds=0.6)
+    if case == "no spool":
+        backend.spool = False  # type: ignore[attr-defined]
+    config = _config(spool_hedge=0.0 if case == "hedge off" else 0.2)
+    async with Session(config, backends=[backend]) as session:
+        report = await session.flush_trace(end_trace(session))
+    assert (report.backends[0].exported, report.backends[0].spooled) == (3, 0)
+    assert session.statistics().backends[0].hedged == 0
+    assert not await anyio.to_thread.run_sync(hedge_files, spool_dir)
+
+
 async def test_at_close_a_hedged_attempt_in_flight_is_not_waited_for(spool_dir: Path) -> None:
     """A session closing while a hedged attempt is in flight (30 s deadline) does not
     wait for it: the attempt is cancelled, its hedge stays in the spool, unlocked, for

@@ -476,6 +476,7 @@ class Session:
                     keep_open=shared,
                     spools=_spools(self.config, metric_adapters, "metrics"),
                     connect_budget=self.config.connect_budget,
+                    hedge=float(self.config.spool_hedge or 0.0),
                 )
                 self.meter = SessionMeter(self)
 
