@@ -223,7 +223,9 @@ class OtlpBackend:
                 if started:  # the thread runs on, bounded by the transport's timeout
                     self._abandoned += 1
         if result is None:
-            return ExportResult.retryable(f"{transport.where}: no answer within {limit:g} s")
+            return ExportResult.retryable(
+                f"{transport.where}: no answer within {limit:g} s (OTEL_EXPORTER_OTLP_TIMEOUT)"
+            )
         if result.ok:
             self._succeeded += 1
         else:

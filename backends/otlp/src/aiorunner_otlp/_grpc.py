@@ -207,7 +207,7 @@ class GrpcTransport:
         if code is grpc.StatusCode.UNAVAILABLE:
             self._reconnect(stub)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            details = f"no answer within {timeout:g} s"
+            details = f"no answer within {timeout:g} s (OTEL_EXPORTER_OTLP_TIMEOUT)"
         message = f"{self.where} answered {code.name}: {details}"
         if code in _HINTS:
             message += f" ({_HINTS[code]})"

@@ -236,7 +236,9 @@ class HttpTransport:
                 redact(f"{self.where} is unreachable: {_describe(exc)}"), unreachable=True
             )
         except Urllib3Timeout:
-            return ExportResult.retryable(f"{self.where}: no answer within {timeout:g} s")
+            return ExportResult.retryable(
+                f"{self.where}: no answer within {timeout:g} s (OTEL_EXPORTER_OTLP_TIMEOUT)"
+            )
         except SSLError as exc:
             return ExportResult.permanent(
                 redact(

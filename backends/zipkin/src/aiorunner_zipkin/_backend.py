@@ -137,7 +137,9 @@ class ZipkinBackend:
                 f"{self.where} is unreachable: {_describe(exc)}", unreachable=True
             )
         except Urllib3Timeout:
-            return ExportResult.retryable(f"{self.where}: no answer within {timeout:g} s")
+            return ExportResult.retryable(
+                f"{self.where}: no answer within {timeout:g} s (OTEL_EXPORTER_ZIPKIN_TIMEOUT)"
+            )
         except SSLError as exc:
             return ExportResult.permanent(f"{self.where}: TLS failed ({exc})")
         except ProtocolError as exc:
@@ -182,7 +184,9 @@ class ZipkinBackend:
             if result is None and started:
                 self._abandoned += 1
         if result is None:
-            return ExportResult.retryable(f"{self.where}: no answer within {limit:g} s")
+            return ExportResult.retryable(
+                f"{self.where}: no answer within {limit:g} s (OTEL_EXPORTER_ZIPKIN_TIMEOUT)"
+            )
         return result
 
     async def force_flush(self, *, timeout: float) -> bool:
