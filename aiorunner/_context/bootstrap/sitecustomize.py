@@ -306,7 +306,7 @@ def _report_peak_at_exit(fd: "int", ino: "int", pid: "int") -> None:
             if channel is not None:  # its lock keeps chunks of one payload together
                 channel._write(payload)
             elif os.fstat(fd).st_ino == ino:  # still our socket (a daemon closes fds)
-                # _aiorunner_inscript.HEADER ("!IB": pid, no chunk follows), without struct.
+                # _aiorunner_inscript's chunk header ("!IB": pid, no chunk follows).
                 os.write(fd, pid.to_bytes(4, "big") + b"\x00" + payload)
         except OSError:
             pass  # the runner is gone
