@@ -264,6 +264,33 @@ async def test_a_traceback_printed_while_logging_one_is_two_records(make_script,
     assert logged.attributes["exception.type"] == "ValueError"
 
 
+async def test_logging_into_a_replaced_sys_stderr_announces_no_line(
+    make_script, traces_file, run_logs
+):
+    """A script that swapped sys.stderr for a StringIO before configuring logging: its
+    handler writes nowhere aiorunner reads, so the record is sent with no line to look
+    for (nothing waits to be matched), and a line it then writes to the real stderr
+    with the same text is a record of the output."""
+    script = make_script(
+        """
+        import io, logging, sys
+        sys.stderr = io.StringIO()
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("hidden").warning("same text")
+        sys.__stderr__.write("same text\\n")
+        """
+    )
+    result = await _run(script, _config(exporter_type="jsonl"))
+    assert result.success, result.error
+    records = _jsonl_records(traces_file.parent / "logs.jsonl")
+    assert sorted((r.scope, r.body) for r in records) == [
+        ("aiorunner.output", "same text"),
+        ("hidden", "same text"),
+    ]
+    (logs,) = run_logs
+    assert (logs.script_records, logs.peak_expected, logs.matched) == (1, 0, 0)
+
+
 async def test_a_flood_of_logging_calls_stays_bounded(make_script, otlp_grpc_receiver, run_logs):
     """100,000 logging calls, to a file (so no pipe slows the script down) and every
     tenth also to stderr, through a logs queue of 64 records: the channel's reader

@@ -81,9 +81,11 @@ def _stream(handler: Any) -> str | None:
     stream = getattr(handler, "stream", None)
     if stream is None or getattr(handler, "terminator", None) != "\n":
         return None
-    if stream is sys.stderr or stream is sys.__stderr__:
+    # The interpreter's own streams; anything else (sys.stderr replaced by a StringIO
+    # included) by the fd it writes to.
+    if stream is sys.__stderr__:
         return "e"
-    if stream is sys.stdout or stream is sys.__stdout__:
+    if stream is sys.__stdout__:
         return "o"
     try:
         fd = stream.fileno()
