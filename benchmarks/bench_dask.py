@@ -270,7 +270,7 @@ def main() -> str:
     workdir = Path(tempfile.mkdtemp(prefix="aiorunner-bench-dask-"))
     try:
         sections = [
-            bench_throughput(workdir, count=40 if quick else 300, rounds=1 if quick else 3),
+            bench_throughput(workdir, count=40 if quick else 300, rounds=1 if quick else 5),
             bench_scale(workdir, counts=(20, 100) if quick else (200, 2000), concurrency=16),
         ]
     finally:
