@@ -10,6 +10,7 @@ a side-effect counter file the scripts write, the errors' text.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -219,6 +220,153 @@ async def test_in_script_spans_come_home(address: str, make_script: Any, traces_
     (inner,) = [s for s in spans if s["name"] == "transform rows"]
     assert by_id[inner["parentSpanId"]]["name"] == "execute_script"
     assert inner["traceId"] == result.trace_id
+
+
+def _log_records(path: Path) -> list[dict[str, Any]]:
+    """Every log record of a logs.jsonl file: its JSON object plus ``attrs``, ``body``."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        for resource_logs in json.loads(line)["resourceLogs"]:
+            for scope_logs in resource_logs["scopeLogs"]:
+                for record in scope_logs["logRecords"]:
+                    attrs = {a["key"]: attr_value(a["value"]) for a in record.get("attributes", [])}
+                    body = record["body"]["stringValue"]
+                    records.append({**record, "attrs": attrs, "body": body})
+    return records
+
+
+def _metric_points(path: Path) -> list[dict[str, Any]]:
+    """Every data point of a metrics.jsonl file: its JSON object plus ``name``,
+    ``attrs`` and ``resource`` (dicts of attributes)."""
+    points = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        for resource_metrics in json.loads(line)["resourceMetrics"]:
+            resource = {
+                a["key"]: attr_value(a["value"])
+                for a in resource_metrics.get("resource", {}).get("attributes", [])
+            }
+            for scope_metrics in resource_metrics["scopeMetrics"]:
+                for metric in scope_metrics["metrics"]:
+                    for kind in ("sum", "gauge", "histogram"):
+                        for point in metric.get(kind, {}).get("dataPoints", []):
+                            attrs = {
+                                a["key"]: attr_value(a["value"])
+                                for a in point.get("attributes", [])
+                            }
+                            points.append(
+                                {
+                                    **point,
+                                    "name": metric["name"],
+                                    "attrs": attrs,
+                                    "resource": resource,
+                                }
+                            )
+    return points
+
+
+def _watch_aiorunner_warnings() -> None:
+    """On a worker: keep every WARNING the aiorunner loggers say from now on."""
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.set_name("test-dask-keep")
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    logging.getLogger("aiorunner").addHandler(Keep())
+
+
+def _aiorunner_warnings() -> dict[str, Any]:
+    """On a worker: the warnings kept since ``_watch_aiorunner_warnings`` (the handler
+    removed), and the backends this process ever said take no logs / no metrics."""
+    import logging
+
+    from aiorunner._export import session
+
+    logger = logging.getLogger("aiorunner")
+    kept = [h for h in logger.handlers if h.get_name() == "test-dask-keep"]
+    for handler in kept:
+        logger.removeHandler(handler)
+    return {
+        "messages": [m for h in kept for m in getattr(h, "messages", [])],
+        "said": sorted(session._NO_LOGS_SAID | session._NO_METRICS_SAID),
+    }
+
+
+async def test_logs_and_metrics_come_home(
+    address: str, make_script: Any, traces_file: Path, caplog: pytest.LogCaptureFixture
+):
+    """export="client": a run's output lines (stdout, stderr, its traceback), made into
+    log records on a worker, land in the client's logs.jsonl with their severities, tied
+    to the worker's execute_script span of the run; its process metrics land in
+    metrics.jsonl with its run id, and the duration histogram (recorded once, by the
+    client: one point, count 1) has an exemplar naming the run's trace and root span;
+    RunResult.export counts the records and points as a local run's does; neither the
+    client nor any worker says a backend "takes no" logs or metrics."""
+    from distributed import Client
+
+    script = make_script(
+        """
+        import sys
+        print("out line one", flush=True)
+        print("err line two", file=sys.stderr, flush=True)
+        raise RuntimeError("boom three")
+        """,
+        name="noisy.py",
+    )
+    async with Client(address, asynchronous=True) as client:
+        await client.run(_watch_aiorunner_warnings)
+        try:
+            async with DaskExecutor(client) as executor:
+                (result,) = await run_many([Job(str(script), name="noisy")], executor=executor)
+        finally:
+            on_workers = await client.run(_aiorunner_warnings)
+    assert result.exit_code == 1 and result.worker, result.error
+    run_trace = result.trace_id
+    spans = read_spans(traces_file)
+    (execute,) = [s for s in spans if s["name"] == "execute_script"]
+    assert execute["traceId"] == run_trace
+
+    records = _log_records(traces_file.parent / "logs.jsonl")
+    assert [(r["attrs"]["log.iostream"], r["severityNumber"]) for r in records] == [
+        ("stdout", 9),
+        ("stderr", 9),
+        ("stderr", 17),
+    ], records
+    assert records[0]["body"] == "out line one"
+    assert records[1]["body"] == "err line two"
+    assert records[2]["body"].startswith("Traceback (most recent call last):")
+    assert records[2]["body"].endswith("RuntimeError: boom three")
+    assert {(r["traceId"], r["spanId"]) for r in records} == {(run_trace, execute["spanId"])}
+    assert {r["attrs"]["aiorunner.job"] for r in records} == {"noisy"}
+
+    points = _metric_points(traces_file.parent / "metrics.jsonl")
+    process = [p for p in points if p["name"].startswith("process.")]
+    assert {"process.cpu.time", "process.uptime"} <= {p["name"] for p in process}
+    assert {p["attrs"]["aiorunner.run.id"] for p in process} == {run_trace}
+    assert {p["resource"].get("host.name") for p in process} == {execute["resource"]["host.name"]}
+    (duration,) = [p for p in points if p["name"] == "aiorunner.run.duration"]
+    assert duration["attrs"] == {"aiorunner.job.name": "noisy", "aiorunner.run.outcome": "failed"}
+    assert duration["count"] == "1"
+    ((exemplar),) = duration["exemplars"]
+    assert (exemplar["traceId"], exemplar["spanId"]) == (run_trace, result.span_id)
+    (runs,) = [p for p in points if p["name"] == "aiorunner.runs"]
+    assert runs["asInt"] == "1"
+
+    report = result.export
+    assert report is not None and report.ok, report
+    assert report.log_records == 3
+    assert [(b.name, b.exported) for b in report.logs] == [("jsonl", 3)]
+    assert [(b.name, b.exported) for b in report.metrics] == [("jsonl", len(points))]
+    assert not [r.getMessage() for r in caplog.records if "takes no" in r.getMessage()]
+    assert len(on_workers) == 3
+    for worker, seen in on_workers.items():
+        assert not [m for m in seen["messages"] if "takes no" in m], (worker, seen)
+        assert "dask-client" not in seen["said"], (worker, seen)
 
 
 def test_job_round_trips_through_cloudpickle():

@@ -573,6 +573,18 @@ class Session:
                 ) from None
         return await self._pipeline.flush_trace(trace_id, self._timeout(timeout))
 
+    async def flush_run(self, trace_id: int, *, timeout: float | None = None) -> ExportReport:
+        """
+        :meth:`flush_trace`, and the trace's log records and metric points too: the
+        report a run's ``upload_traces`` makes (``logs``, ``metrics`` and their counts
+        filled), for a run whose telemetry was handed over here after it ran elsewhere
+        (a Dask worker's, with ``export="client"``).
+        """
+        if self._pipeline is None:
+            return ExportReport(disabled=True)
+        _, report = await self._flush_trace_then(trace_id, self._timeout(timeout), _nothing)
+        return report
+
     async def _flush_trace_then(
         self, trace_id: int, timeout: float, then: Callable[[ExportReport], None]
     ) -> tuple[ExportReport, ExportReport]:
@@ -706,6 +718,10 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _nothing(report: ExportReport) -> None:
+    """:meth:`Session.flush_run`'s step between its two flushes: none."""
 
 
 def _with_logs(report: ExportReport, logs: ExportReport) -> ExportReport:

@@ -21,9 +21,13 @@ What Dask does not do, and this module does (measured with distributed 2026.8.0)
 - The happy path makes no round trip of its own: no per-attempt event, variable or
   RPC; the scheduler sees two small batched notes per attempt (started, pid).
 - OTel SDK objects do not pickle: the worker's session records into memory and the task
-  returns its spans as one OTLP/JSON line in bytes, which the client decodes and hands to its own
-  session (``export="client"``), so every backend works unchanged and workers need no
-  path to a collector; ``export="worker"`` has each worker export itself.
+  returns its spans, log records and metric points, each signal as one OTLP/JSON line in
+  bytes, which the client decodes and hands to its own session's pipelines
+  (``export="client"``), ids intact, so every backend works unchanged and workers need
+  no path to a collector; the run-level instruments (``aiorunner.run.duration``,
+  ``aiorunner.runs``, ...) are recorded here, from each result, in the client's meter
+  (the worker's session records none). ``export="worker"`` has each worker export
+  every signal itself, run-level instruments included.
 
 ``distributed`` is imported only when a :class:`DaskExecutor` is made.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import re
@@ -56,10 +61,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanContext
     from typing_extensions import Self
 
     from .._config import TracingConfig
+    from .._export.pipeline import ExportPipeline
     from .._export.session import Session
+    from .._result import ExportReport
     from .executor import Attempt
 
 __all__ = ["ClusterError", "DaskExecutor", "WorkerExport"]
@@ -71,6 +80,12 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 #: Seconds a stopped attempt gets to terminate its script and send its spans home,
 #: beyond the runner's kill grace.
 STOP_MARGIN = 10.0
+#: Bytes of a task's log or metric line beyond which the client decodes it in a worker
+#: thread, not on the event loop (a run's 100,000 records are ~20 MB of JSON).
+DECODE_INLINE_MAX = 256 * 1024
+#: Seconds the client waits for room in its logs / metrics pipeline for what a task
+#: sent home (when its queue is full), at most; what is still waiting is counted dropped.
+HAND_OVER_TIMEOUT = 30.0
 _INSTALL_HINT = "pip install 'aiorunner[dask]'"
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _executors = itertools.count(1)
@@ -199,6 +214,8 @@ class DaskExecutor:
         self._config_keys: dict[int, tuple[TracingConfig | None, str]] = {}
         #: key -> (job name, latest worker, pid) of attempts under way.
         self._under_way: dict[str, list[Any]] = {}
+        #: The workers' resources, decoded once (records and points share them).
+        self._resources: dict[str, Resource] = {}
 
     def __repr__(self) -> str:
         return f"<DaskExecutor {self.address or 'client'} export={self.export}>"
@@ -373,6 +390,11 @@ class DaskExecutor:
         if context.is_valid:
             TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
             session.watch_trace(context.trace_id)
+            if self.export == "client":
+                # The run's records and points are counted per trace from now on too.
+                for pipeline in (session.logs, session.metrics):
+                    if pipeline is not None:
+                        pipeline.watch_trace(context.trace_id)
         script_bytes = None
         if self.ship_script:
             script_bytes = await _read_script(job.script)
@@ -414,7 +436,16 @@ class DaskExecutor:
                 with anyio.CancelScope(shield=True):
                     stopped = await self._stop(client, key, future)
                     if stopped is not None:
-                        self._bring_home(session, stopped)
+                        await self._bring_home(session, stopped, context.trace_id)
+                    ended = stopped.get("result") if stopped is not None else None
+                    self._record_run(
+                        session,
+                        attempt.name,
+                        ended if isinstance(ended, RunResult) else None,
+                        context,
+                        time.perf_counter() - t0,
+                        cancelled=True,
+                    )
                     span.set_attribute("error.type", "cancelled")
                     span.set_status(Status(StatusCode.ERROR, "cancelled"))
                     self._end_span(span, stopped)
@@ -429,7 +460,8 @@ class DaskExecutor:
                     trace_id=format(context.trace_id, "032x"),
                     span_id=format(context.span_id, "016x"),
                 )
-            self._bring_home(session, reply)
+            handed = await self._bring_home(session, reply, context.trace_id)
+            self._record_run(session, attempt.name, result, context, result.duration)
             if not result.success:
                 span.set_attribute("error.type", _error_type(result, reply))
                 span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
@@ -437,7 +469,11 @@ class DaskExecutor:
             if context.is_valid and context.trace_flags.sampled:
                 timeout = session.config.export_timeout
                 with anyio.move_on_after((timeout or 30.0) + 1.0):
-                    report = await session.flush_trace(context.trace_id, timeout=timeout)
+                    if self.export == "client":
+                        report = await session.flush_run(context.trace_id, timeout=timeout)
+                        report = _with_worker_counts(report, result.export, handed)
+                    else:
+                        report = await session.flush_trace(context.trace_id, timeout=timeout)
                     result = dataclasses.replace(result, export=report)
         finally:
             self._under_way.pop(key, None)
@@ -485,19 +521,125 @@ class DaskExecutor:
                 logger.debug("stopping %s failed", key, exc_info=True)
         return None
 
-    def _bring_home(self, session: Session, reply: Mapping[str, Any]) -> None:
-        """Hand the spans the worker sent to this process's session."""
+    async def _bring_home(
+        self, session: Session, reply: Mapping[str, Any], trace_id: int
+    ) -> int | None:
+        """
+        Hand what the worker sent to this process's session: its spans, then its log
+        records and metric points (ids as the worker made them: records tied to the
+        run's spans, exemplars to its trace), waiting for room in those pipelines as a
+        local run does, at most :data:`HAND_OVER_TIMEOUT`; what cannot be handed over,
+        and the records the worker made but could not send, are counted dropped for the
+        run's trace. Returns the log records handed over (None: no run's records).
+        """
         data = reply.get("spans")
+        if data:
+            from .._export.otlp_json import decode_line
+
+            try:
+                spans = decode_line(data)
+            except ValueError:
+                logger.warning("the spans a Dask task sent home could not be read; dropped")
+            else:
+                session.submit_spans(spans)
+        if self.export != "client" or not trace_id:
+            return None
+        worker_result = reply.get("result")
+        worker_report = worker_result.export if isinstance(worker_result, RunResult) else None
+        handed: int | None = None
+        logs = session.logs
+        if logs is not None:
+            from .._export.logs import decode_logs_request
+
+            records = await self._decode(reply.get("logs"), decode_logs_request, "log records")
+            handed = await _hand_over(logs, records, trace_id)
+            if worker_report is not None:
+                # Made on the worker, but not among what came home: the worker's
+                # pipeline, or its collector's bound, dropped them.
+                missing = worker_report.log_records - int(reply.get("log_count") or 0)
+                if missing > 0:
+                    logs.count_dropped(trace_id, missing)
+        metrics = session.metrics
+        if metrics is not None:
+            from .._export.metrics import decode_metrics_request
+
+            points = await self._decode(reply.get("metrics"), decode_metrics_request, "metrics")
+            for point in points:
+                point.trace_id = trace_id  # not exported: the per-run accounting's key
+            await _hand_over(metrics, points, trace_id)
+        return handed
+
+    async def _decode(self, data: Any, decode: Callable[..., list[Any]], what: str) -> list[Any]:
+        """One OTLP/JSON line a task sent, decoded (a long one in a worker thread)."""
         if not data:
-            return
-        from .._export.otlp_json import decode_line
+            return []
+        resources = self._resources
+
+        def read() -> list[Any]:
+            return decode(json.loads(data), resource_cache=resources)
 
         try:
-            spans = decode_line(data)
-        except ValueError:
-            logger.warning("the spans a Dask task sent home could not be read; dropped")
+            if len(data) <= DECODE_INLINE_MAX:
+                return read()
+            return await anyio.to_thread.run_sync(read)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning(
+                "the %s a Dask task sent home could not be read (%s); dropped", what, exc
+            )
+            return []
+
+    def _record_run(
+        self,
+        session: Session,
+        job: str,
+        result: RunResult | None,
+        context: SpanContext,
+        duration: float,
+        *,
+        cancelled: bool = False,
+    ) -> None:
+        """
+        The attempt's run-level instruments (``aiorunner.run.duration`` with an exemplar
+        naming the run's trace and root span, ``aiorunner.runs``, ``.memory.peak``, the
+        export health counters), in this session's meter, as a local run records them:
+        with ``export="client"`` the worker's session records none, so each run counts
+        once, in one series for the whole batch. An attempt whose run never came back
+        (a lost worker) counts as failed, its exemplar the client's span of the task.
+        """
+        meter = session.meter
+        pipeline = session.metrics
+        if self.export != "client" or meter is None or pipeline is None:
             return
-        session.submit_spans(spans)
+        if not context.is_valid or not context.trace_flags.sampled:
+            return
+        if cancelled or (result is not None and result.cancelled):
+            outcome = "cancelled"
+        elif result is not None and result.success:
+            outcome = "success"
+        elif result is not None and result.timed_out:
+            outcome = "timeout"
+        else:
+            outcome = "failed"
+        trace_id, span_id = context.trace_id, context.span_id
+        peak = None
+        if result is not None:
+            duration = result.duration if result.duration is not None else duration
+            run_trace = int(result.trace_id or "0", 16)
+            if run_trace == trace_id:
+                span_id = int(result.span_id or "0", 16) or span_id
+            value = result.metrics.get("memory_rss_peak_bytes") if result.metrics else None
+            peak = int(value) if value else None
+        points = meter.record_run(
+            job=job,
+            outcome=outcome,
+            duration=float(duration),
+            peak_bytes=peak,
+            trace_id=trace_id,
+            span_id=span_id,
+            resource=session.resource,
+        )
+        for point in points:
+            pipeline.emit(point)
 
     @staticmethod
     def _end_span(span: Any, reply: Mapping[str, Any] | None) -> None:
@@ -556,6 +698,42 @@ class DaskExecutor:
             pid=pid,
             worker=first_worker or worker,
         )
+
+
+async def _hand_over(pipeline: ExportPipeline, items: list[Any], trace_id: int) -> int:
+    """Emit ``items`` while ``pipeline`` has room, waiting (polling: it has no event for
+    it) at most :data:`HAND_OVER_TIMEOUT`; what is still waiting then is counted as
+    dropped for ``trace_id``. Returns how many were handed over."""
+    total = len(items)
+    index = 0
+    emit = pipeline.emit
+    with anyio.move_on_after(HAND_OVER_TIMEOUT):
+        while True:
+            while index < total and pipeline.has_room():
+                emit(items[index])
+                index += 1
+            if index == total:
+                break
+            await anyio.sleep(0.01)
+    if index < total:
+        pipeline.count_dropped(trace_id, total - index)
+    return index
+
+
+def _with_worker_counts(
+    report: ExportReport, worker: ExportReport | None, handed: int | None
+) -> ExportReport:
+    """The client's report of a Dask run, with what only the worker knows: the run's
+    in-script channel, its log records past the cap; ``log_records`` are those handed to
+    this session's logs pipeline (what a local run's report counts)."""
+    if worker is None:
+        return report
+    return dataclasses.replace(
+        report,
+        inscript=worker.inscript,
+        log_records=handed or 0,
+        log_records_over_cap=worker.log_records_over_cap if handed is not None else 0,
+    )
 
 
 def _error_type(result: RunResult, reply: Mapping[str, Any]) -> str:

@@ -13,8 +13,12 @@ finds the first run's worker and pid in its own annotations and returns ``lost``
 of running the script a second time. It runs the script with :class:`ScriptRunner` under
 the client's span (the W3C carrier), registered by key in this worker, so the client can
 stop it with ``client.run(stop_attempt, key)`` (Dask never stops a running task itself);
-then it hands back the result and, with ``export="client"``, the run's spans as one
-OTLP/JSON line in bytes (SDK span objects do not pickle).
+then it hands back the result and, with ``export="client"``, the run's spans, log
+records and metric points, each signal as one OTLP/JSON line in bytes (SDK span objects
+do not pickle; bytes cost Dask's ``sizeof`` nothing). The run-level instruments
+(``aiorunner.run.duration``, ``aiorunner.runs``, ...) are not recorded here then: the
+client's session records them from the result, so they are aggregated once, across the
+whole batch, as a local run's are.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ if TYPE_CHECKING:
     from .._config import TracingConfig
     from .._export.session import Session
     from .._monitor.monitor import ProcessTreeMonitor
+    from ..backend import LogRecordData, MetricPointData
     from .jobs import Job
 
-__all__ = ["SpanCollector", "TaskSpec", "WorkerExport", "run_attempt", "stop_attempt"]
+__all__ = ["TaskSpec", "TelemetryCollector", "WorkerExport", "run_attempt", "stop_attempt"]
 
 #: Seconds a task waits for its *started* note to leave the worker before it gives up
 #: without running the script (the worker has lost its scheduler).
@@ -57,6 +62,13 @@ MAX_EARLY_STOPS = 10_000
 #: Spans a worker keeps for runs whose task has not collected them yet; beyond this the
 #: oldest traces are dropped (and counted).
 MAX_HELD_SPANS = 100_000
+#: The same for log records (a run makes up to ``AIORUNNER_LOG_MAX_RECORDS``, 100,000 by
+#: default) and metric points.
+MAX_HELD_RECORDS = 200_000
+MAX_HELD_POINTS = 100_000
+#: The metric points' job attribute (``aiorunner.job.name``, as the run's metric feed
+#: sets it): which task's run a point belongs to.
+JOB_NAME_ATTRIBUTE = "aiorunner.job.name"
 #: The root span attribute naming the Dask worker that ran the script.
 WORKER_ATTRIBUTE = "aiorunner.dask.worker"
 
@@ -86,25 +98,31 @@ class TaskSpec:
     config_key: str = "-"
 
 
-@dataclass
-class _Held:
-    spans: list[ReadableSpan] = field(default_factory=list)
-
-
-class SpanCollector:
+class TelemetryCollector:
     """
-    The worker session's backend with ``export="client"``: keeps each exported span until
-    the task of its run takes it. Several attempts run at once on one worker, several of
-    them in one trace (``trace="batch"``), so a task takes the spans under its own parent
-    span (the client's span of that attempt), not the whole trace.
+    The worker session's backend with ``export="client"``: keeps each exported span, log
+    record and metric point until the task of its run takes it. Several attempts run at
+    once on one worker, several of them in one trace (``trace="batch"``), so a task takes
+    the spans under its own parent span (the client's span of that attempt), not the whole
+    trace; the log records of its job and attempt (the identity attributes every record of
+    a run carries) and the metric points of its job (``aiorunner.job.name``; one job has
+    one attempt at a time) in that trace.
     """
 
     def __init__(self) -> None:
         self.name = "dask-client"
         self._traces: dict[int, list[ReadableSpan]] = {}
         self._count = 0
-        #: Spans dropped because tasks did not collect them (MAX_HELD_SPANS).
+        #: (trace id, job, attempt) -> log records; (trace id, job) -> metric points.
+        self._logs: dict[tuple[int, str, int], list[LogRecordData]] = {}
+        self._log_count = 0
+        self._points: dict[tuple[int, str], list[MetricPointData]] = {}
+        self._point_count = 0
+        #: Items dropped because tasks did not collect them (the MAX_HELD_* bounds), or
+        #: that belong to no run (no job attribute): spans, log records, metric points.
         self.dropped = 0
+        self.dropped_records = 0
+        self.dropped_points = 0
 
     async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> Any:
         from ..backend import ExportResult
@@ -122,12 +140,60 @@ class SpanCollector:
             self.dropped += len(lost)
         return ExportResult.success()
 
+    async def export_logs(self, records: Sequence[LogRecordData], *, timeout: float) -> Any:
+        from ..backend import ExportResult
+
+        held = self._logs
+        for record in records:
+            attributes = record.attributes
+            job = attributes.get(JOB_ATTRIBUTE)
+            attempt = attributes.get(ATTEMPT_ATTRIBUTE)
+            if job is None or type(attempt) is not int:
+                self.dropped_records += 1  # no run of a task made it
+                continue
+            key = (record.trace_id, str(job), attempt)
+            found = held.get(key)
+            if found is None:
+                found = held[key] = []
+            found.append(record)
+            self._log_count += 1
+        while self._log_count > MAX_HELD_RECORDS and held:
+            lost = held.pop(next(iter(held)))
+            self._log_count -= len(lost)
+            self.dropped_records += len(lost)
+        return ExportResult.success()
+
+    async def export_metrics(self, points: Sequence[MetricPointData], *, timeout: float) -> Any:
+        from ..backend import ExportResult
+
+        held = self._points
+        for point in points:
+            job = point.attributes.get(JOB_NAME_ATTRIBUTE)
+            if job is None or not point.trace_id:
+                self.dropped_points += 1  # no run of a task made it
+                continue
+            key = (point.trace_id, str(job))
+            found = held.get(key)
+            if found is None:
+                found = held[key] = []
+            found.append(point)
+            self._point_count += 1
+        while self._point_count > MAX_HELD_POINTS and held:
+            lost = held.pop(next(iter(held)))
+            self._point_count -= len(lost)
+            self.dropped_points += len(lost)
+        return ExportResult.success()
+
     async def force_flush(self, *, timeout: float) -> bool:
         return True
 
     async def shutdown(self, *, timeout: float) -> None:
         self._traces.clear()
         self._count = 0
+        self._logs.clear()
+        self._log_count = 0
+        self._points.clear()
+        self._point_count = 0
 
     def take(self, trace_id: int, parent_span_id: int) -> list[ReadableSpan]:
         """Remove and return the spans of ``trace_id`` that descend from
@@ -169,6 +235,19 @@ class SpanCollector:
             self._count -= len(taken)
         return taken
 
+    def take_logs(self, trace_id: int, job: str, attempt: int) -> list[LogRecordData]:
+        """Remove and return the log records of attempt ``attempt`` of ``job`` in
+        ``trace_id`` (the script's output lines and its ``logging`` records)."""
+        records = self._logs.pop((trace_id, job, attempt), [])
+        self._log_count -= len(records)
+        return records
+
+    def take_points(self, trace_id: int, job: str) -> list[MetricPointData]:
+        """Remove and return the metric points of ``job``'s run in ``trace_id``."""
+        points = self._points.pop((trace_id, job), [])
+        self._point_count -= len(points)
+        return points
+
 
 @dataclass(frozen=True)
 class WorkerExport:
@@ -185,7 +264,7 @@ class WorkerExport:
 # -- per-worker state ------------------------------------------------------------------------
 
 #: config key -> (session, collector) of this worker process, for export="client".
-_client_sessions: dict[str, tuple[Session, SpanCollector]] = {}
+_client_sessions: dict[str, tuple[Session, TelemetryCollector]] = {}
 #: plugin name -> the session a WorkerExport plugin built on this worker (export="worker").
 _worker_sessions: dict[str, Session] = {}
 #: task key -> the cancel scope of the attempt running on this worker.
@@ -230,12 +309,31 @@ def _new_session(config: TracingConfig | None, backends: list[Any] | None) -> Se
     return Session(config, backends=backends)
 
 
-async def _client_session(config: TracingConfig | None, key: str) -> tuple[Session, SpanCollector]:
+def _new_client_session(config: TracingConfig | None, collector: TelemetryCollector) -> Session:
+    """The worker's session for ``export="client"``: every signal goes to ``collector``,
+    whatever ``OTEL_LOGS_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` the client named (its
+    own session sends them there), and no run-level instruments (the client's session
+    records them from each result: recorded here too, they would count every run twice,
+    and each worker's running totals would clash in the client's series)."""
+    import dataclasses
+
+    from .._config import TracingConfig
+
+    resolved = (config or TracingConfig()).resolve()
+    resolved = dataclasses.replace(resolved, logs_exporter=(), metrics_exporter=())
+    session = _new_session(resolved, [collector])
+    session.meter = None
+    return session
+
+
+async def _client_session(
+    config: TracingConfig | None, key: str
+) -> tuple[Session, TelemetryCollector]:
     found = _client_sessions.get(key)
     if found is None:
-        collector = SpanCollector()
+        collector = TelemetryCollector()
         # Building a session reads the environment and the resource: not on the loop.
-        session = await anyio.to_thread.run_sync(_new_session, config, [collector])
+        session = await anyio.to_thread.run_sync(_new_client_session, config, collector)
         found = _client_sessions.setdefault(key, (session, collector))
     return found
 
@@ -306,9 +404,10 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
     The Dask task of one attempt (runs on the worker's event loop).
 
     Returns a plain dict: ``status`` (``"ran"``, ``"cancelled"``, ``"lost"`` or
-    ``"error"``), ``worker``, ``host``, ``pid``, ``result`` (a RunResult), ``spans``
-    (one OTLP/JSON line as bytes, or None) and, for ``lost``, ``first`` (the first
-    run's ``[worker, pid]``).
+    ``"error"``), ``worker``, ``host``, ``pid``, ``result`` (a RunResult), ``spans``,
+    ``logs`` and ``metrics`` (each one OTLP/JSON line as bytes, or None; with
+    ``span_count``, ``log_count`` and ``metric_count``) and, for ``lost``, ``first``
+    (the first run's ``[worker, pid]``).
     """
     import importlib
 
@@ -355,7 +454,7 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
         reply["pid"] = pid
         worker.log_event(topic, {"key": spec.key, "pid": pid})
 
-    collector: SpanCollector | None = None
+    collector: TelemetryCollector | None = None
     if spec.export == "client":
         session, collector = await _client_session(spec.config, spec.config_key)
     elif spec.plugin in _worker_sessions:
@@ -436,4 +535,14 @@ async def run_attempt(spec: TaskSpec) -> dict[str, Any]:
         # keeps by walking it (a 7-span dict costs ~3 ms of sizeof, bytes nothing).
         reply["spans"] = encode_line(spans) if spans else None
         reply["span_count"] = len(spans)
+        from .._export.logs import encode_logs_line
+        from .._export.metrics import encode_metrics_line
+
+        records = collector.take_logs(parent.trace_id, spec.name, spec.number)
+        reply["logs"] = encode_logs_line(records) if records else None
+        reply["log_count"] = len(records)
+        # Not exported (the pipeline's per-run accounting): the client sets it again.
+        points = collector.take_points(parent.trace_id, spec.name)
+        reply["metrics"] = encode_metrics_line(points) if points else None
+        reply["metric_count"] = len(points)
     return reply
