@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,18 +37,29 @@ def script(tmp_path: Path, name: str = "t.py", code: int = 0) -> Path:
     return path
 
 
+# Sets a file size limit, then execs the CLI. Not preexec_fn: that forks this threaded
+# test process, and a lock another thread held at the fork can deadlock the child.
+_WITH_FSIZE = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'aiorunner', *sys.argv[2:]])"
+)
+
+
 def aiorunner(
-    *args: str, env: dict[str, str], cwd: Path, preexec_fn: object = None
+    *args: str, env: dict[str, str], cwd: Path, fsize_limit: int | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
+    command = [sys.executable, "-m", "aiorunner", *args]
+    if fsize_limit is not None:
+        command = [sys.executable, "-c", _WITH_FSIZE, str(fsize_limit), *args]
     done = subprocess.run(
-        [sys.executable, "-m", "aiorunner", *args],
+        command,
         env={**os.environ, **env},
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=preexec_fn,  # type: ignore[arg-type]
     )
     return done, time.monotonic() - started
 
@@ -275,10 +285,6 @@ def test_a_full_spool_disk_is_counted_and_the_run_goes_on(tmp_path: Path, spool_
     disk's ENOSPC is handled): the run keeps its exit code, its spans are counted as
     dropped in RunResult.export, and the warning says why they were not spooled."""
     receiver, port = refused_port()
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
-
     try:
         done, elapsed = aiorunner(
             "run",
@@ -286,7 +292,7 @@ def test_a_full_spool_disk_is_counted_and_the_run_goes_on(tmp_path: Path, spool_
             str(script(tmp_path, code=4)),
             env=otlp_env(f"http://127.0.0.1:{port}"),
             cwd=tmp_path,
-            preexec_fn=limit,
+            fsize_limit=2048,
         )
     finally:
         receiver.stop()
