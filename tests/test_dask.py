@@ -599,16 +599,20 @@ async def test_export_worker_has_each_worker_export_itself(
     address: str, make_script: Any, tmp_path: Path, traces_file: Path
 ):
     """export="worker": the workers' own pipelines (built by the executor's plugin from a
-    picklable WorkerExport, flushed when the executor closes) write the run's spans; the
-    client's file holds only its own span of the task, parent of the remote run."""
+    picklable WorkerExport, flushed when the executor closes) write the run's spans, its
+    log records and its metrics, run-level instruments included; the client's files hold
+    only its own span of the task, parent of the remote run, and no record or run-level
+    point of the run (nothing is counted twice)."""
     from aiorunner import TracingConfig
     from aiorunner.dask import WorkerExport
 
-    worker_file = tmp_path / "worker-traces.jsonl"
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    worker_file = worker_dir / "traces.jsonl"
     script = make_script("print('hi')\n")
     spec = WorkerExport(TracingConfig(exporter_type="jsonl", traces_file=str(worker_file)))
     async with DaskExecutor(address, export="worker", worker_export=spec) as executor:
-        (result,) = await run_many([Job(str(script))], executor=executor)
+        (result,) = await run_many([Job(str(script), name="hello")], executor=executor)
     assert result.success, result.error
     remote = read_spans(worker_file)
     local = read_spans(traces_file)
@@ -617,6 +621,25 @@ async def test_export_worker_has_each_worker_export_itself(
     (runner,) = [s for s in remote if s["name"] == "ScriptRunner"]
     assert runner["traceId"] == local[0]["traceId"] == result.trace_id
     assert runner["parentSpanId"] == local[0]["spanId"]
+    (execute,) = [s for s in remote if s["name"] == "execute_script"]
+    (record,) = _log_records(worker_dir / "logs.jsonl")
+    assert (record["body"], record["traceId"], record["spanId"]) == (
+        "hi",
+        result.trace_id,
+        execute["spanId"],
+    )
+    points = _metric_points(worker_dir / "metrics.jsonl")
+    assert {p["attrs"]["aiorunner.run.id"] for p in points if p["name"] == "process.cpu.time"} == {
+        result.trace_id
+    }
+    (duration,) = [p for p in points if p["name"] == "aiorunner.run.duration"]
+    assert duration["exemplars"][0]["traceId"] == result.trace_id
+    assert not _log_records(traces_file.parent / "logs.jsonl")
+    assert not [
+        p
+        for p in _metric_points(traces_file.parent / "metrics.jsonl")
+        if p["name"] in ("aiorunner.run.duration", "aiorunner.runs", "process.cpu.time")
+    ]
 
 
 async def test_scheduler_lost_mid_run_is_a_clear_result(make_script: Any, tmp_path: Path):
