@@ -77,7 +77,9 @@ async def inventory_for(
             f"{': ' + err if err else ''}; fix the interpreter, or pass "
             f"{option_name('validate_dependencies=False')} to skip the check"
         )
-    inventory = _deps.probe_interpreter(result.stdout)
+    # In a worker thread: the first call imports packaging, whose import reads the file
+    # system (packaging.tags resolves the interpreter's path).
+    inventory = await anyio.to_thread.run_sync(_deps.probe_interpreter, result.stdout)
     _interpreter_cache[key] = inventory
     return inventory
 
