@@ -369,6 +369,31 @@ async def test_logs_and_metrics_come_home(
         assert "dask-client" not in seen["said"], (worker, seen)
 
 
+async def test_many_log_records_wait_for_room_in_the_clients_pipeline(
+    address: str, make_script: Any, traces_file: Path
+):
+    """A run's 1,000 output lines come home as one line of bytes (decoded off the event
+    loop) into a client logs pipeline whose queue holds 64: the client hands them over as
+    the queue makes room, so every record lands in logs.jsonl, in order, and the run's
+    report counts them all, none dropped."""
+    from aiorunner import TracingConfig
+
+    script = make_script(
+        "import sys\nsys.stdout.write(''.join(f'line {i:05d} ' + 'x' * 80 + '\\n' "
+        "for i in range(1000)))\n"
+    )
+    config = TracingConfig(logs_max_queue_size=64, logs_batch_size=64)
+    async with DaskExecutor(address) as executor:
+        (result,) = await run_many([Job(str(script))], executor=executor, config=config)
+    assert result.success, result.error
+    records = _log_records(traces_file.parent / "logs.jsonl")
+    assert [r["body"][:10] for r in records] == [f"line {i:05d}" for i in range(1000)]
+    report = result.export
+    assert report is not None and report.ok, report
+    assert (report.log_records, report.logs_dropped) == (1000, 0)
+    assert [(b.name, b.exported, b.dropped) for b in report.logs] == [("jsonl", 1000, 0)]
+
+
 def test_job_round_trips_through_cloudpickle():
     """A Job (what a task carries to a worker) survives cloudpickle unchanged, its
     resources, env and dependencies included."""
