@@ -77,7 +77,7 @@ logger = logging.getLogger("aiorunner.dask")
 
 #: Seconds to reach the scheduler before giving up (the error names the address).
 DEFAULT_CONNECT_TIMEOUT = 3.0
-#: Seconds a stopped attempt gets to terminate its script and send its spans home,
+#: Seconds a stopped attempt gets to terminate its script and send its telemetry home,
 #: beyond the runner's kill grace.
 STOP_MARGIN = 10.0
 #: Bytes of a task's log or metric line beyond which the client decodes it in a worker
@@ -121,10 +121,11 @@ class DaskExecutor:
         ship_script: send each script file's bytes with its task; the worker runs it
             from a temporary directory (so its local imports must be there too).
             Default: the script path must exist on the worker (shared file system, image).
-        export: ``"client"`` (default): the worker returns the run's spans and this
-            process's session exports them (every backend, the jsonl default
-            included); ``"worker"``: each worker exports through its own pipeline,
-            built from ``worker_export`` by a worker plugin (for large clusters).
+        export: ``"client"`` (default): the worker returns the run's spans, log
+            records and metric points and this process's session exports them (every
+            backend, the jsonl default included; the run-level instruments recorded
+            here); ``"worker"``: each worker exports through its own pipeline, built
+            from ``worker_export`` by a worker plugin (for large clusters).
         worker_export: with ``export="worker"``: a :class:`WorkerExport` (a picklable
             :class:`TracingConfig`; default: each worker's own ``OTEL_*`` environment).
         runner_options: extra :class:`ScriptRunner` keyword arguments for the workers
