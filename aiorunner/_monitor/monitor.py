@@ -50,6 +50,9 @@ _NO_IO: tuple[None, ...] = (None,) * len(IO_FIELDS)
 
 #: Samples a slow ``live()`` consumer may fall behind by before the oldest are dropped.
 _LIVE_BUFFER = 16
+#: Quick re-reads when the first reading was not a sample (a process mid-exec).
+_FIRST_RETRIES = 20
+_FIRST_RETRY_DELAY = 0.005
 
 
 class ProcessTreeMonitor:
@@ -150,6 +153,14 @@ class ProcessTreeMonitor:
         self._running = True
         try:
             if not self.done:
+                await self._sample_now()
+            # A process read the instant its exec finishes may show no resident memory
+            # yet (about 1 read in 15 right after Popen returns): that reading is not a
+            # sample (see accept), so read again shortly rather than a whole interval on.
+            for _ in range(_FIRST_RETRIES):
+                if self.done or self.last_sample is not None:
+                    break
+                await anyio.sleep(_FIRST_RETRY_DELAY)
                 await self._sample_now()
             if not self.done:
                 await serve(self, self.interval)
