@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._exceptions import (
         AiorunnerError,
         BackendError,
+        ClusterError,
         ConfigError,
         ExportError,
         UnknownBackendError,
@@ -47,6 +48,7 @@ _LAZY: dict[str, str] = {
     "Attempt": "._orchestrate.executor",
     "BackendError": "._exceptions",
     "BackendReport": "._result",
+    "ClusterError": "._exceptions",
     "ConfigError": "._exceptions",
     "Executor": "._orchestrate.executor",
     "ExportError": "._exceptions",
@@ -78,6 +80,7 @@ __all__ = [
     "Attempt",
     "BackendError",
     "BackendReport",
+    "ClusterError",
     "ConfigError",
     "Executor",
     "ExportError",

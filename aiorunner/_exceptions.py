@@ -8,6 +8,8 @@ back in ``RunResult``. What raises is a mistake the caller can fix in their code
     ├── ConfigError                 invalid TracingConfig field or OTEL_* / AIORUNNER_* value
     │   └── UnknownBackendError     no backend of that name is installed
     ├── BackendError                a backend failed to load or to construct
+    ├── ClusterError                the Dask scheduler cannot be reached or take work
+    │                               (also a ConnectionError; aiorunner.dask)
     ├── ExportError                 an export failed for good (only raised where asked for)
     ├── TraceNotFoundError          `aiorunner traces`: no trace file, no such trace id, or an
     │                               ambiguous prefix (the message lists the candidates)
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AiorunnerError",
     "BackendError",
+    "ClusterError",
     "ConfigError",
     "ExportError",
     "TraceNotFoundError",
@@ -65,6 +68,12 @@ class UnknownBackendError(ConfigError):
 class BackendError(AiorunnerError):
     """Raised when a backend is installed but fails to import or to construct; the message
     names the backend and its distribution."""
+
+
+class ClusterError(AiorunnerError, ConnectionError):
+    """Raised when the Dask scheduler cannot be reached (the message names the address)
+    or the cluster cannot take work at all; a script-level failure, a lost worker or a
+    scheduler lost mid-run come back as results instead."""
 
 
 class ExportError(AiorunnerError):

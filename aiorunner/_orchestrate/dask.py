@@ -51,7 +51,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .._exceptions import AiorunnerError, ConfigError
+from .._exceptions import ClusterError, ConfigError
 from .._result import RunResult
 from .dask_worker import TaskSpec, WorkerExport, config_key, run_attempt, stop_attempt
 from .executor import ATTEMPT_ATTRIBUTE, JOB_ATTRIBUTE
@@ -89,12 +89,6 @@ HAND_OVER_TIMEOUT = 30.0
 _INSTALL_HINT = "pip install 'aiorunner[dask]'"
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _executors = itertools.count(1)
-
-
-class ClusterError(AiorunnerError, ConnectionError):
-    """Raised when the Dask scheduler cannot be reached (the message names the address)
-    or the cluster cannot take work at all; a script-level failure, a lost worker or a
-    scheduler lost mid-run come back as results instead."""
 
 
 def _import_distributed() -> Any:
