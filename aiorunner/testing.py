@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from ._config import TracingConfig
+    from .backend import LogRecordData, MetricPointData
 
 __all__ = ["InMemoryBackend", "create_backend"]
 
@@ -65,7 +66,10 @@ class _Fault:
 
 class InMemoryBackend:
     """
-    An async backend that keeps every span it is given.
+    An async backend that keeps every span, log record and metric point it is given.
+
+    Faults (``fail_next``, ``hang``, ...) apply to span exports only; log records
+    (``get_log_records``) and metric points (``get_metric_points``) are always taken.
 
     Safe to read from any thread while the session's export thread writes: it takes no
     lock (a lock contended on an event loop thread is a blocking call) and relies on
@@ -75,6 +79,8 @@ class InMemoryBackend:
     def __init__(self, name: str = "memory") -> None:
         self.name = name
         self._spans: list[ReadableSpan] = []
+        self._logs: list[LogRecordData] = []
+        self._points: list[MetricPointData] = []
         self._started: list[ReadableSpan] = []
         self._batches: list[int] = []
         self._faults: deque[_Fault] = deque()
@@ -92,6 +98,14 @@ class InMemoryBackend:
         """Every span exported so far, in export order."""
         return tuple(self._spans)
 
+    def get_log_records(self) -> tuple[LogRecordData, ...]:
+        """Every log record exported so far (the scripts' output lines), in order."""
+        return tuple(self._logs)
+
+    def get_metric_points(self) -> tuple[MetricPointData, ...]:
+        """Every metric point exported so far, in order."""
+        return tuple(self._points)
+
     def get_started_spans(self) -> tuple[ReadableSpan, ...]:
         """Root ``ScriptRunner`` spans announced at their start (``on_span_start``)."""
         return tuple(self._started)
@@ -102,8 +116,10 @@ class InMemoryBackend:
         return tuple(self._batches)
 
     def clear(self) -> None:
-        """Forget the spans, batches and pending faults."""
+        """Forget the spans, log records, metric points, batches and pending faults."""
         self._spans.clear()
+        self._logs.clear()
+        self._points.clear()
         self._started.clear()
         self._batches.clear()
         self._faults.clear()
@@ -169,6 +185,18 @@ class InMemoryBackend:
             return ExportResult.permanent(permanent)
         self._spans.extend(spans)
         self._batches.append(len(spans))
+        return ExportResult.success()
+
+    async def export_logs(
+        self, records: Sequence[LogRecordData], *, timeout: float
+    ) -> ExportResult:
+        self._logs.extend(records)
+        return ExportResult.success()
+
+    async def export_metrics(
+        self, points: Sequence[MetricPointData], *, timeout: float
+    ) -> ExportResult:
+        self._points.extend(points)
         return ExportResult.success()
 
     async def on_span_start(self, span: ReadableSpan) -> None:

@@ -322,17 +322,56 @@ async def test_an_opentelemetry_log_exporter_works_by_its_name(
 async def test_a_backend_without_logs_says_so_once(make_script, caplog):
     """A backend without export_logs keeps exporting spans and gets no records; the
     session says once that it takes none."""
-    from aiorunner.testing import InMemoryBackend
+    from aiorunner.backend import ExportResult
+
+    class SpansOnly:
+        """A third-party backend written before log records existed."""
+
+        name = "spans-only"
+
+        def __init__(self) -> None:
+            self.spans: list[object] = []
+
+        async def export(self, spans, *, timeout):
+            self.spans.extend(spans)
+            return ExportResult.success()
+
+        async def force_flush(self, *, timeout):
+            return True
+
+        async def shutdown(self, *, timeout):
+            return None
 
     caplog.set_level(logging.WARNING, logger="aiorunner")
-    backend = InMemoryBackend(name="spans-only")
+    backend = SpansOnly()
     make = functools.partial(Session, _config(), backends=[backend])
     async with await anyio.to_thread.run_sync(make) as session:
         result = await ScriptRunner(str(make_script("print(1)")), session=session).run()
     assert result.success and result.export.ok
-    assert len(backend.get_finished_spans()) == 7
+    assert len(backend.spans) == 7
     assert result.export.logs == ()
     assert "'spans-only' takes no log records" in caplog.text
+
+
+async def test_the_in_memory_test_backend_keeps_records_and_points(make_script):
+    """aiorunner.testing.InMemoryBackend takes log records and metric points besides
+    spans, so an application's tests can assert on a run's output and resource use."""
+    from aiorunner.testing import InMemoryBackend
+
+    backend = InMemoryBackend()
+    make = functools.partial(Session, _config(), backends=[backend])
+    async with await anyio.to_thread.run_sync(make) as session:
+        script = make_script("import sys\nprint('out')\nprint('WARNING: low', file=sys.stderr)")
+        result = await ScriptRunner(str(script), session=session).run()
+    assert result.success and result.export.ok
+    records = backend.get_log_records()
+    assert [(r.body, r.severity_number) for r in records] == [("out", 9), ("WARNING: low", 13)]
+    execute = next(s for s in backend.get_finished_spans() if s.name == "execute_script")
+    assert {r.span_id for r in records} == {execute.context.span_id}
+    names = {p.name for p in backend.get_metric_points()}
+    assert "process.cpu.time" in names and "aiorunner.run.duration" in names
+    backend.clear()
+    assert backend.get_log_records() == () and backend.get_metric_points() == ()
 
 
 async def test_job_identity_on_records(make_script, traces_file):
