@@ -90,6 +90,12 @@ async def main() -> int:
         "Collector's otlpjsonfile receiver reads it; `aiorunner traces push` replays it)."
     )
     if "jsonl" in config.exporters:
+        console.print(
+            "The scripts' output went beside it as log records (logs.jsonl) and their "
+            "resource use as metrics (metrics.jsonl): one OpenTelemetry signal per file.",
+            soft_wrap=True,
+        )
+    if "jsonl" in config.exporters:
         html = work / "trace.html"
         command = aiorunner_command()
         cli = [sys.executable, "-m", "aiorunner", "traces", "show", trace_id[:12]]
@@ -107,7 +113,11 @@ async def main() -> int:
                 markup=False,
                 soft_wrap=True,
             )
-        console.print("Every run, then this one with every attribute and event:")
+        console.print(
+            "Every run, then this one with every attribute and event, its output lines "
+            "and CPU/memory sparklines:",
+            soft_wrap=True,
+        )
         # Plain prints, one command a line: no console width wraps them, and the last
         # line is what a newcomer pastes.
         print(f"  {command} traces")

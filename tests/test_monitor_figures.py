@@ -135,3 +135,16 @@ async def test_the_first_sample_of_a_process_just_spawned_has_its_memory() -> No
         finally:
             proc.kill()
             proc.wait()
+
+
+async def test_no_sample_of_a_one_thread_script_reads_above_100_percent(make_script) -> None:
+    """/proc counts CPU in 10 ms ticks: over a window of a few ticks a one-thread script
+    read 120-200 %. A sample's percent is bounded by the tree's threads."""
+    seen: list[Sample] = []
+    busy = "import time\nend = time.perf_counter() + 0.6\nwhile time.perf_counter() < end: pass\n"
+    runner = ScriptRunner(make_script(busy), on_sample=seen.append, monitor_interval=0.02)
+    result = await runner.run()
+    assert result.success, result.error
+    assert len(seen) >= 10
+    assert all(s.threads == 1 for s in seen)
+    assert max(s.cpu_percent for s in seen) <= 100.0, [round(s.cpu_percent) for s in seen]

@@ -294,7 +294,7 @@ class ProcessTreeMonitor:
             return
         elapsed = read_at - self._t0
         cpu = figures.cpu_user + figures.cpu_system
-        percent, window_ok = self._log.percent(elapsed, cpu)
+        percent, window_ok = self._log.percent(elapsed, cpu, threads=figures.threads)
         io: tuple[int | None, ...] = _NO_IO
         if figures.io is not None:
             if len(figures.io) == len(IO_FIELDS):
