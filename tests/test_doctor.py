@@ -392,3 +392,14 @@ def test_missing_vendor_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "✗ honeycomb" in out
     assert "HONEYCOMB_API_KEY" in out
     assert "fix: change the setting the message above names" in out
+
+
+def test_logs_and_metrics_files_are_shown_beside_the_traces_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no AIORUNNER_LOGS_FILE / AIORUNNER_METRICS_FILE, doctor names the files the
+    jsonl backend writes: logs.jsonl and metrics.jsonl beside the traces file."""
+    monkeypatch.setenv("AIORUNNER_TRACES_FILE", str(tmp_path / "t" / "traces.jsonl"))
+    _, out = doctor()
+    assert f"{tmp_path / 't' / 'logs.jsonl'} (beside the traces file)" in out
+    assert f"{tmp_path / 't' / 'metrics.jsonl'} (beside the traces file)" in out

@@ -111,6 +111,11 @@ def _settings_rows(config: TracingConfig) -> list[tuple[str, str, str]]:
                 k: ("[secure]" if "header" in k.lower() else v) for k, v in dict(value).items()
             }
             text = mask_value(f.name, shown)
+        elif f.name in ("logs_file", "metrics_file") and not value:
+            # Empty means "beside the traces file": say where that is.
+            stem = "logs" if f.name == "logs_file" else "metrics"
+            folder = os.path.dirname(os.fspath(config.traces_file or "")) or "."
+            text = f"{os.path.join(folder, stem + '.jsonl')} (beside the traces file)"
         else:
             text = mask_value(f.name, value)
         rows.append((f.name, text, config.sources.get(f.name, "")))
