@@ -370,6 +370,19 @@ async def test_an_opentelemetry_metric_exporter_by_name(
     assert _last(_of_run(points, result.trace_id), "process.cpu.time", **{"cpu.mode": "user"})
 
 
+def test_a_run_with_one_sample_gets_no_chart(make_script, traces_file):
+    """A run shorter than the monitor interval has one sample: a number (listed in the
+    span's details), not a picture, so the HTML view draws no chart for it."""
+    script = make_script("import time\ntime.sleep(0.3)")
+    result = ScriptRunner(str(script), monitor_interval=10.0).run_script()
+    assert result.success and result.metrics["samples"] == 1
+    html = traces_file.parent / "one.html"
+    proc = _cli("traces", "show", result.trace_id, "--html", str(html))
+    assert proc.returncode == 0, proc.stderr
+    page = html.read_text()
+    assert "execute_script" in page and '<svg class="chart' not in page
+
+
 def test_html_charts_and_terminal_sparklines(make_script, traces_file):
     """The HTML view draws the run's CPU % and memory over time as inline SVG (no
     network: nothing is fetched), and `traces show -v` a one-line sparkline of each under

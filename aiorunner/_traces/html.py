@@ -194,12 +194,14 @@ def _charts(trace: Trace) -> str:
     out = []
     for span in trace.spans:
         cpu, memory = resource_series(span)
-        if not cpu and not memory:
+        # One sample is a number, not a picture (the details list it): a run shorter than
+        # the monitor interval gets no chart.
+        if len(cpu) < 2 and len(memory) < 2:
             continue
         end = trace.span_end(span)
         when = format_duration(max(0, span.start_ns - trace.start_ns) / 1e9)
         charts = ""
-        if cpu:
+        if len(cpu) >= 2:
             peak = max(v for _, v in cpu)
             charts += svg_chart(
                 cpu,
@@ -209,7 +211,7 @@ def _charts(trace: Trace) -> str:
                 end_ns=end,
                 css_class="cpu",
             )
-        if memory:
+        if len(memory) >= 2:
             peak = max(v for _, v in memory)
             charts += svg_chart(
                 memory,
