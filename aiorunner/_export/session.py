@@ -38,6 +38,7 @@ from .._exceptions import BackendError, ConfigError, UnknownBackendError
 from .._result import ExportReport
 from .._version import __version__
 from .adapters import BackendAdapter, adapt, adapt_log_exporter, adapt_metric_exporter, broken
+from .loop import ExportLoop
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
 from .registry import (
@@ -427,6 +428,8 @@ class Session:
                     threshold=float(self.config.tail_latency_threshold or 0.0),
                 )
         self._adapters = tuple(adapters)
+        # One export thread for the three signals' pipelines (see _export/loop.py).
+        self._export_loop = ExportLoop()
         self._pipeline = ExportPipeline(
             adapters,
             batch_size=self.config.batch_size or 512,
@@ -438,6 +441,7 @@ class Session:
             spools=_spools(self.config, adapters),
             connect_budget=self.config.connect_budget,
             hedge=float(self.config.spool_hedge or 0.0),
+            export_loop=self._export_loop,
         )
         self.tracer_provider.add_span_processor(self._pipeline)
         # A script run by aiorunner: its own output is its parent run's log records already.
@@ -457,6 +461,7 @@ class Session:
                     spools=_spools(self.config, log_adapters, "logs"),
                     connect_budget=self.config.connect_budget,
                     hedge=float(self.config.spool_hedge or 0.0),
+                    export_loop=self._export_loop,
                 )
         # A script run by aiorunner: its resource use is its parent run's metrics already.
         if self.config.metrics and not via_parent:
@@ -477,6 +482,7 @@ class Session:
                     spools=_spools(self.config, metric_adapters, "metrics"),
                     connect_budget=self.config.connect_budget,
                     hedge=float(self.config.spool_hedge or 0.0),
+                    export_loop=self._export_loop,
                 )
                 self.meter = SessionMeter(self)
 
@@ -583,23 +589,13 @@ class Session:
         logs, metrics = self.logs, self.metrics
         if logs is None and metrics is None:
             return await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        found: dict[str, ExportReport] = {}
-
-        async def flush_other(name: str, pipeline: ExportPipeline) -> None:
-            found[name] = await pipeline.flush_trace(trace_id, timeout)
-
-        import anyio
-
-        async with anyio.create_task_group() as tg:
-            if logs is not None:
-                tg.start_soon(flush_other, "logs", logs)
-            if metrics is not None:
-                tg.start_soon(flush_other, "metrics", metrics)
-            first, second = await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        if "logs" in found:
-            second = _with_logs(second, found["logs"])
-        if "metrics" in found:
-            second = _with_metrics(second, found["metrics"])
+        # All three on the shared export loop: one round trip for the run's signals.
+        others = [p for p in (logs, metrics) if p is not None]
+        first, second, found = await self._pipeline.flush_run(trace_id, timeout, then, others)
+        for pipeline, report in zip(others, found, strict=True):
+            second = (
+                _with_logs(second, report) if pipeline is logs else _with_metrics(second, report)
+            )
         return first, second
 
     async def flush(self, *, timeout: float | None = None) -> bool:

@@ -1,0 +1,65 @@
+"""
+One export thread per session (issue 21): the spans, log records and metric points
+pipelines share one loop, a run's wait for its three signals is one round trip, and the
+thread stops when the session is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import anyio
+
+from aiorunner import ScriptRunner, Session, TracingConfig
+
+
+def export_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "aiorunner-export" and t.is_alive()]
+
+
+async def test_a_session_exports_its_three_signals_from_one_thread(tmp_path: Path) -> None:
+    """A run with spans, output lines and metric points wakes one export thread, not one
+    per signal; its RunResult still counts every signal's export, every line reaches its
+    file, and the thread is gone once the session is closed."""
+    script = tmp_path / "talk.py"
+    script.write_text("print('hello')\nprint('again')\n")
+    config = TracingConfig(
+        exporter_type="jsonl", traces_file=str(tmp_path / "traces.jsonl"), export_timeout=10.0
+    )
+    before = set(export_threads())
+    session = await anyio.to_thread.run_sync(Session, config)
+    assert session.logs is not None and session.metrics is not None
+    try:
+        results = [await ScriptRunner(str(script), session=session).run() for _ in range(2)]
+        assert set(export_threads()) - before != set()
+        assert len(set(export_threads()) - before) == 1
+    finally:
+        await session.aclose()
+    for result in results:
+        assert result.success, result.error
+        export = result.export
+        assert export is not None
+        (spans,) = export.backends
+        assert (spans.exported, export.dropped, export.pending) == (7, 0, 0)
+        (logs,) = export.logs
+        assert (logs.exported, export.logs_dropped, export.logs_pending) == (2, 0, 0)
+        (metrics,) = export.metrics
+        assert metrics.exported > 0 and (export.metrics_dropped, export.metrics_pending) == (
+            0,
+            0,
+        )
+    lines = (tmp_path / "logs.jsonl").read_text().splitlines()
+    bodies = [
+        record["body"]["stringValue"]
+        for line in lines
+        for rl in json.loads(line)["resourceLogs"]
+        for sl in rl["scopeLogs"]
+        for record in sl["logRecords"]
+    ]
+    assert bodies.count("hello") == 2 and bodies.count("again") == 2
+    assert (tmp_path / "metrics.jsonl").read_text().strip()
+    for thread in set(export_threads()) - before:
+        thread.join(5)
+    assert set(export_threads()) - before == set()
