@@ -22,7 +22,8 @@ def export_threads() -> list[threading.Thread]:
 async def test_a_session_exports_its_three_signals_from_one_thread(tmp_path: Path) -> None:
     """A run with spans, output lines and metric points wakes one export thread, not one
     per signal; its RunResult still counts every signal's export, every line reaches its
-    file, and the thread is gone once the session is closed."""
+    file, a run's metric points make one export, and the thread is gone once the session
+    is closed."""
     script = tmp_path / "talk.py"
     script.write_text("print('hello')\nprint('again')\n")
     config = TracingConfig(
@@ -59,7 +60,9 @@ async def test_a_session_exports_its_three_signals_from_one_thread(tmp_path: Pat
         for record in sl["logRecords"]
     ]
     assert bodies.count("hello") == 2 and bodies.count("again") == 2
-    assert (tmp_path / "metrics.jsonl").read_text().strip()
+    # A run's points leave together at its flush: one export (one line), not one per
+    # group of points handed over.
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(results)
     for thread in set(export_threads()) - before:
         thread.join(5)
     assert set(export_threads()) - before == set()

@@ -71,6 +71,11 @@ __all__ = ["Session", "aget_default_session", "get_default_session"]
 logger = logging.getLogger("aiorunner.export")
 
 
+#: The most a metric point waits for its batch: every running script's points leave
+#: within it, a run's final ones at the run's flush (no one export per point).
+_METRICS_BATCH_DELAY = 0.5
+
+
 def _span_limits(config: TracingConfig) -> SpanLimits:
     """Every limit given explicitly (``None`` = no limit is the SDK's ``UNSET``): the SDK
     would otherwise read the OTEL_*_LIMIT variables itself and raise on a bad one, which
@@ -474,7 +479,10 @@ class Session:
                     metric_adapters,
                     batch_size=2048,
                     max_queue_size=8192,
-                    schedule_delay=0.0,
+                    # Points wait for their batch like spans (the jsonl file caps this
+                    # at 0.5 s): a run's points leave together, with its final values at
+                    # its flush, not one export per point handed over (issue 21).
+                    schedule_delay=_METRICS_BATCH_DELAY,
                     export_timeout=float(self.config.metrics_export_timeout or 0.0),
                     policy=policy,
                     signal="metrics",
