@@ -6,11 +6,15 @@ thread stops when the session is closed.
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.base_events
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
 
 from aiorunner import ScriptRunner, Session, TracingConfig
 
@@ -66,3 +70,40 @@ async def test_a_session_exports_its_three_signals_from_one_thread(tmp_path: Pat
     for thread in set(export_threads()) - before:
         thread.join(5)
     assert set(export_threads()) - before == set()
+
+
+async def test_a_run_wakes_the_export_thread_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run hands its spans, its root span's start and its metric points over without
+    waking the export thread, and waits for all three signals in one round trip: one
+    cross-thread call from the run's loop per run (it was four to five: a wake-up per
+    signal, the root's start, a flush call per signal); the jsonl live-runs entry still
+    appears when a run passes half a second (tests/test_live_runs.py)."""
+    script = tmp_path / "quiet.py"
+    script.write_text("pass\n")
+    config = TracingConfig(
+        exporter_type="jsonl", traces_file=str(tmp_path / "traces.jsonl"), export_timeout=10.0
+    )
+    session = await anyio.to_thread.run_sync(Session, config)
+    calls: list[str] = []
+    original = asyncio.base_events.BaseEventLoop.call_soon_threadsafe
+    here = threading.current_thread()
+
+    def counting(self: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is here and self is not asyncio.get_running_loop():
+            calls.append(getattr(callback, "__qualname__", repr(callback)))
+        return original(self, callback, *args, **kwargs)
+
+    try:
+        assert (await ScriptRunner(str(script), session=session).run()).success  # warm-up
+        monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "call_soon_threadsafe", counting)
+        runs = 3
+        for _ in range(runs):
+            result = await ScriptRunner(str(script), session=session).run()
+            assert result.success and result.export is not None and result.export.ok
+        monkeypatch.undo()
+    finally:
+        await session.aclose()
+    # One run longer than the batcher's delay (a loaded machine) may wake it once more.
+    assert len(calls) <= runs + 1, calls

@@ -228,6 +228,16 @@ class ExportPipeline(SpanProcessor):
             and tail_sampler is None
             and any(a.wants_span_start for a in self.adapters)
         )
+        # A start needs no wake-up of its own while the batcher's timer runs, if the timer
+        # fires before any backend wanting it would announce it: those backends hold a
+        # start until the span is that old (the jsonl file: 0.5 s, its delay cap), so it
+        # is announced on time; the run's first span end or its flush takes it otherwise.
+        holds = [
+            getattr(a.target, "span_start_delay", 0.0) for a in self.adapters if a.wants_span_start
+        ]
+        self._starts_ride_timer = bool(holds) and all(
+            isinstance(h, (int, float)) and h >= self._delay for h in holds
+        )
         # Shared with producer threads (deque operations are atomic under the GIL).
         self._spans: deque[ReadableSpan] = deque()
         # Full batches a producer moved aside because the hand-off queue was full and the
@@ -328,7 +338,7 @@ class ExportPipeline(SpanProcessor):
                 instrumentation_scope=span.instrumentation_scope,
             )
         )
-        if not self._wake_pending:
+        if not self._wake_pending and not (self._armed and self._starts_ride_timer):
             self._wake()
 
     def on_end(self, span: ReadableSpan) -> None:

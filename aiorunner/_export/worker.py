@@ -54,6 +54,7 @@ import itertools
 import logging
 import os
 import re
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -392,7 +393,10 @@ class BackendWorker:
             if isinstance(item, _Start):
                 if self._start_delay:
                     span_id = item.span.context.span_id  # type: ignore[union-attr]
-                    due = anyio.current_time() + self._start_delay
+                    # Held until the span is that old (it may have waited for its batch).
+                    started = item.span.start_time
+                    age = max(0, time.time_ns() - started) / 1e9 if started else 0.0
+                    due = anyio.current_time() + max(0.0, self._start_delay - age)
                     self._held[span_id] = (due, item.span)
                 else:
                     await self._span_start(item.span)
