@@ -3,8 +3,10 @@ The export pipeline: a SpanProcessor that hands spans to its own event loop thre
 batches them and fans each batch out to every backend.
 
 Why a thread of its own: ``ScriptRunner.run_script()`` calls ``asyncio.run()`` per call, so
-callers' loops come and go while a session lives on. The pipeline therefore owns one
-asyncio loop in one daemon thread, started at the first span.
+callers' loops come and go while a session lives on. The pipeline therefore runs on an
+asyncio loop in a daemon thread, started at the first span: a session's three pipelines
+(spans, logs, metrics) share one (``export_loop``, see ``loop.py``); a pipeline made
+alone owns one.
 
 The hand-off (``on_end``, called on whatever thread ended the span) never blocks and takes
 no lock: it appends to a ``collections.deque`` (thread safe) bounded by ``max_queue_size``
