@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.base_events
+import errno
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,83 @@ async def test_a_run_wakes_the_export_thread_once(
         await session.aclose()
     # One run longer than the batcher's delay (a loaded machine) may wake it once more.
     assert len(calls) <= runs + 1, calls
+
+
+@pytest.mark.parametrize(
+    ("error", "exported", "failed", "calls"),
+    [(errno.EIO, 3, 0, 2), (errno.EACCES, 0, 3, 1)],
+    ids=["retryable-then-written", "permanent-not-retried"],
+)
+async def test_an_inline_jsonl_write_keeps_its_retries(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: int,
+    exported: int,
+    failed: int,
+    calls: int,
+) -> None:
+    """The jsonl file written on the export thread skips the retry machinery only for a
+    first attempt that needs none: a write failing with a retryable error is retried
+    within the deadline (and lands), a permanent one fails the batch at once."""
+    from aiorunner._export.jsonl import JsonlBackend
+
+    original = JsonlBackend._append
+    failures = [error]
+
+    def flaky(self: Any, data: bytes, *args: Any) -> None:
+        if failures:
+            raise OSError(failures.pop(), os.strerror(error))
+        original(self, data, *args)
+
+    monkeypatch.setattr(JsonlBackend, "_append", flaky)
+    path = tmp_path / "traces.jsonl"
+    config = TracingConfig(
+        exporter_type="jsonl",
+        traces_file=str(path),
+        export_timeout=10.0,
+        logs=False,
+        metrics=False,
+    )
+    session = await anyio.to_thread.run_sync(Session, config)
+    try:
+        tracer = session.tracer()
+        for name in ("a", "b", "c"):
+            with tracer.start_as_current_span(name):
+                pass
+        await session.flush()
+    finally:
+        await session.aclose()
+    stats = session.statistics().backend("jsonl")
+    assert (stats.exported, stats.failed, stats.export_calls) == (exported, failed, calls)
+    written = path.read_text().splitlines() if path.exists() else []
+    assert (
+        sum(len(json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]) for line in written)
+        == exported
+    )
+
+
+def test_a_session_whose_export_stopped_on_a_bug_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that stops the export loop is logged, and closing the session afterwards
+    (as at interpreter exit) returns instead of raising 'Event loop is closed'."""
+    from aiorunner._export.worker import BackendWorker
+
+    async def broken(self: Any, batch: Any) -> None:
+        raise RuntimeError("a bug in the export path")
+
+    monkeypatch.setattr(BackendWorker, "_export", broken)
+    config = TracingConfig(
+        exporter_type="jsonl", traces_file=str(tmp_path / "traces.jsonl"), export_timeout=2.0
+    )
+    session = Session(config)
+    with session.tracer().start_as_current_span("lost"):
+        pass
+    asyncio.run(session.flush(timeout=1.0))  # the export meets the bug
+    for thread in export_threads():
+        thread.join(5)
+    session.close(timeout=1.0)
+    assert "stopped on an unexpected error" in caplog.text
+    stats = session.statistics()
+    assert (stats.received, stats.exported, stats.queued) == (1, 0, 0)
+    assert stats.dropped + stats.failed == 1  # counted, not lost silently

@@ -931,7 +931,12 @@ class ExportPipeline(SpanProcessor):
                 return self._finished
             self._close_requested = True
             loop = self._start_locked()
-        loop.call_soon_threadsafe(self._begin_close, timeout)
+        try:
+            loop.call_soon_threadsafe(self._begin_close, timeout)
+        except RuntimeError:
+            # The export loop is closed: this pipeline stopped on an unexpected error
+            # (logged; its leftovers counted then) and its future is done.
+            pass
         return self._finished
 
     def _begin_close(self, timeout: float) -> None:
