@@ -28,10 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 CHILD = """
 import asyncio, json, resource, shutil, sys, tempfile, time
 from pathlib import Path
+import aiorunner
 from aiorunner import TracingConfig, run_many
 
 count = int(sys.argv[1])
@@ -53,6 +55,7 @@ async def main():
     wall = time.perf_counter() - t0
     assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
     print(json.dumps({
+        "file": aiorunner.__file__,
         "wall": wall,
         "cpu": cpu(resource.RUSAGE_SELF) - own,
         "child": cpu(resource.RUSAGE_CHILDREN) - kids,
@@ -84,14 +87,21 @@ def _xargs(script: Path, count: int) -> dict[str, float]:
 
 def _tree(tree: str, count: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": tree}
+    # cwd=tree: ``python -c`` puts the current directory first on sys.path, so run from
+    # another checkout, every tree would import that checkout's aiorunner (it did: two
+    # trees once measured the same code; the file imported is checked below).
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(count)],
         env=env,
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,
     )
-    result: dict[str, float] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    imported = str(result.pop("file"))
+    if not os.path.realpath(imported).startswith(os.path.realpath(tree) + os.sep):
+        raise SystemExit(f"{tree}: the child imported {imported}, not this tree's aiorunner")
     return result
 
 

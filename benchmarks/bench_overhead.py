@@ -32,9 +32,12 @@ from typing import Any
 
 TRIVIAL = "pass\n"
 
-#: name -> (tracing, ScriptRunner options)
+#: name -> (tracing, ScriptRunner options); "no logs" / "no metrics" turn a signal off in
+#: the TracingConfig instead (a ``config:`` key).
 CONFIGS: dict[str, tuple[bool, dict[str, Any]]] = {
     "all on (defaults)": (True, {}),
+    "no logs": (True, {"config:logs": False}),
+    "no metrics": (True, {"config:metrics": False}),
     "no monitor": (True, {"monitor": False}),
     "no in-script channel": (True, {"in_script_tracing": False}),
     "no dependency check": (True, {"validate_dependencies": False}),
@@ -59,9 +62,14 @@ def _batches(workdir: Path) -> dict[str, Any]:
     script = workdir / "trivial.py"
     script.write_text(TRIVIAL)
     made = {}
-    for name, (tracing, options) in CONFIGS.items():
+    for name, (tracing, all_options) in CONFIGS.items():
+        options = {k: v for k, v in all_options.items() if not k.startswith("config:")}
+        extra = {k[7:]: v for k, v in all_options.items() if k.startswith("config:")}
         config = TracingConfig(
-            enabled=tracing, exporter_type="jsonl", traces_file=str(workdir / "overhead.jsonl")
+            enabled=tracing,
+            exporter_type="jsonl",
+            traces_file=str(workdir / "overhead.jsonl"),
+            **extra,
         )
         executor = LocalExecutor(runner_options=options)
 

@@ -16,6 +16,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..backend import LOG_SCOPE, LogRecordData
+from .jsonline import dumps_line
 from .otlp_json import _attributes, _decode_attributes, _decode_id, _value
 
 if TYPE_CHECKING:
@@ -82,8 +83,7 @@ def encode_logs_request(records: Iterable[LogRecordData]) -> dict[str, Any]:
 
 def encode_logs_line(records: Iterable[LogRecordData]) -> bytes:
     """One line of ``logs.jsonl``: the request, compact, UTF-8, newline-terminated."""
-    text = _dumps(encode_logs_request(records)) + "\n"
-    return text.encode("utf-8", errors="replace")
+    return dumps_line(encode_logs_request(records))
 
 
 def decode_logs_request(

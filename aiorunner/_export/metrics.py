@@ -27,6 +27,7 @@ from ..backend import (
     ExemplarData,
     MetricPointData,
 )
+from .jsonline import dumps_line
 from .otlp_json import _attributes, _decode_attributes, _decode_id
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def encode_metrics_request(points: Iterable[MetricPointData]) -> dict[str, Any]:
 
 def encode_metrics_line(points: Iterable[MetricPointData]) -> bytes:
     """One line of ``metrics.jsonl``: the request, compact, UTF-8, newline-terminated."""
-    return (_dumps(encode_metrics_request(points)) + "\n").encode("utf-8", errors="replace")
+    return dumps_line(encode_metrics_request(points))
 
 
 def _decode_number(item: Mapping[str, Any]) -> float | int:

@@ -3,8 +3,10 @@ The export pipeline: a SpanProcessor that hands spans to its own event loop thre
 batches them and fans each batch out to every backend.
 
 Why a thread of its own: ``ScriptRunner.run_script()`` calls ``asyncio.run()`` per call, so
-callers' loops come and go while a session lives on. The pipeline therefore owns one
-asyncio loop in one daemon thread, started at the first span.
+callers' loops come and go while a session lives on. The pipeline therefore runs on an
+asyncio loop in a daemon thread, started at the first span: a session's three pipelines
+(spans, logs, metrics) share one (``export_loop``, see ``loop.py``); a pipeline made
+alone owns one.
 
 The hand-off (``on_end``, called on whatever thread ended the span) never blocks and takes
 no lock: it appends to a ``collections.deque`` (thread safe) bounded by ``max_queue_size``
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
 
     from .._result import ExportReport
     from .adapters import BackendAdapter
+    from .loop import ExportLoop
     from .spool import Spool
     from .tail_sampling import TailSampler
 
@@ -156,6 +159,8 @@ class ExportPipeline(SpanProcessor):
         connect_budget: seconds of retries for a backend that cannot be reached.
         hedge: seconds an export may go unanswered before a spooled backend's batch is
             hedged (a copy spooled, the batch settled as spooled); 0: never.
+        export_loop: an export thread shared with the session's other pipelines (see
+            ``_export/loop.py``); None: this pipeline starts a thread of its own.
     """
 
     def __init__(
@@ -174,6 +179,7 @@ class ExportPipeline(SpanProcessor):
         signal: str = "traces",
         keep_open: Sequence[BackendAdapter] = (),
         hedge: float = 0.0,
+        export_loop: ExportLoop | None = None,
     ) -> None:
         if signal not in ("traces", "logs", "metrics"):
             raise ValueError(f"signal={signal!r}; use 'traces', 'logs' or 'metrics'")
@@ -224,6 +230,16 @@ class ExportPipeline(SpanProcessor):
             and tail_sampler is None
             and any(a.wants_span_start for a in self.adapters)
         )
+        # A start needs no wake-up of its own while the batcher's timer runs, if the timer
+        # fires before any backend wanting it would announce it: those backends hold a
+        # start until the span is that old (the jsonl file: 0.5 s, its delay cap), so it
+        # is announced on time; the run's first span end or its flush takes it otherwise.
+        holds = [
+            getattr(a.target, "span_start_delay", 0.0) for a in self.adapters if a.wants_span_start
+        ]
+        self._starts_ride_timer = bool(holds) and all(
+            isinstance(h, (int, float)) and h >= self._delay for h in holds
+        )
         # Shared with producer threads (deque operations are atomic under the GIL).
         self._spans: deque[ReadableSpan] = deque()
         # Full batches a producer moved aside because the hand-off queue was full and the
@@ -246,6 +262,9 @@ class ExportPipeline(SpanProcessor):
         self._close_event = asyncio.Event()
         self._close_deadline = 0.0
         # Lifecycle.
+        self._export_loop = export_loop
+        # Tasks this pipeline started on the export loop (flush calls), for _finish_tasks.
+        self._calls: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -271,6 +290,7 @@ class ExportPipeline(SpanProcessor):
         self._thread = None
         self._close_requested = False
         self._finished = concurrent.futures.Future()
+        self._calls = set()
         self._close_event = asyncio.Event()
         for queue in (self._spans, self._ready, self._starts, self._watch, self._drops):
             queue.clear()
@@ -320,7 +340,7 @@ class ExportPipeline(SpanProcessor):
                 instrumentation_scope=span.instrumentation_scope,
             )
         )
-        if not self._wake_pending:
+        if not self._wake_pending and not (self._armed and self._starts_ride_timer):
             self._wake()
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -442,6 +462,11 @@ class ExportPipeline(SpanProcessor):
     def _start_locked(self) -> asyncio.AbstractEventLoop:
         if self._loop is not None:
             return self._loop
+        if self._export_loop is not None:
+            shared, self._thread = self._export_loop.acquire()
+            self._loop = shared
+            shared.call_soon_threadsafe(self._start_on_shared)
+            return shared
         # Created here, run there: callbacks scheduled before the thread runs the loop
         # simply wait in its ready queue, so nobody has to wait for the thread.
         loop = asyncio.new_event_loop()
@@ -475,6 +500,29 @@ class ExportPipeline(SpanProcessor):
                 if not self._finished.done():
                     self._finished.set_result(None)
 
+    def _start_on_shared(self) -> None:
+        asyncio.get_running_loop().create_task(self._run_on_shared())
+
+    async def _run_on_shared(self) -> None:
+        """On a shared export loop: what ``_thread_main`` does on a loop of our own."""
+        self._finished.set_running_or_notify_cancel()
+        try:
+            await self._main()
+            await self._finish_tasks()
+        except BaseException:  # the pipeline must not stop silently
+            logger.exception("the aiorunner export pipeline stopped on an unexpected error")
+        finally:
+            self._closed = True
+            self._workers_stopped = True
+            self._count_leftovers()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self._finished.done():
+                self._finished.set_result(None)
+            assert self._export_loop is not None
+            self._export_loop.release()
+
     async def _main(self) -> None:
         # Spans made while exporting (an instrumented HTTP client, say) must not feed back
         # into the pipeline. Tasks and worker threads inherit this context.
@@ -485,6 +533,10 @@ class ExportPipeline(SpanProcessor):
                     tg.start_soon(worker.run, name=f"aiorunner export to {worker.name}")
                     if worker.spool is not None and self.background_drain:
                         tg.start_soon(worker.drain, name=f"aiorunner spool of {worker.name}")
+                # Let the drainers start before a close asked for already is seen: a
+                # session closed at once (``aiorunner traces push --spool``'s logs and
+                # metrics) still sends its spools back for up to a second (stop_draining).
+                await asyncio.sleep(0)
                 await self._close_event.wait()
                 for worker in self._workers:
                     worker.stop_draining()
@@ -532,7 +584,10 @@ class ExportPipeline(SpanProcessor):
     async def _finish_tasks(self) -> None:
         """Let flush calls still in flight return (every waiter was released)."""
         current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        if self._export_loop is not None:  # the loop's other tasks are other pipelines'
+            tasks = [task for task in self._calls if not task.done()]
+        else:
+            tasks = [task for task in asyncio.all_tasks() if task is not current]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=_TASKS_GRACE)
@@ -737,6 +792,55 @@ class ExportPipeline(SpanProcessor):
         done, second = await self._flush_on_loop(trace_id, max(0.0, deadline - time.monotonic()))
         return done, (first, second)
 
+    async def flush_run(
+        self,
+        trace_id: int,
+        timeout: float,
+        then: Callable[[ExportReport], None],
+        others: Sequence[ExportPipeline],
+    ) -> tuple[ExportReport, ExportReport, tuple[ExportReport, ...]]:
+        """:meth:`flush_trace_then`, and :meth:`flush_trace` of ``others`` (pipelines on
+        the same shared export loop: the session's logs and metrics) at the same time, in
+        one round trip between the caller's thread and the export thread instead of one
+        per signal. Returns the two span reports and one report per other pipeline."""
+        result: tuple[tuple[ExportReport, ExportReport], list[ExportReport | None]] | None
+        _, result = await self._call(
+            timeout, self._flush_run_on_loop, trace_id, timeout, then, others
+        )
+        if result is None:  # no span ever ended here, or the export thread was stuck
+            report = self._report_unanswered(trace_id)
+            return report, report, tuple(p._report_unanswered(trace_id) for p in others)
+        (first, second), found = result
+        return (
+            first,
+            second,
+            tuple(
+                r if r is not None else p._report_unanswered(trace_id)
+                for p, r in zip(others, found, strict=True)
+            ),
+        )
+
+    async def _flush_run_on_loop(
+        self,
+        trace_id: int,
+        timeout: float,
+        then: Callable[[ExportReport], None],
+        others: Sequence[ExportPipeline],
+    ) -> tuple[bool, tuple[tuple[ExportReport, ExportReport], list[ExportReport | None]]]:
+        found: list[ExportReport | None] = [None] * len(others)
+        loop = asyncio.get_running_loop()
+
+        async def flush_other(index: int, other: ExportPipeline) -> None:
+            # One that never started (no item yet) or has stopped answers for itself.
+            if other._loop is loop and not other._finished.done():
+                _, found[index] = await other._flush_on_loop(trace_id, timeout)
+
+        async with anyio.create_task_group() as tg:
+            for index, other in enumerate(others):
+                tg.start_soon(flush_other, index, other)
+            done, reports = await self._flush_then_on_loop(trace_id, timeout, then)
+        return done, (reports, found)
+
     async def flush(self, timeout: float) -> bool:
         """Wait until every span ended so far is settled; False on timeout."""
         done, _ = await self._call(timeout, self._flush_on_loop, None, timeout)
@@ -762,6 +866,8 @@ class ExportPipeline(SpanProcessor):
                     return  # the caller gave up already
                 task = loop.create_task(func(*args))
                 tasks.append(task)
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
                 task.add_done_callback(lambda done: _hand_back(caller, waiter, done))
 
             def give_up() -> None:  # on the caller's loop
@@ -825,7 +931,12 @@ class ExportPipeline(SpanProcessor):
                 return self._finished
             self._close_requested = True
             loop = self._start_locked()
-        loop.call_soon_threadsafe(self._begin_close, timeout)
+        try:
+            loop.call_soon_threadsafe(self._begin_close, timeout)
+        except RuntimeError:
+            # The export loop is closed: this pipeline stopped on an unexpected error
+            # (logged; its leftovers counted then) and its future is done.
+            pass
         return self._finished
 
     def _begin_close(self, timeout: float) -> None:

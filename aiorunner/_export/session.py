@@ -38,6 +38,7 @@ from .._exceptions import BackendError, ConfigError, UnknownBackendError
 from .._result import ExportReport
 from .._version import __version__
 from .adapters import BackendAdapter, adapt, adapt_log_exporter, adapt_metric_exporter, broken
+from .loop import ExportLoop
 from .parent import ChannelBackend, parent_channel
 from .pipeline import ExportPipeline
 from .registry import (
@@ -68,6 +69,11 @@ if TYPE_CHECKING:
 __all__ = ["Session", "aget_default_session", "get_default_session"]
 
 logger = logging.getLogger("aiorunner.export")
+
+
+#: The most a metric point waits for its batch: every running script's points leave
+#: within it, a run's final ones at the run's flush (no one export per point).
+_METRICS_BATCH_DELAY = 0.5
 
 
 def _span_limits(config: TracingConfig) -> SpanLimits:
@@ -427,6 +433,8 @@ class Session:
                     threshold=float(self.config.tail_latency_threshold or 0.0),
                 )
         self._adapters = tuple(adapters)
+        # One export thread for the three signals' pipelines (see _export/loop.py).
+        self._export_loop = ExportLoop()
         self._pipeline = ExportPipeline(
             adapters,
             batch_size=self.config.batch_size or 512,
@@ -438,6 +446,7 @@ class Session:
             spools=_spools(self.config, adapters),
             connect_budget=self.config.connect_budget,
             hedge=float(self.config.spool_hedge or 0.0),
+            export_loop=self._export_loop,
         )
         self.tracer_provider.add_span_processor(self._pipeline)
         # A script run by aiorunner: its own output is its parent run's log records already.
@@ -457,6 +466,7 @@ class Session:
                     spools=_spools(self.config, log_adapters, "logs"),
                     connect_budget=self.config.connect_budget,
                     hedge=float(self.config.spool_hedge or 0.0),
+                    export_loop=self._export_loop,
                 )
         # A script run by aiorunner: its resource use is its parent run's metrics already.
         if self.config.metrics and not via_parent:
@@ -469,7 +479,10 @@ class Session:
                     metric_adapters,
                     batch_size=2048,
                     max_queue_size=8192,
-                    schedule_delay=0.0,
+                    # Points wait for their batch like spans (the jsonl file caps this
+                    # at 0.5 s): a run's points leave together, with its final values at
+                    # its flush, not one export per point handed over (issue 21).
+                    schedule_delay=_METRICS_BATCH_DELAY,
                     export_timeout=float(self.config.metrics_export_timeout or 0.0),
                     policy=policy,
                     signal="metrics",
@@ -477,6 +490,7 @@ class Session:
                     spools=_spools(self.config, metric_adapters, "metrics"),
                     connect_budget=self.config.connect_budget,
                     hedge=float(self.config.spool_hedge or 0.0),
+                    export_loop=self._export_loop,
                 )
                 self.meter = SessionMeter(self)
 
@@ -595,23 +609,13 @@ class Session:
         logs, metrics = self.logs, self.metrics
         if logs is None and metrics is None:
             return await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        found: dict[str, ExportReport] = {}
-
-        async def flush_other(name: str, pipeline: ExportPipeline) -> None:
-            found[name] = await pipeline.flush_trace(trace_id, timeout)
-
-        import anyio
-
-        async with anyio.create_task_group() as tg:
-            if logs is not None:
-                tg.start_soon(flush_other, "logs", logs)
-            if metrics is not None:
-                tg.start_soon(flush_other, "metrics", metrics)
-            first, second = await self._pipeline.flush_trace_then(trace_id, timeout, then)
-        if "logs" in found:
-            second = _with_logs(second, found["logs"])
-        if "metrics" in found:
-            second = _with_metrics(second, found["metrics"])
+        # All three on the shared export loop: one round trip for the run's signals.
+        others = [p for p in (logs, metrics) if p is not None]
+        first, second, found = await self._pipeline.flush_run(trace_id, timeout, then, others)
+        for pipeline, report in zip(others, found, strict=True):
+            second = (
+                _with_logs(second, report) if pipeline is logs else _with_metrics(second, report)
+            )
         return first, second
 
     async def flush(self, *, timeout: float | None = None) -> bool:

@@ -54,6 +54,7 @@ import itertools
 import logging
 import os
 import re
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ import anyio
 
 from ..backend import ExportStatus
 from .ledger import DROPPED, EXPORTED, FAILED, SPOOLED
-from .retry import DEFAULT_POLICY, RetryPolicy, export_with_retry
+from .retry import DEFAULT_POLICY, Outcome, RetryPolicy, export_with_retry
 from .statistics import BackendStatistics
 
 if TYPE_CHECKING:
@@ -72,7 +73,6 @@ if TYPE_CHECKING:
     from ..backend import ExportResult
     from .adapters import BackendAdapter
     from .ledger import BatchRecord
-    from .retry import Outcome
     from .spool import Hedge, Spool
 
 __all__ = ["BackendWorker", "ErrorLog"]
@@ -295,6 +295,8 @@ class BackendWorker:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._inflight: _Batch | None = None
+        # Exports that complete without awaiting (see _send).
+        self._inline = getattr(adapter.target, "write_on_export_thread", False) is True
         delay = getattr(adapter.target, "span_start_delay", 0.0)
         self._start_delay = float(delay) if isinstance(delay, (int, float)) and delay > 0 else 0.0
         # Starts held back (span id -> (when due on the loop's clock, span)), in the order
@@ -392,7 +394,10 @@ class BackendWorker:
             if isinstance(item, _Start):
                 if self._start_delay:
                     span_id = item.span.context.span_id  # type: ignore[union-attr]
-                    due = anyio.current_time() + self._start_delay
+                    # Held until the span is that old (it may have waited for its batch).
+                    started = item.span.start_time
+                    age = max(0, time.time_ns() - started) / 1e9 if started else 0.0
+                    due = anyio.current_time() + max(0.0, self._start_delay - age)
                     self._held[span_id] = (due, item.span)
                 else:
                     await self._span_start(item.span)
@@ -450,6 +455,19 @@ class BackendWorker:
         """One batch to the backend, retried inside its deadline (and, when it is
         unreachable, inside the connect budget)."""
         send = self._verb
+        if self._inline:
+            # The embedded jsonl file writing on this thread: its export never awaits, so a
+            # deadline could not interrupt it, and a first attempt needs no cancel scope
+            # (issue 21: two or three exports a run). Anything but an answer other than
+            # "retry" goes the general way below (retries inside the deadline).
+            self.export_calls += 1
+            first: ExportResult | None
+            try:
+                first = await send(spans, timeout=self._deadline)
+            except Exception:  # noqa: BLE001 - retried (and reported) below
+                first = None
+            if first is not None and first.status is not ExportStatus.RETRYABLE:
+                return Outcome(first, 1)
 
         async def attempt(time_left: float) -> ExportResult:
             self.export_calls += 1
