@@ -192,7 +192,10 @@ def test_metrics_jsonl_is_export_metrics_service_request_lines(make_script, trac
     """The default jsonl backend writes metrics.jsonl beside the traces file: every line
     parses strictly as an OTLP/JSON ExportMetricsServiceRequest (exemplar ids hex), and
     holds the run's points."""
-    result = ScriptRunner(str(make_script("x = bytearray(10**7)"))).run_script()
+    # Alive for a sample (a script gone before the monitor's first reading has no
+    # memory usage point: nothing was read while it lived).
+    script = make_script("import time\nx = bytearray(10**7)\ntime.sleep(0.3)")
+    result = ScriptRunner(str(script)).run_script()
     assert result.success
     path = traces_file.parent / "metrics.jsonl"
     lines = path.read_text().splitlines()
