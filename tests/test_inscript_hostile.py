@@ -16,10 +16,12 @@ from contextlib import contextmanager
 import psutil
 
 from aiorunner import ScriptRunner, TracingConfig
+from aiorunner._context import channel as channel_module
 from aiorunner._context.channel import (
     MAX_MESSAGE_BYTES,
     MAX_PENDING_BYTES,
     MAX_PENDING_WRITERS,
+    MAX_RUN_SPAN_BYTES,
     MAX_WARNINGS,
 )
 
@@ -124,10 +126,12 @@ with trace.get_tracer("t").start_as_current_span("after-the-flood"):
     assert growth[0] < 96 * MiB, f"runner RSS grew by {growth[0] / MiB:.0f} MiB"
 
 
-async def test_total_budget_of_unfinished_messages(make_script, spans_of):
+async def test_total_budget_of_unfinished_messages(make_script, spans_of, monkeypatch):
     """60 writers interleave messages of 1.6 MB each (96 MB, over MAX_PENDING_BYTES, each
     under MAX_MESSAGE_BYTES): those that would take the held total past the budget are
     discarded and counted, the others arrive whole, and the runner's RSS stays bounded."""
+    # Another bound than the run's span budget is under test here: lift that one.
+    monkeypatch.setattr(channel_module, "MAX_RUN_SPAN_BYTES", 1 << 40)
     await _warm_up(make_script)
     script = make_script(
         PRELUDE
@@ -199,11 +203,15 @@ LIMITED = TracingConfig(
 )
 
 
-async def test_span_limits_are_applied_to_what_arrives(make_script, traces_file, spans_of):
+async def test_span_limits_are_applied_to_what_arrives(
+    make_script, traces_file, spans_of, monkeypatch
+):
     """300 one-MiB attributes written straight to the channel (30 spans of 10, each
     message under the size limit) arrive cut to the session's limits: 8 attributes of 64
     characters each (the newest, as the SDK keeps), the rest counted as dropped; events,
     links and their attributes are limited too. Every jsonl line stays small."""
+    # Another bound than the run's span budget is under test here: lift that one.
+    monkeypatch.setattr(channel_module, "MAX_RUN_SPAN_BYTES", 1 << 40)
     script = make_script(
         PRELUDE
         + """
@@ -307,3 +315,33 @@ with trace.get_tracer("t").start_as_current_span("after-garbage"):
     assert "100000 messages" in ours[-1].getMessage()
     assert len(warnings) <= MAX_WARNINGS + 3, [r.getMessage()[:100] for r in warnings]
     assert time.monotonic() - started < 120  # a hang guard, not a timing assert
+
+
+async def test_a_run_sends_at_most_its_span_budget(make_script, spans_of, caplog):
+    """120 whole span messages of 1.6 MB each (192 MB, each under MAX_MESSAGE_BYTES, never
+    more than one unfinished): once the run has sent MAX_RUN_SPAN_BYTES, further spans are
+    dropped and counted for the trace (RunResult.export.inscript.dropped_spans) with one
+    warning, those before it arrive, and the runner does not grow by what was sent."""
+    await _warm_up(make_script)
+    caplog.set_level(logging.WARNING, logger="aiorunner")
+    script = make_script(
+        PRELUDE
+        + """
+for k in range(120):
+    data = {"s": [span("b%d" % k, k + 1, a={"pad": "q" * 1_600_000})]}
+    message(os.getpid(), json.dumps(data).encode())
+"""
+    )
+    assert 120 * 1_600_000 > 2 * MAX_RUN_SPAN_BYTES
+    with peak_rss_growth() as growth:
+        result = await ScriptRunner(script, monitor=False).run()
+    assert result.success, (result.error or "") + result.stderr
+    inscript = result.export.inscript
+    arrived = [s for s in spans_of(result.trace_id) if s["name"].startswith("b")]
+    assert inscript.received == len(arrived)
+    assert 30 <= len(arrived) <= MAX_RUN_SPAN_BYTES // 1_600_000
+    assert inscript.dropped_spans == 120 - len(arrived)
+    assert inscript.dropped_messages == 0
+    assert result.export.dropped >= 120 - len(arrived)
+    assert caplog.text.count("MAX_RUN_SPAN_BYTES") == 1
+    assert growth[0] < 8 * MAX_RUN_SPAN_BYTES, f"grew {growth[0] / MiB:.0f} MiB"

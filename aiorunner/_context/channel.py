@@ -97,6 +97,12 @@ _RECV_SIZE = _MAX_CHUNK + _HEADER_SIZE + 64
 MAX_MESSAGE_BYTES = 16 << 20
 #: Unfinished messages held at once, all writers together.
 MAX_PENDING_BYTES = 64 << 20
+#: Span messages one run may send in all (their bytes as they arrived): past it, further
+#: spans are dropped and counted for their trace (``RunResult.export.inscript
+#: .dropped_spans``), with one warning. Every message is bounded, but the export queue
+#: is bounded in spans, not bytes: without this a script sending thousands of 16 MiB
+#: spans would grow the runner by gigabytes. 64 MiB is ~50,000 ordinary spans.
+MAX_RUN_SPAN_BYTES = 64 << 20
 #: Writers (pids) with an unfinished message held at once.
 MAX_PENDING_WRITERS = 64
 #: Writers whose rest of a discarded message is skipped; past it, each chunk of such a
@@ -478,6 +484,10 @@ class SpanChannel:
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._child_pid: int | None = None
         self._warnings = 0
+        #: Bytes of span messages accepted so far (see MAX_RUN_SPAN_BYTES).
+        self.span_bytes = 0
+        #: Spans dropped because the run had sent MAX_RUN_SPAN_BYTES already.
+        self.over_budget = 0
         #: Spans received and handed to the pipeline.
         self.received = 0
         #: Spans the child reported it could not send (counted as dropped for their trace).
@@ -738,6 +748,22 @@ class SpanChannel:
             else len(self.exit_peaks) < _MAX_EXIT_PEAKS
         ):
             self.exit_peaks[pid] = peak
+        if spans:
+            size = len(payload)
+            if self.span_bytes + size > MAX_RUN_SPAN_BYTES:
+                if not self.over_budget:
+                    self._warn(
+                        "the script's spans passed %d MiB (MAX_RUN_SPAN_BYTES): further "
+                        "spans of this run are dropped and counted",
+                        MAX_RUN_SPAN_BYTES >> 20,
+                    )
+                self.over_budget += len(spans)
+                for span in spans:
+                    trace_id = span.context.trace_id if span.context is not None else 0
+                    dropped[trace_id] = dropped.get(trace_id, 0) + 1
+                spans = []
+            else:
+                self.span_bytes += size
         self.received += len(spans)
         self.dropped += sum(dropped.values())
         if spans or dropped:
