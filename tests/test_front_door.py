@@ -114,7 +114,8 @@ def test_help_loads_no_sdk(tmp_path: Path, argv: list[str]):
 def test_run_with_jsonl_loads_no_network_exporter(tmp_path: Path):
     """``aiorunner run t.py`` with the jsonl default imports no grpc, protobuf, exporter or
     plugin distribution, no rich (one script, no live display), no packaging (the script
-    has no PEP 723 dependencies) and no entry point scan; the run itself happened."""
+    has no PEP 723 dependencies), no spool (jsonl does not spool), no ``secrets`` and no
+    entry point scan; the run itself happened."""
     (tmp_path / "t.py").write_text("print('ran')\n")
     body = (
         "from aiorunner.cli import main\n"
@@ -130,7 +131,7 @@ def test_run_with_jsonl_loads_no_network_exporter(tmp_path: Path):
         if m.split(".")[0]
         in ("grpc", "google", "rich", "packaging", "aiorunner_otlp", "aiorunner_zipkin")
         or m.startswith(("opentelemetry.proto", "opentelemetry.exporter"))
-        or m == "importlib.metadata"
+        or m in ("importlib.metadata", "aiorunner._export.spool", "secrets")
     )
     assert wrong == []
     lines = (tmp_path / "traces.jsonl").read_text().splitlines()

@@ -53,7 +53,6 @@ from .resource import make_resource
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .run_log import RunExportLog
 from .sampling import TAILBASED, make_sampler
-from .spool import Spool
 from .statistics import PipelineStatistics
 
 if TYPE_CHECKING:
@@ -65,6 +64,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ..backend import Backend
+    from .spool import Spool
 
 __all__ = ["Session", "aget_default_session", "get_default_session"]
 
@@ -170,6 +170,8 @@ def _spools(
         if size <= 0 or adapter.kind == "broken" or getattr(adapter.target, "spool", True) is False:
             spools.append(None)
         else:
+            from .spool import Spool  # only when a backend spools (jsonl does not)
+
             spools.append(
                 Spool(root, adapter.name, destination_of(adapter), max_bytes=size, signal=signal)
             )

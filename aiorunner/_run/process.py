@@ -23,7 +23,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -160,7 +159,7 @@ class ChildProcess:
         """
         if not containment.is_ready():  # once per process: loads libc, starts the watchdog
             await anyio.to_thread.run_sync(containment.setup)
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()  # (not secrets: its import costs ~0.5 ms a run)
         env = {**env, escapees.RUN_TOKEN_ENV: token}
         spawned_at = time.perf_counter()
         popen = _spawn_here(argv, cwd, env, pass_fds)
