@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -126,18 +127,34 @@ def test_seed_quick_start_with_nothing_on_4317_returns_and_exits_promptly(
         f"result = ScriptRunner({str(script(tmp_path))!r}).run_script()\n"
         "print('EXPORT', result.export.describe(), flush=True)\n"
     )
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "OTEL_TRACES_EXPORTER": "otlp"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    elapsed = time.monotonic() - started
-    if "7 spooled" not in done.stdout:
-        pytest.skip(f"something answers on localhost:4317 here: {done.stdout[-300:]}")
+    # Hold 127.0.0.1:4317 bound but not listening (connections are refused, and nothing
+    # else can take the port meanwhile); only a port already in use skips, decided before
+    # the run, so a run that fails to spool fails the test.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", 4317))
+    except OSError as exc:
+        holder.close()
+        pytest.skip(f"127.0.0.1:4317 is in use on this machine: {exc}")
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={
+                **os.environ,
+                "OTEL_TRACES_EXPORTER": "otlp",
+                # The seed's endpoint, on the address held above.
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+            },
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        holder.close()
+    assert "7 spooled" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stderr
     assert elapsed < BOUND
     assert spooled_spans(spool_dir) == 7
