@@ -345,6 +345,28 @@ def log_exporter_installed(name: str) -> bool:
     return _installed(name) or any(ep.name == name for ep in _group(OTEL_LOGS_GROUP))
 
 
+def _load_signal_exporter(group: str, name: str, kind: str, variable: str, field: str) -> Any:
+    """OpenTelemetry's ``kind`` exporter ``name`` from entry point ``group`` (a class
+    constructed with no arguments); errors name ``variable`` / ``TracingConfig(field=)``."""
+    found = [ep for ep in _group(group) if ep.name == name]
+    if not found:
+        names = sorted({*installed_names(), *(ep.name for ep in _group(group))})
+        raise UnknownBackendError(
+            f"unknown {kind}s exporter {name!r}; installed: {', '.join(names)}. Set "
+            f"{variable} (or TracingConfig({field}=...)) to one of them",
+            name=name,
+            known=tuple(names),
+        )
+    ep = found[0]
+    try:
+        return ep.load()()
+    except Exception as exc:
+        raise BackendError(
+            f"{kind} exporter {describe_entry_point(ep)} failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def load_log_exporter(name: str) -> Any:
     """
     Build OpenTelemetry's log exporter called ``name`` (group
@@ -354,22 +376,9 @@ def load_log_exporter(name: str) -> Any:
         UnknownBackendError: no log exporter of that name is installed.
         BackendError: it failed to import or to construct.
     """
-    found = [ep for ep in _group(OTEL_LOGS_GROUP) if ep.name == name]
-    if not found:
-        names = sorted({*installed_names(), *(ep.name for ep in _group(OTEL_LOGS_GROUP))})
-        raise UnknownBackendError(
-            f"unknown logs exporter {name!r}; installed: {', '.join(names)}. Set "
-            "OTEL_LOGS_EXPORTER (or TracingConfig(logs_exporter=...)) to one of them",
-            name=name,
-            known=tuple(names),
-        )
-    ep = found[0]
-    try:
-        return ep.load()()
-    except Exception as exc:
-        raise BackendError(
-            f"log exporter {describe_entry_point(ep)} failed to load: {type(exc).__name__}: {exc}"
-        ) from exc
+    return _load_signal_exporter(
+        OTEL_LOGS_GROUP, name, "log", "OTEL_LOGS_EXPORTER", "logs_exporter"
+    )
 
 
 def load_metric_exporter(name: str) -> Any:
@@ -381,23 +390,9 @@ def load_metric_exporter(name: str) -> Any:
         UnknownBackendError: no metric exporter of that name is installed.
         BackendError: it failed to import or to construct.
     """
-    found = [ep for ep in _group(OTEL_METRICS_GROUP) if ep.name == name]
-    if not found:
-        names = sorted({*installed_names(), *(ep.name for ep in _group(OTEL_METRICS_GROUP))})
-        raise UnknownBackendError(
-            f"unknown metrics exporter {name!r}; installed: {', '.join(names)}. Set "
-            "OTEL_METRICS_EXPORTER (or TracingConfig(metrics_exporter=...)) to one of them",
-            name=name,
-            known=tuple(names),
-        )
-    ep = found[0]
-    try:
-        return ep.load()()
-    except Exception as exc:
-        raise BackendError(
-            f"metric exporter {describe_entry_point(ep)} failed to load: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    return _load_signal_exporter(
+        OTEL_METRICS_GROUP, name, "metric", "OTEL_METRICS_EXPORTER", "metrics_exporter"
+    )
 
 
 @dataclass(frozen=True)

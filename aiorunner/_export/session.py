@@ -194,26 +194,70 @@ def _adapt_given(backends: Sequence[Any]) -> list[BackendAdapter]:
     return adapters
 
 
-# Backends already said to take no log records (said once per process).
-_NO_LOGS_SAID: set[str] = set()
+@dataclasses.dataclass(frozen=True)
+class _Signal:
+    """How the session finds the backends of one signal besides spans (logs, metrics)."""
+
+    name: str  # "logs" / "metrics": TracingConfig's field and pipeline signal
+    variable: str  # OTEL_LOGS_EXPORTER / OTEL_METRICS_EXPORTER
+    items: str  # what the backends take, for messages ("log records")
+    content: str  # what is not sent to a backend without the verb
+    exporter: str  # OpenTelemetry's kind of exporter, for messages ("log exporter")
+    capable: str  # the adapter's flag: "has_logs" / "has_metrics"
+    load: Callable[[str], Any]  # OpenTelemetry's exporter of that name
+    adapt: Callable[[Any, str], BackendAdapter]
+    #: Backends already said to take none of it (once per process).
+    said: set[str] = dataclasses.field(default_factory=set)
+
+    def say_none(self, name: str) -> None:
+        if name in self.said:
+            return
+        self.said.add(name)
+        logger.warning(
+            "backend %r takes no %s: %s is not sent there (its spans are); name a backend "
+            "that does in %s, or turn %s off with --no-%s / TracingConfig(%s=False)",
+            name,
+            self.items,
+            self.content,
+            self.variable,
+            self.name,
+            self.name,
+            self.name,
+        )
 
 
-def _say_no_logs(name: str) -> None:
-    if name in _NO_LOGS_SAID:
-        return
-    _NO_LOGS_SAID.add(name)
-    logger.warning(
-        "backend %r takes no log records: the scripts' output is not sent there (its "
-        "spans are); name a backend that does in OTEL_LOGS_EXPORTER, or turn logs off "
-        "with --no-logs / TracingConfig(logs=False)",
-        name,
-    )
+_LOGS = _Signal(
+    "logs",
+    OTEL_LOGS_EXPORTER,
+    "log records",
+    "the scripts' output",
+    "log exporter",
+    "has_logs",
+    load_log_exporter,
+    adapt_log_exporter,
+)
+_METRICS = _Signal(
+    "metrics",
+    OTEL_METRICS_EXPORTER,
+    "metrics",
+    "the runs' resource use",
+    "metric exporter",
+    "has_metrics",
+    load_metric_exporter,
+    adapt_metric_exporter,
+)
+# Names the tests read.
+_NO_LOGS_SAID = _LOGS.said
+_NO_METRICS_SAID = _METRICS.said
 
 
-def _load_log_adapter(name: str, config: TracingConfig) -> BackendAdapter | None:
-    """One OTEL_LOGS_EXPORTER name: an aiorunner backend with ``export_logs``, else
-    OpenTelemetry's log exporter of that name. None (said why) when it cannot take logs."""
-    explicit = config.sources.get("logs_exporter") == "argument"
+def _load_signal_adapter(
+    signal: _Signal, name: str, config: TracingConfig
+) -> BackendAdapter | None:
+    """One OTEL_LOGS_EXPORTER / OTEL_METRICS_EXPORTER name: an aiorunner backend with
+    the signal's verb, else OpenTelemetry's exporter of that name. None (said why) when
+    it cannot take the signal."""
+    explicit = config.sources.get(f"{signal.name}_exporter") == "argument"
     ours = name in BUILTIN
     if not ours:
         try:
@@ -223,42 +267,42 @@ def _load_log_adapter(name: str, config: TracingConfig) -> BackendAdapter | None
     try:
         if ours:
             adapter = adapt(load_backend(name, config), name)
-            if adapter.has_logs:
+            if getattr(adapter, signal.capable):
                 return adapter
-            _say_no_logs(name)
+            signal.say_none(name)
             return None
-        return adapt_log_exporter(load_log_exporter(name), name)
+        return signal.adapt(signal.load(name), name)
     except UnknownBackendError as exc:
         if explicit:
             raise
         report_env_problem(
             EnvProblem(
-                OTEL_LOGS_EXPORTER,
-                ",".join(config.logs_exporter or ()),
-                f"names {name!r}, which is no installed backend or log exporter",
+                signal.variable,
+                ",".join(getattr(config, f"{signal.name}_exporter") or ()),
+                f"names {name!r}, which is no installed backend or {signal.exporter}",
                 "the other names",
-                f"remove {name!r} from {OTEL_LOGS_EXPORTER} ({exc})",
+                f"remove {name!r} from {signal.variable} ({exc})",
             )
         )
         return None
     except BackendError as exc:
-        logger.warning("%s; log records go to the other backends", exc)
+        logger.warning("%s; %s go to the other backends", exc, signal.items)
         return None
 
 
-def _log_adapters(
-    config: TracingConfig, span_adapters: Sequence[BackendAdapter]
+def _signal_adapters(
+    signal: _Signal, config: TracingConfig, span_adapters: Sequence[BackendAdapter]
 ) -> tuple[list[BackendAdapter], list[BackendAdapter]]:
-    """The backends log records go to, and those of them the traces pipeline shuts down
-    (shared objects: a backend named for both signals is built once)."""
-    names = tuple(dict.fromkeys(config.logs_exporter or ()))
+    """The backends the signal goes to, and those of them the traces pipeline shuts down
+    (shared objects: a backend named for several signals is built once)."""
+    names = tuple(dict.fromkeys(getattr(config, f"{signal.name}_exporter") or ()))
     if not names:
         chosen = []
         for adapter in span_adapters:
-            if adapter.has_logs:
+            if getattr(adapter, signal.capable):
                 chosen.append(adapter)
             elif adapter.kind != "broken":
-                _say_no_logs(adapter.name)
+                signal.say_none(adapter.name)
         return chosen, list(chosen)
     by_name = {a.name: a for a in span_adapters}
     adapters: list[BackendAdapter] = []
@@ -266,97 +310,13 @@ def _log_adapters(
     for name in names:
         existing = by_name.get(name)
         if existing is not None:
-            if existing.has_logs:
+            if getattr(existing, signal.capable):
                 adapters.append(existing)
                 shared.append(existing)
             elif existing.kind != "broken":
-                _say_no_logs(name)
+                signal.say_none(name)
             continue
-        loaded = _load_log_adapter(name, config)
-        if loaded is not None:
-            adapters.append(loaded)
-    return adapters, shared
-
-
-# Backends already said to take no metrics (said once per process).
-_NO_METRICS_SAID: set[str] = set()
-
-
-def _say_no_metrics(name: str) -> None:
-    if name in _NO_METRICS_SAID:
-        return
-    _NO_METRICS_SAID.add(name)
-    logger.warning(
-        "backend %r takes no metrics: the runs' resource use is not sent there (its spans "
-        "are); name a backend that does in OTEL_METRICS_EXPORTER, or turn metrics off "
-        "with --no-metrics / TracingConfig(metrics=False)",
-        name,
-    )
-
-
-def _load_metric_adapter(name: str, config: TracingConfig) -> BackendAdapter | None:
-    """One OTEL_METRICS_EXPORTER name: an aiorunner backend with ``export_metrics``, else
-    OpenTelemetry's metric exporter of that name. None (said why) when it cannot."""
-    explicit = config.sources.get("metrics_exporter") == "argument"
-    ours = name in BUILTIN
-    if not ours:
-        try:
-            ours = find_entry_point(name).group == "aiorunner.backends"
-        except UnknownBackendError:
-            ours = False
-    try:
-        if ours:
-            adapter = adapt(load_backend(name, config), name)
-            if adapter.has_metrics:
-                return adapter
-            _say_no_metrics(name)
-            return None
-        return adapt_metric_exporter(load_metric_exporter(name), name)
-    except UnknownBackendError as exc:
-        if explicit:
-            raise
-        report_env_problem(
-            EnvProblem(
-                OTEL_METRICS_EXPORTER,
-                ",".join(config.metrics_exporter or ()),
-                f"names {name!r}, which is no installed backend or metric exporter",
-                "the other names",
-                f"remove {name!r} from {OTEL_METRICS_EXPORTER} ({exc})",
-            )
-        )
-        return None
-    except BackendError as exc:
-        logger.warning("%s; metrics go to the other backends", exc)
-        return None
-
-
-def _metric_adapters(
-    config: TracingConfig, span_adapters: Sequence[BackendAdapter]
-) -> tuple[list[BackendAdapter], list[BackendAdapter]]:
-    """The backends metric points go to, and those of them another pipeline shuts down
-    (a backend named for several signals is built once)."""
-    names = tuple(dict.fromkeys(config.metrics_exporter or ()))
-    if not names:
-        chosen = []
-        for adapter in span_adapters:
-            if adapter.has_metrics:
-                chosen.append(adapter)
-            elif adapter.kind != "broken":
-                _say_no_metrics(adapter.name)
-        return chosen, list(chosen)
-    by_name = {a.name: a for a in span_adapters}
-    adapters: list[BackendAdapter] = []
-    shared: list[BackendAdapter] = []
-    for name in names:
-        existing = by_name.get(name)
-        if existing is not None:
-            if existing.has_metrics:
-                adapters.append(existing)
-                shared.append(existing)
-            elif existing.kind != "broken":
-                _say_no_metrics(name)
-            continue
-        loaded = _load_metric_adapter(name, config)
+        loaded = _load_signal_adapter(signal, name, config)
         if loaded is not None:
             adapters.append(loaded)
     return adapters, shared
@@ -453,7 +413,7 @@ class Session:
         self.tracer_provider.add_span_processor(self._pipeline)
         # A script run by aiorunner: its own output is its parent run's log records already.
         if self.config.logs and not via_parent:
-            log_adapters, shared = _log_adapters(self.config, adapters)
+            log_adapters, shared = _signal_adapters(_LOGS, self.config, adapters)
             if log_adapters:
                 self._log_adapters = tuple(log_adapters)
                 self.logs = ExportPipeline(
@@ -472,7 +432,7 @@ class Session:
                 )
         # A script run by aiorunner: its resource use is its parent run's metrics already.
         if self.config.metrics and not via_parent:
-            metric_adapters, shared = _metric_adapters(self.config, adapters)
+            metric_adapters, shared = _signal_adapters(_METRICS, self.config, adapters)
             if metric_adapters:
                 from .meter import SessionMeter
 
