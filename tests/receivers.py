@@ -1010,15 +1010,17 @@ class _HttpReceiver(_Receiver[S]):
             return (status, extra or {}, *self._error_body(status, message, content_type))
 
         if path == getattr(self, "metrics_path", None):
-            return self._handle_metrics(path, headers, raw, content_type, encoding, reject)
+            return self._handle_signal(
+                "metrics", path, headers, raw, content_type, encoding, reject
+            )
         logs_path = getattr(self, "logs_path", None)
         if path == logs_path and not self.faults_for_logs:
-            return self._handle_logs(path, headers, raw, content_type, encoding, reject)
+            return self._handle_signal("logs", path, headers, raw, content_type, encoding, reject)
         verdict = self._hold(self._judge(headers))
         if path == logs_path:
             if verdict.error is not None:
                 return reject(int(verdict.error), verdict.message)
-            return self._handle_logs(path, headers, raw, content_type, encoding, reject)
+            return self._handle_signal("logs", path, headers, raw, content_type, encoding, reject)
         if path != self.path:
             return reject(404, f"no such path {path}; spans go to {self.path}")
         if verdict.error is not None:
@@ -1045,8 +1047,9 @@ class _HttpReceiver(_Receiver[S]):
         )
         return self._ok_body(verdict, content_type)
 
-    def _handle_logs(
+    def _handle_signal(
         self,
+        signal: str,
         path: str,
         headers: dict[str, str],
         raw: bytes,
@@ -1054,53 +1057,38 @@ class _HttpReceiver(_Receiver[S]):
         encoding: str | None,
         reject: Any,
     ) -> tuple[int, dict[str, str], bytes, str]:
-        """``POST /v1/logs``: an ``ExportLogsServiceRequest`` (protobuf or OTLP/JSON)."""
+        """``POST /v1/logs`` or ``/v1/metrics``: an ``ExportLogsServiceRequest`` or
+        ``ExportMetricsServiceRequest`` (protobuf or OTLP/JSON)."""
+        if signal == "logs":
+            parse_json, message, decode, record, answer = (
+                parse_otlp_logs_json,
+                logs_service_pb2.ExportLogsServiceRequest,
+                decode_otlp_logs,
+                self._record_logs,
+                logs_service_pb2.ExportLogsServiceResponse,
+            )
+        else:
+            parse_json, message, decode, record, answer = (
+                parse_otlp_metrics_json,
+                metrics_service_pb2.ExportMetricsServiceRequest,
+                decode_otlp_metrics,
+                self._record_metrics,
+                metrics_service_pb2.ExportMetricsServiceResponse,
+            )
         try:
             body = gzip.decompress(raw) if encoding == "gzip" else raw
             if content_type == "application/json":
-                request = parse_otlp_logs_json(body)
+                request = parse_json(body)
             elif content_type == "application/x-protobuf":
-                request = logs_service_pb2.ExportLogsServiceRequest()
+                request = message()
                 request.ParseFromString(body)
             else:
                 raise ValueError(f"Content-Type {content_type!r} is not protobuf or JSON")
-            records = decode_otlp_logs(request)
+            items = decode(request)
         except (ValueError, TypeError, OSError, EOFError) as exc:
-            return reject(400, f"undecodable logs body: {exc}")  # type: ignore[no-any-return]
-        self._record_logs(
-            ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(records))
-        )
-        response = logs_service_pb2.ExportLogsServiceResponse()
-        if content_type == "application/json":
-            return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
-        return 200, {}, response.SerializeToString(), "application/x-protobuf"
-
-    def _handle_metrics(
-        self,
-        path: str,
-        headers: dict[str, str],
-        raw: bytes,
-        content_type: str | None,
-        encoding: str | None,
-        reject: Any,
-    ) -> tuple[int, dict[str, str], bytes, str]:
-        """``POST /v1/metrics``: an ``ExportMetricsServiceRequest`` (protobuf or JSON)."""
-        try:
-            body = gzip.decompress(raw) if encoding == "gzip" else raw
-            if content_type == "application/json":
-                request = parse_otlp_metrics_json(body)
-            elif content_type == "application/x-protobuf":
-                request = metrics_service_pb2.ExportMetricsServiceRequest()
-                request.ParseFromString(body)
-            else:
-                raise ValueError(f"Content-Type {content_type!r} is not protobuf or JSON")
-            points = decode_otlp_metrics(request)
-        except (ValueError, TypeError, OSError, EOFError) as exc:
-            return reject(400, f"undecodable metrics body: {exc}")  # type: ignore[no-any-return]
-        self._record_metrics(
-            ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(points))
-        )
-        response = metrics_service_pb2.ExportMetricsServiceResponse()
+            return reject(400, f"undecodable {signal} body: {exc}")  # type: ignore[no-any-return]
+        record(ReceivedRequest(path, headers, content_type, encoding, len(raw), 200, tuple(items)))
+        response = answer()
         if content_type == "application/json":
             return 200, {}, json_format.MessageToJson(response).encode(), "application/json"
         return 200, {}, response.SerializeToString(), "application/x-protobuf"
