@@ -179,16 +179,10 @@ class ExportReport:
             return "tracing disabled"
         if self.sampled_out:
             return "not sampled"
-        parts = []
-        for b in self.backends:
-            text = f"{b.name}: {b.exported} exported"
-            if b.spooled:
-                text += f", {b.spooled} spooled"
-            if b.failed or b.dropped:
-                text += f", {b.failed} failed, {b.dropped} dropped"
-            if b.last_error and (b.failed or b.dropped):
-                text += f" ({b.last_error})"
-            parts.append(text)
+        parts: list[str] = []
+        parts.extend(
+            _describe_backend(b, f"{b.name}: {b.exported} exported") for b in self.backends
+        )
         if self.dropped:
             parts.append(f"{self.dropped} dropped before export")
         if self.pending:
@@ -198,15 +192,9 @@ class ExportReport:
                 f"{self.inscript.dropped_messages} in-script messages "
                 f"({self.inscript.dropped_bytes} bytes) discarded"
             )
-        for b in self.logs:
-            text = f"{b.name} logs: {b.exported} records exported"
-            if b.spooled:
-                text += f", {b.spooled} spooled"
-            if b.failed or b.dropped:
-                text += f", {b.failed} failed, {b.dropped} dropped"
-                if b.last_error:
-                    text += f" ({b.last_error})"
-            parts.append(text)
+        parts.extend(
+            _describe_backend(b, f"{b.name} logs: {b.exported} records exported") for b in self.logs
+        )
         if self.logs_dropped:
             parts.append(f"{self.logs_dropped} log records dropped before export")
         if self.logs_pending:
@@ -216,16 +204,11 @@ class ExportReport:
                 f"{self.log_records_over_cap} log records over AIORUNNER_LOG_MAX_RECORDS "
                 "(counted, not sent)"
             )
-        for b in self.metrics:
-            if b.spooled or b.failed or b.dropped:
-                text = f"{b.name} metrics: {b.exported} points exported"
-                if b.spooled:
-                    text += f", {b.spooled} spooled"
-                if b.failed or b.dropped:
-                    text += f", {b.failed} failed, {b.dropped} dropped"
-                    if b.last_error:
-                        text += f" ({b.last_error})"
-                parts.append(text)
+        parts.extend(
+            _describe_backend(b, f"{b.name} metrics: {b.exported} points exported")
+            for b in self.metrics
+            if b.spooled or b.failed or b.dropped  # said only when not all went out
+        )
         if self.metrics_dropped:
             parts.append(f"{self.metrics_dropped} metric points dropped before export")
         if self.metrics_pending:
@@ -255,6 +238,18 @@ class ExportReport:
                 "pending": self.metrics_pending,
             },
         }
+
+
+def _describe_backend(b: BackendReport, head: str) -> str:
+    """``head`` and what did not simply go out: spooled, failed, dropped and why."""
+    text = head
+    if b.spooled:
+        text += f", {b.spooled} spooled"
+    if b.failed or b.dropped:
+        text += f", {b.failed} failed, {b.dropped} dropped"
+        if b.last_error:
+            text += f" ({b.last_error})"
+    return text
 
 
 @dataclass(frozen=True)
