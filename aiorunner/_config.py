@@ -929,27 +929,33 @@ def _env_logs_exporter(
     values[f"{signal}_exporter"], sources[f"{signal}_exporter"] = names, f"env {var}"
 
 
-def _check_metrics(values: dict[str, Any]) -> None:
-    """The metrics fields, checked and normalised (explicit values raise ConfigError)."""
-    if not isinstance(values["metrics"], bool):
-        raise ConfigError(f"metrics={values['metrics']!r} must be True or False")
-    names = values["metrics_exporter"]
+def _check_switch(values: dict[str, Any], signal: str) -> None:
+    """``<signal>`` (a bool) and ``<signal>_exporter`` (names; ``none`` alone turns the
+    signal off), checked and normalised: the part logs and metrics share."""
+    if not isinstance(values[signal], bool):
+        raise ConfigError(f"{signal}={values[signal]!r} must be True or False")
+    names = values[f"{signal}_exporter"]
     if isinstance(names, str):
-        names = _parse_list("metrics_exporter", names)
+        names = _parse_list(f"{signal}_exporter", names)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ConfigError(
-            f"metrics_exporter={names!r} must be a backend name or a list of names, "
+            f"{signal}_exporter={names!r} must be a backend name or a list of names, "
             "e.g. 'otlp' or ['otlp', 'console']"
         )
     names = tuple(names)
     if "none" in names:
         if len(names) > 1:
             raise ConfigError(
-                f"metrics_exporter {','.join(names)!r} mixes 'none' with other backends; use "
-                "'none' alone to send no metrics"
+                f"{signal}_exporter {','.join(names)!r} mixes 'none' with other backends; "
+                f"use 'none' alone to send no {signal}"
             )
-        values["metrics"], names = False, ()
-    values["metrics_exporter"] = names
+        values[signal], names = False, ()
+    values[f"{signal}_exporter"] = names
+
+
+def _check_metrics(values: dict[str, Any]) -> None:
+    """The metrics fields, checked and normalised (explicit values raise ConfigError)."""
+    _check_switch(values, "metrics")
     interval = _check_number("metrics_interval", values["metrics_interval"], minimum=0)
     if not interval > 0:
         raise ConfigError(
@@ -975,25 +981,7 @@ def _check_metrics(values: dict[str, Any]) -> None:
 
 def _check_logs(values: dict[str, Any]) -> None:
     """The logs fields, checked and normalised (explicit values raise ConfigError)."""
-    if not isinstance(values["logs"], bool):
-        raise ConfigError(f"logs={values['logs']!r} must be True or False")
-    names = values["logs_exporter"]
-    if isinstance(names, str):
-        names = _parse_list("logs_exporter", names)
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(
-            f"logs_exporter={names!r} must be a backend name or a list of names, "
-            "e.g. 'otlp' or ['otlp', 'console']"
-        )
-    names = tuple(names)
-    if "none" in names:
-        if len(names) > 1:
-            raise ConfigError(
-                f"logs_exporter {','.join(names)!r} mixes 'none' with other backends; use "
-                "'none' alone to send no logs"
-            )
-        values["logs"], names = False, ()
-    values["logs_exporter"] = names
+    _check_switch(values, "logs")
     for name in ("logs_batch_size", "logs_max_queue_size"):
         values[name] = int(_check_number(name, values[name], minimum=1, integer=True))
     values["logs_batch_size"] = min(values["logs_batch_size"], values["logs_max_queue_size"])
