@@ -123,39 +123,31 @@ class ConsoleBackend:
         stream.write(text)
         stream.flush()
 
-    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
-        text = "".join(format_span(span) + "\n" for span in spans)
+    async def _write(self, text: str, limiter: anyio.CapacityLimiter, what: str) -> ExportResult:
+        """Print ``text`` from a worker thread (one at a time per signal)."""
         try:
             await anyio.to_thread.run_sync(
-                self._print, text, abandon_on_cancel=True, limiter=self._limiter
+                self._print, text, abandon_on_cancel=True, limiter=limiter
             )
         except (OSError, ValueError) as exc:  # closed or broken stream
-            return ExportResult.permanent(f"cannot print spans: {exc}")
+            return ExportResult.permanent(f"cannot print {what}: {exc}")
         return ExportResult.success()
+
+    async def export(self, spans: Sequence[ReadableSpan], *, timeout: float) -> ExportResult:
+        text = "".join(format_span(span) + "\n" for span in spans)
+        return await self._write(text, self._limiter, "spans")
 
     async def export_logs(
         self, records: Sequence[LogRecordData], *, timeout: float
     ) -> ExportResult:
         text = "".join(format_log(record) + "\n" for record in records)
-        try:
-            await anyio.to_thread.run_sync(
-                self._print, text, abandon_on_cancel=True, limiter=self._logs_limiter
-            )
-        except (OSError, ValueError) as exc:  # closed or broken stream
-            return ExportResult.permanent(f"cannot print log records: {exc}")
-        return ExportResult.success()
+        return await self._write(text, self._logs_limiter, "log records")
 
     async def export_metrics(
         self, points: Sequence[MetricPointData], *, timeout: float
     ) -> ExportResult:
         text = "".join(format_metric(point) + "\n" for point in points)
-        try:
-            await anyio.to_thread.run_sync(
-                self._print, text, abandon_on_cancel=True, limiter=self._metrics_limiter
-            )
-        except (OSError, ValueError) as exc:  # closed or broken stream
-            return ExportResult.permanent(f"cannot print metrics: {exc}")
-        return ExportResult.success()
+        return await self._write(text, self._metrics_limiter, "metrics")
 
     async def force_flush(self, *, timeout: float) -> bool:
         return True
