@@ -14,12 +14,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import anyio
-import anyio.to_thread
 import pytest
 from receivers import OtlpGrpcReceiver, decode_otlp_logs, parse_otlp_logs_json
+from runs import fast_retry_config as _config
+from runs import run_in_session as _run
 
-from aiorunner import ScriptRunner, Session, TracingConfig
 from aiorunner._run import logfeed
 
 ETL = r"""
@@ -37,22 +36,6 @@ with trace.get_tracer("etl").start_as_current_span("load"):
         log.error("load failed", exc_info=True)
 print("done")
 """
-
-
-def _config(**overrides: object) -> TracingConfig:
-    values: dict[str, object] = {
-        "export_timeout": 20.0,
-        "backend_options": {"retry_initial_backoff": 0.01, "retry_max_backoff": 0.05},
-    }
-    values.update(overrides)
-    return TracingConfig(**values)  # type: ignore[arg-type]
-
-
-async def _run(script: Path, config: TracingConfig, **options: object):
-    # Built off the loop: loading backends by name scans entry points (files).
-    async with await anyio.to_thread.run_sync(Session, config) as session:
-        runner = ScriptRunner(str(script), session=session, **options)  # type: ignore[arg-type]
-        return await runner.run()
 
 
 def _jsonl_records(path: Path):

@@ -10,12 +10,13 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
 from receivers import parse_otlp_metrics_json
+from runs import fast_retry_config as _config
+from runs import run_in_session as _run
 
 from aiorunner import ScriptRunner, Session, TracingConfig
 from aiorunner._exceptions import ConfigError
@@ -30,22 +31,6 @@ for i in range(0, len(held), 4096):
 while resource.getrusage(resource.RUSAGE_SELF).ru_utime < 1.5:  # 1.5 s of user CPU
     pass
 """
-
-
-def _config(**overrides: object) -> TracingConfig:
-    values: dict[str, object] = {
-        "export_timeout": 20.0,
-        "backend_options": {"retry_initial_backoff": 0.01, "retry_max_backoff": 0.05},
-    }
-    values.update(overrides)
-    return TracingConfig(**values)  # type: ignore[arg-type]
-
-
-async def _run(script: Path, config: TracingConfig, **options: object):
-    # Built off the loop: loading backends by name scans entry points (files).
-    async with await anyio.to_thread.run_sync(Session, config) as session:
-        runner = ScriptRunner(str(script), session=session, **options)  # type: ignore[arg-type]
-        return await runner.run()
 
 
 def _of_run(points, trace_id: str):
