@@ -357,12 +357,19 @@ async def test_late_collector_is_reached_once_it_is_up(spans, receiver_class):
         receiver.stop()
 
 
-@pytest.mark.parametrize("receiver_class", [OtlpGrpcReceiver, OtlpHttpReceiver])
-async def test_partial_success_is_reported(spans, receiver_class):
-    """An OTLP partial success (spans rejected by the collector) is reported, not hidden."""
+@pytest.mark.parametrize(
+    ("receiver_class", "protocol"),
+    [
+        (OtlpGrpcReceiver, "grpc"),
+        (OtlpHttpReceiver, "http/protobuf"),
+        (OtlpHttpReceiver, "http/json"),
+    ],
+)
+async def test_partial_success_is_reported(spans, receiver_class, protocol):
+    """An OTLP partial success (spans rejected by the collector) is reported, not hidden,
+    whatever the encoding of the answer."""
     with receiver_class() as receiver:
         receiver.reject_spans(1, "span too old")
-        protocol = "grpc" if receiver_class is OtlpGrpcReceiver else "http/protobuf"
         backend = create_backend(
             config(
                 collector_endpoint=receiver.endpoint, backend_options={"otlp_protocol": protocol}

@@ -8,7 +8,7 @@ OTLP has a field for it, and the jsonl file writes it too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     )
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["encode_request"]
+__all__ = ["encode_request", "items", "rejected"]
 
 
 def encode_request(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -53,3 +53,17 @@ def encode_request(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
                     if state:
                         link.trace_state = state
     return request
+
+
+def items(*, logs: bool, metrics: bool) -> str:
+    """What a transport sends, for messages: spans, log records or metric points."""
+    return "metric points" if metrics else "log records" if logs else "spans"
+
+
+def rejected(partial: Any, *, logs: bool, metrics: bool) -> int:
+    """The items an Export*ServiceResponse's partial success says were rejected."""
+    if metrics:
+        return int(partial.rejected_data_points)
+    if logs:
+        return int(partial.rejected_log_records)
+    return int(partial.rejected_spans)

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 
 from aiorunner.backend import ExportResult
 
-from ._encode import encode_request
+from ._encode import encode_request, items, rejected
 from ._version import USER_AGENT
 
 if TYPE_CHECKING:
@@ -186,16 +186,12 @@ class GrpcTransport:
         except grpc.RpcError as error:
             return self._failure(error, stub, timeout)
         partial = response.partial_success
-        if self._metrics:
-            rejected, what = partial.rejected_data_points, "metric points"
-        elif self._logs:
-            rejected, what = partial.rejected_log_records, "log records"
-        else:
-            rejected, what = partial.rejected_spans, "spans"
-        if rejected:
+        count = rejected(partial, logs=self._logs, metrics=self._metrics)
+        what = items(logs=self._logs, metrics=self._metrics)
+        if count:
             return ExportResult.permanent(
                 self._settings.redact(
-                    f"{self.where} accepted the request but rejected {rejected} "
+                    f"{self.where} accepted the request but rejected {count} "
                     f"of {len(spans)} {what}: {partial.error_message or 'no reason given'}"
                 )
             )

@@ -39,7 +39,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from aiorunner.backend import ExportResult
 
-from ._encode import encode_request
+from ._encode import encode_request, items, rejected
 from ._settings import HTTP_JSON, OtlpSettings, redact_url
 from ._version import USER_AGENT
 
@@ -263,12 +263,13 @@ class HttpTransport:
         redact = self._settings.redact
         if 200 <= status < 300:
             if data and "json" in content_type:
-                rejected, why = _rejected_json(data)
-                if rejected:
+                refused, why = _rejected_json(data)
+                if refused:
+                    what = items(logs=self._logs, metrics=self._metrics)
                     return ExportResult.permanent(
                         redact(
-                            f"{self.where} accepted the request but rejected {rejected} of "
-                            f"{count} spans: {why or 'no reason given'}"
+                            f"{self.where} accepted the request but rejected {refused} of "
+                            f"{count} {what}: {why or 'no reason given'}"
                         )
                     )
             elif data and "protobuf" in content_type:
@@ -290,17 +291,13 @@ class HttpTransport:
                 except DecodeError:  # a 2xx with an odd body is still a success
                     return ExportResult.success()
                 partial = answer.partial_success
-                if self._metrics:
-                    rejected, what = partial.rejected_data_points, "metric points"
-                elif self._logs:
-                    rejected, what = partial.rejected_log_records, "log records"
-                else:
-                    rejected, what = partial.rejected_spans, "spans"
-                if rejected:
+                refused = rejected(partial, logs=self._logs, metrics=self._metrics)
+                what = items(logs=self._logs, metrics=self._metrics)
+                if refused:
                     return ExportResult.permanent(
                         redact(
                             f"{self.where} accepted the request but rejected "
-                            f"{rejected} of {count} {what}: "
+                            f"{refused} of {count} {what}: "
                             f"{partial.error_message or 'no reason given'}"
                         )
                     )
